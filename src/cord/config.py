@@ -1,0 +1,309 @@
+"""Typed configuration: YAML in, validated objects out.
+
+pydantic (not dataclasses) because it gives type coercion, range checks and a precise
+location for every error for free; ``extra="forbid"`` rejects unknown keys, and
+:func:`load_config` turns pydantic's report into one line naming the nearest valid key.
+
+Every knob maps to one named field; defaults are the paper's settings where it gives them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cord import CordError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class LoraConfig(_Section):
+    """peft LoRA settings; ``target_modules`` are module-name suffixes of the language model."""
+
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+class ModelConfig(_Section):
+    """Which LALM, how to load it and how to build its prompts."""
+
+    family: str = "qwen2-audio"
+    #: hub name or local path; ``tiny`` builds the family's tiny offline model (tests, CPU).
+    name_or_path: str = "Qwen/Qwen2-Audio-7B-Instruct"
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "auto"
+    device: str = "auto"
+    attn_implementation: str | None = None
+    lora: LoraConfig | None = None
+    system_prompt: str | None = None
+    #: instruction appended after the audio (audio prompt) or after the question (text prompt)
+    instruction: str = "Answer the question. Put the final answer after 'The answer is'."
+    #: what to do with audio longer than the encoder window
+    long_audio: Literal["error", "skip", "truncate"] = "error"
+    max_audio_seconds: float = Field(30.0, gt=0)
+    #: seed for the tiny builders (name_or_path == "tiny")
+    tiny_seed: int = 0
+
+
+class DataConfig(_Section):
+    """Paired training data as written by ``cord synth``."""
+
+    train: str = "data/train"
+    limit: int | None = Field(None, ge=1)
+    shuffle: bool = True
+
+
+class RolloutConfig(_Section):
+    """On-policy sampling from the audio prompt."""
+
+    max_new_tokens: int = Field(200, ge=1)
+    #: token level: rollouts per prompt and temperature
+    token_n: int = Field(1, ge=1)
+    token_temperature: float = Field(1.0, gt=0)
+    #: sequence level (GRPO): group size and temperature
+    seq_n: int = Field(4, ge=1)
+    seq_temperature: float = Field(1.5, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    #: when true the token level reuses the GRPO group's rollouts instead of sampling its own
+    share_rollouts: bool = False
+    stop_strings: list[str] = Field(default_factory=list)
+    #: max prompts per generate call (memory knob; does not change results)
+    batch_size: int = Field(64, ge=1)
+
+
+Method = Literal["sft", "forward_kl", "opd", "opd_weighted", "grpo", "grpo_opd", "cord"]
+
+
+class ObjectiveConfig(_Section):
+    """Which loss terms and their settings (DESIGN.md, "The method")."""
+
+    method: Method = "cord"
+    alpha: float = Field(2.0, ge=1.0)
+    top_k: int = Field(20, ge=0)
+    beta: float = Field(2.0, ge=1.0)
+    #: λ in L = L_tok + λ·L_seq
+    lam: float = Field(1.0, ge=0.0)
+    temperature: float = Field(1.0, gt=0)
+    normalization: Literal["tokens", "weights", "sequences"] = "tokens"
+    aggregation: Literal["token_mean", "seq_mean", "sum_norm"] = "token_mean"
+    adv_std_norm: bool = False
+    clip_eps: float = Field(0.2, gt=0)
+    #: GRPO reward reference: the text-conditioned greedy answer, or the dataset answer
+    reward_reference: Literal["text", "ground_truth"] = "text"
+    #: frozen initial weights (LoRA: adapter disabled) or live weights under no_grad
+    teacher: Literal["frozen", "live"] = "frozen"
+    chunk_size: int = Field(512, ge=1)
+
+
+class JudgeConfig(_Section):
+    """Answer agreement for the sequence-level reward and for evaluation."""
+
+    kind: Literal["math", "mcq", "mmau", "exact", "llm", "self"] = "math"
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout: float = Field(30.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+    concurrency: int = Field(8, ge=1)
+    cache_dir: str | None = None
+
+
+class TrainConfig(_Section):
+    """The optimisation loop."""
+
+    output_dir: str = "runs/cord"
+    seed: int = 0
+    max_steps: int = Field(1000, ge=1)
+    #: prompts per optimizer step per process = batch_size × grad_accum
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(3e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    bf16: bool = True
+    gradient_checkpointing: bool = False
+    #: which parts train: any of language_model, audio_encoder, projector, lm_head
+    #: (with model.lora set, the language model trains through its adapter only)
+    trainable: list[Literal["language_model", "audio_encoder", "projector", "lm_head"]] = Field(
+        default_factory=lambda: ["language_model"]
+    )
+    save_every: int = Field(500, ge=1)
+    keep_last: int = Field(2, ge=1)
+    log_every: int = Field(1, ge=1)
+    max_bad_steps: int = Field(10, ge=1)
+    tensorboard: bool = True
+    progress: bool = True
+
+
+class SynthConfig(_Section):
+    """``cord synth``: text question/answer data → paired speech/text data."""
+
+    input: str = ""
+    out: str = "data/train"
+    #: local file columns (JSONL / CSV / Parquet)
+    question_column: str = "question"
+    answer_column: str = "answer"
+    id_column: str | None = None
+    split: str = "train"
+    tts: Literal["espeak", "kokoro"] = "espeak"
+    #: espeak-ng voices drawn by the seed (None = the backend's default set)
+    voices: list[str] | None = None
+    speed_range: tuple[int, int] = (140, 190)
+    pitch_range: tuple[int, int] = (30, 70)
+    kokoro_model: str | None = None
+    kokoro_config: str | None = None
+    kokoro_voices_dir: str | None = None
+    limit: int | None = Field(None, ge=1)
+    workers: int = Field(2, ge=1)
+    seed: int = 0
+    max_audio_seconds: float = Field(30.0, gt=0)
+
+
+class EvalConfig(_Section):
+    """``cord eval``: audio vs text accuracy on benchmarks."""
+
+    benchmarks: list[str] = Field(default_factory=lambda: ["voicebench-mmsu", "voicebench-openbookqa", "gsm8k-audio"])
+    modalities: list[Literal["audio", "text"]] = Field(default_factory=lambda: ["audio", "text"])
+    out: str = "runs/eval"
+    limit: int | None = Field(None, ge=1)
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(512, ge=1)
+    baseline: str | None = None
+
+
+class CordConfig(_Section):
+    """The whole tree; one YAML file holds any subset of these sections."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _check_lora_targets(self) -> "CordConfig":
+        if self.model.lora is not None and not self.model.lora.target_modules:
+            raise ValueError("model.lora.target_modules must name at least one module")
+        return self
+
+
+# ---------------------------------------------------------------------------------------
+# Loading, overrides and one-line errors
+
+
+def _section_model(path: tuple[str, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the key at ``path`` (for nearest-key suggestions)."""
+    model: type[BaseModel] = CordConfig
+    for part in path:
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        nxt = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if nxt is None:
+            return None
+        model = nxt
+    return model
+
+
+def _nearest(name: str, options: list[str]) -> str | None:
+    close = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
+    return close[0] if close else None
+
+
+def format_validation_error(err: ValidationError, source: str = "config") -> str:
+    """One line: where, what was wrong, and (for unknown keys) the nearest valid key."""
+    first = err.errors()[0]
+    loc = tuple(str(p) for p in first["loc"])
+    dotted = ".".join(loc)
+    if first["type"] == "extra_forbidden":
+        owner = _section_model(loc[:-1])
+        options = sorted(owner.model_fields) if owner else []
+        hint = _nearest(loc[-1], options)
+        where = ".".join(loc[:-1]) or "top level"
+        msg = f"{source}: unknown key '{dotted}'"
+        msg += f" — did you mean '{'.'.join((*loc[:-1], hint))}'?" if hint else f" (valid keys in {where}: {', '.join(options)})"
+        return msg
+    value = first.get("input")
+    shown = repr(value) if not isinstance(value, dict) else "a mapping"
+    more = f" (and {len(err.errors()) - 1} more error(s))" if len(err.errors()) > 1 else ""
+    return f"{source}: {dotted or 'config'}: {first['msg']} (got {shown}){more}"
+
+
+def _parse_scalar(text: str) -> Any:
+    """Override values are YAML scalars/lists: ``1e-5`` → float, ``[a,b]`` → list, ``null`` → None."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides to a raw config mapping (validation happens after)."""
+    for item in overrides:
+        if "=" not in item:
+            raise CordError(f"override {item!r} must look like section.key=value (e.g. train.lr=1e-5)")
+        key, value = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise CordError(f"override {item!r} has an empty key")
+        node = data
+        for part in parts[:-1]:
+            nxt = node.setdefault(part, {})
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise CordError(f"override {item!r}: '{part}' is a value, not a section")
+            node = nxt
+        node[parts[-1]] = _parse_scalar(value)
+    return data
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> CordConfig:
+    try:
+        return CordConfig.model_validate(data)
+    except ValidationError as e:
+        raise CordError(format_validation_error(e, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> CordConfig:
+    """Read a YAML file (or nothing: all defaults), apply overrides, validate."""
+    data: dict[str, Any] = {}
+    source = "config"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise CordError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise CordError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise CordError(f"{path}: the top level must be a mapping of sections (model:, train:, ...)")
+        data = loaded
+    apply_overrides(data, list(overrides or []))
+    return config_from_dict(data, source)
+
+
+def dump_config(cfg: CordConfig) -> str:
+    """YAML text of a config (saved next to checkpoints, so a run records what it ran)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
