@@ -1,0 +1,234 @@
+"""Adapters for the Qwen audio families on transformers 5.x:
+``Qwen2AudioForConditionalGeneration`` and ``Qwen2_5OmniThinkerForConditionalGeneration``.
+
+Both put a Whisper-style encoder (128 mel bins, 100 frames/s, 30 s window) in front of a
+Qwen2 decoder and mark the audio in the prompt with ``<|audio_bos|><|AUDIO|><|audio_eos|>``,
+where ``<|AUDIO|>`` is expanded to one token per encoder output frame (25 per second).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cord import CordError
+from cord.data.audio import SAMPLE_RATE, apply_length_policy
+from cord.data.paired import PairedExample
+from cord.models.base import PromptBatch
+
+AUDIO_ITEM = "<|audio_bos|><|AUDIO|><|audio_eos|>"
+
+
+def whisper_audio_token_count(n_frames: int) -> int:
+    """Encoder output length for ``n_frames`` valid mel frames (conv stride 2, then pool 2)."""
+    return (((n_frames - 1) // 2 + 1) - 2) // 2 + 1
+
+
+class QwenAudioAdapter:
+    """Shared logic: prompts, left-padded batching, completion hidden states, generation."""
+
+    family = "qwen-audio"
+    default_system_prompt = "You are a helpful assistant."
+    audio_item = AUDIO_ITEM
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        feature_extractor: Any,
+        *,
+        system_prompt: str | None = None,
+        instruction: str = "",
+        long_audio: str = "error",
+        max_audio_seconds: float = 30.0,
+        chat_template: str | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.feature_extractor = feature_extractor
+        self.system_prompt = self.default_system_prompt if system_prompt is None else system_prompt
+        self.instruction = instruction
+        self.long_audio = long_audio
+        self.max_audio_seconds = max_audio_seconds
+        self.chat_template = chat_template
+        self.audio_token = "<|AUDIO|>"
+        self.audio_token_id = tokenizer.convert_tokens_to_ids(self.audio_token)
+        self.skipped_long_audio = 0
+
+    # ----------------------------------------------------------------- tokens
+    @property
+    def eos_token_ids(self) -> list[int]:
+        ids = {self.tokenizer.eos_token_id}
+        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        if isinstance(gen_eos, int):
+            ids.add(gen_eos)
+        elif gen_eos:
+            ids.update(gen_eos)
+        for tok in ("<|im_end|>", "<|endoftext|>"):
+            tid = self.tokenizer.convert_tokens_to_ids(tok)
+            if isinstance(tid, int) and tid != self.tokenizer.unk_token_id and tid is not None:
+                ids.add(tid)
+        return sorted(i for i in ids if i is not None)
+
+    @property
+    def pad_token_id(self) -> int:
+        pid = self.tokenizer.pad_token_id
+        return self.tokenizer.eos_token_id if pid is None else pid
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def lm_head(self) -> nn.Linear:
+        return self.model.get_output_embeddings()
+
+    # ---------------------------------------------------------------- prompts
+    def render(self, user_content: str) -> str:
+        """The chat-formatted prompt text with the generation prompt (assistant turn) open."""
+        parts = []
+        if self.system_prompt:
+            parts.append(f"<|im_start|>system\n{self.system_prompt}<|im_end|>\n")
+        parts.append(f"<|im_start|>user\n{user_content}<|im_end|>\n<|im_start|>assistant\n")
+        return "".join(parts)
+
+    def audio_user_content(self) -> str:
+        return f"Audio 1: {self.audio_item}\n{self.instruction}".rstrip()
+
+    def text_user_content(self, question: str) -> str:
+        return f"{question}\n{self.instruction}".rstrip()
+
+    def _left_pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            if s:
+                ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+                mask[i, width - len(s) :] = 1
+        return ids, mask
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def text_prompts(self, examples: list[PairedExample]) -> PromptBatch:
+        seqs = [self._encode(self.render(self.text_user_content(ex.question_text))) for ex in examples]
+        ids, mask = self._left_pad(seqs)
+        return PromptBatch(ids, mask, "text", {}, list(range(len(examples))))
+
+    def prepare_audio(self, examples: list[PairedExample]) -> tuple[list[np.ndarray], list[int]]:
+        """Apply the long-audio policy; returns the kept audio arrays and their example indices."""
+        arrays, keep = [], []
+        for i, ex in enumerate(examples):
+            if ex.audio is None:
+                raise CordError(f"example {ex.id!r} has no audio; an audio prompt needs 16 kHz mono audio")
+            audio = np.asarray(ex.audio, dtype=np.float32)
+            if audio.ndim != 1:
+                raise CordError(f"example {ex.id!r}: audio must be mono (samples,), got shape {audio.shape}")
+            kept = apply_length_policy(audio, self.max_audio_seconds, self.long_audio, name=f"audio of {ex.id!r}")
+            if kept is None:
+                self.skipped_long_audio += 1
+                continue
+            arrays.append(kept)
+            keep.append(i)
+        return arrays, keep
+
+    def audio_features(self, arrays: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        feats = self.feature_extractor(
+            arrays,
+            sampling_rate=SAMPLE_RATE,
+            return_attention_mask=True,
+            padding="max_length",
+            return_tensors="pt",
+        )
+        return {
+            "input_features": feats["input_features"].to(self.model.dtype),
+            "feature_attention_mask": feats["attention_mask"].long(),
+        }
+
+    def audio_prompts(self, examples: list[PairedExample]) -> PromptBatch:
+        arrays, keep = self.prepare_audio(examples)
+        if not arrays:
+            return PromptBatch(
+                torch.zeros((0, 1), dtype=torch.long), torch.zeros((0, 1), dtype=torch.long), "audio", {}, []
+            )
+        extra = self.audio_features(arrays)
+        n_frames = extra["feature_attention_mask"].sum(-1).tolist()
+        template = self._encode(self.render(self.audio_user_content()))
+        seqs = []
+        for n in n_frames:
+            count = whisper_audio_token_count(int(n))
+            seq: list[int] = []
+            for tid in template:
+                seq.extend([tid] * count if tid == self.audio_token_id else [tid])
+            seqs.append(seq)
+        ids, mask = self._left_pad(seqs)
+        return PromptBatch(ids, mask, "audio", extra, keep)
+
+    # ----------------------------------------------------------------- hidden
+    def _decoder_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, extra: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def completion_hidden(
+        self, prompts: PromptBatch, completion_ids: torch.Tensor, completion_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, T, H) hidden states predicting each completion token (see models.base)."""
+        device = self.device
+        prompts = prompts.to(device)
+        completion_ids = completion_ids.to(device)
+        completion_mask = completion_mask.to(device).bool()
+        width = prompts.input_ids.shape[1]
+        ids = torch.cat([prompts.input_ids, completion_ids.masked_fill(~completion_mask, self.pad_token_id)], dim=1)
+        attn = torch.cat([prompts.attention_mask, completion_mask.long()], dim=1)
+        hidden = self._decoder_hidden(ids, attn, prompts.extra)
+        # position width-1+t (last prompt token, then completion tokens) predicts completion token t
+        return hidden[:, width - 1 : width - 1 + completion_ids.shape[1]]
+
+    # --------------------------------------------------------------- generate
+    def generate(self, prompts: PromptBatch, **kwargs: Any) -> torch.Tensor:
+        prompts = prompts.to(self.device)
+        out = self.model.generate(
+            input_ids=prompts.input_ids,
+            attention_mask=prompts.attention_mask,
+            **prompts.extra,
+            **kwargs,
+        )
+        sequences = out.sequences if hasattr(out, "sequences") else out
+        return sequences[:, prompts.input_ids.shape[1] :]
+
+
+class Qwen2AudioAdapter(QwenAudioAdapter):
+    family = "qwen2-audio"
+
+    def _decoder_hidden(self, input_ids, attention_mask, extra):
+        # Positions count only attended tokens, so left padding does not shift them.
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        out = base.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+            **extra,
+        )
+        return out.last_hidden_state
+
+
+class Qwen25OmniThinkerAdapter(QwenAudioAdapter):
+    family = "qwen2.5-omni"
+    default_system_prompt = (
+        "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving "
+        "auditory and visual inputs, as well as generating text and speech."
+    )
+
+    def audio_user_content(self) -> str:
+        # The Omni chat template puts the audio item inline, without an "Audio 1:" label.
+        return f"{self.audio_item}{self.instruction}".rstrip()
+
+    def _decoder_hidden(self, input_ids, attention_mask, extra):
+        # The thinker computes its own 3-D (mrope) positions from input_ids and the mask.
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        out = base.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra)
+        return out.last_hidden_state
