@@ -1,0 +1,412 @@
+"""Chunked full-vocabulary divergences and token log-probabilities through an lm_head.
+
+The model never returns logits. It returns hidden states of completion positions,
+(B, T, H), and these functions project them through the lm_head (V, H) a chunk of
+positions at a time, so no (N, V) tensor for all N positions ever exists: the peak extra
+memory is a few (chunk, V) fp32 buffers. Each returns one value per position.
+
+How the gradient stays cheap (the details matter for speed, see BENCHMARKS.md):
+
+* Every per-position value f_t depends only on its own hidden state h_t. The forward pass
+  already holds the chunk's logits, so it forms d f_t / d logits_t right there and stores
+  the (N, H) product with the lm_head, unscaled. Backward then only multiplies row t by the
+  incoming grad_output g_t: exact, and no recomputation. With a frozen lm_head (the LoRA
+  case) that is the whole backward.
+* The lm_head gradient, sum_t g_t (d f_t / d logits_t) outer h_t, needs g_t, which is only
+  known in backward. Without a hint, backward recomputes the chunks' logits (about 1.5x the
+  matmuls of naive autograd). With ``grad_hint`` c_t (an (B, T) guess of grad_output up
+  to one scale factor), the forward also accumulates sum_t c_t (...) outer h_t; backward
+  finds the scale s (median of g_t / c_t), uses s times that sum, and recomputes only the
+  positions where g_t differs from s * c_t. The result is exact whatever the hint (up to
+  fp rounding: positions with |g_t - s c_t| <= 8 eps |g_t| are taken as matching). For
+  CORD's loss pass ``grad_hint=position_decay_weights(mask, beta)``: the top-K alpha boost
+  then touches only K positions per sequence; for uniform OPD pass ``torch.ones``.
+
+Precision: logits are computed by a matmul in the promoted dtype of hidden and weight (so
+bf16 stays on the fast bf16 path), then cast per chunk to float32 (float64 if any input is
+float64); softmax, KL and the gradient with respect to the logits are computed in that
+dtype. Returned values are float32 (float64 for float64 inputs); gradients come back in
+each input's dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+# Elementwise softmax/KL work runs on row blocks of about this many elements (4 MiB of
+# fp32) so the temporaries stay small and mostly in cache; matmuls run on whole chunks.
+_ROW_BLOCK_ELEMS = 1 << 20
+
+_KINDS = ("reverse_kl", "forward_kl", "logprob")
+
+
+def _compute_dtype(*tensors: Tensor | None) -> torch.dtype:
+    if any(t is not None and t.dtype == torch.float64 for t in tensors):
+        return torch.float64
+    return torch.float32
+
+
+def _logits(h: Tensor, w: Tensor, b: Tensor | None, inv_temp: float, cdtype: torch.dtype) -> Tensor:
+    """(c, H) x (V, H) -> (c, V) logits / temperature, in ``cdtype`` (a fresh buffer)."""
+    mm = torch.promote_types(h.dtype, w.dtype)
+    h, w = h.to(mm), w.to(mm)
+    if mm == cdtype and b is not None:
+        z = torch.addmm(b.to(mm), h, w.t())
+    else:
+        z = (h @ w.t()).to(cdtype)
+        if b is not None:
+            z.add_(b.to(cdtype))
+    if inv_temp != 1.0:
+        z.mul_(inv_temp)
+    return z
+
+
+def _rows(n_rows: int, vocab: int):
+    step = max(1, _ROW_BLOCK_ELEMS // max(vocab, 1))
+    for r in range(0, n_rows, step):
+        yield slice(r, min(r + step, n_rows))
+
+
+def _reverse_kl_rows(zs: Tensor, zt: Tensor, out: Tensor) -> Tensor:
+    """D_t = sum_v p (log p - log q), p = softmax(zs), q = softmax(zt).
+
+    Overwrites ``zt`` with dD_t/dzs = p * (log p - log q - D_t) and returns it; ``zs`` is
+    clobbered. ``out`` (c,) receives D_t.
+    """
+    for r in _rows(zs.shape[0], zs.shape[1]):
+        a, b = zs[r], zt[r]
+        lp = torch.log_softmax(a, -1)
+        lq = torch.log_softmax(b, -1)
+        torch.sub(lp, lq, out=b)  # log p - log q
+        torch.exp(lp, out=a)  # p
+        d = torch.linalg.vecdot(a, b)
+        out[r] = d
+        b.sub_(d.unsqueeze(-1)).mul_(a)
+    return zt
+
+
+def _forward_kl_rows(zs: Tensor, zt: Tensor, out: Tensor) -> Tensor:
+    """D_t = sum_v q (log q - log p). Overwrites ``zt`` with dD_t/dzs = p - q."""
+    for r in _rows(zs.shape[0], zs.shape[1]):
+        a, b = zs[r], zt[r]
+        lp = torch.log_softmax(a, -1)
+        lq = torch.log_softmax(b, -1)
+        q = lq.exp()
+        out[r] = torch.linalg.vecdot(q, lq.sub_(lp))
+        torch.exp(lp, out=a)
+        torch.sub(a, q, out=b)
+    return zt
+
+
+def _logprob_rows(zs: Tensor, ids: Tensor, out: Tensor) -> Tensor:
+    """f_t = log softmax(zs)[y_t]. Overwrites ``zs`` with df_t/dzs = onehot(y_t) - p."""
+    for r in _rows(zs.shape[0], zs.shape[1]):
+        a = zs[r]
+        y = ids[r].unsqueeze(-1)
+        lse = torch.logsumexp(a, -1, keepdim=True)
+        out[r] = (a.gather(-1, y) - lse).squeeze(-1)
+        a.sub_(lse).exp_().neg_()
+        a.scatter_add_(-1, y, torch.ones_like(y, dtype=a.dtype))
+    return zs
+
+
+def _chunk_values_and_grad(kind, hs, ws, bs, target, wt, bt, inv_temp, cdtype):
+    """Values f (c,) and df/d(logits / temperature) (c, V) for one chunk of positions."""
+    out = torch.empty(hs.shape[0], dtype=cdtype, device=hs.device)
+    zs = _logits(hs, ws, bs, inv_temp, cdtype)
+    if kind == "logprob":
+        return out, _logprob_rows(zs, target, out)
+    zt = _logits(target, wt, bt, inv_temp, cdtype)
+    fn = _reverse_kl_rows if kind == "reverse_kl" else _forward_kl_rows
+    return out, fn(zs, zt, out)
+
+
+def _mm_into(acc: Tensor, a: Tensor, b: Tensor) -> None:
+    """acc += a @ b, with the product taken in the operands' promoted dtype."""
+    mm = torch.promote_types(a.dtype, b.dtype)
+    if acc.dtype == mm:
+        acc.addmm_(a.to(mm), b.to(mm))
+    else:
+        acc.add_((a.to(mm) @ b.to(mm)).to(acc.dtype))
+
+
+class _ChunkedHead(torch.autograd.Function):
+    """Packed (n, H) positions -> (n,) values; see the module docstring for the scheme."""
+
+    @staticmethod
+    def forward(ctx, kind, inv_temp, chunk, need_h, need_w, need_b, hs, ws, bs, target, wt, bt, hint):
+        cdtype = _compute_dtype(hs, ws, bs, target if kind != "logprob" else None, wt, bt)
+        n, hdim = hs.shape
+        vocab = ws.shape[0]
+        use_hint = hint is not None and (need_w or need_b)
+        out = torch.empty(n, dtype=cdtype, device=hs.device)
+        gh = torch.empty(n, hdim, dtype=cdtype, device=hs.device) if need_h else None
+        pre_w = torch.zeros(vocab, hdim, dtype=cdtype, device=hs.device) if use_hint and need_w else None
+        pre_b = torch.zeros(vocab, dtype=cdtype, device=hs.device) if use_hint and need_b else None
+        w_mm = None
+        for s in range(0, n, chunk):
+            e = min(s + chunk, n)
+            vals, g = _chunk_values_and_grad(kind, hs[s:e], ws, bs, target[s:e], wt, bt, inv_temp, cdtype)
+            out[s:e] = vals
+            if not (need_h or use_hint):
+                continue
+            if inv_temp != 1.0:
+                g.mul_(inv_temp)  # d/d(logits) = d/d(logits/temperature) / temperature
+            if need_h:
+                if w_mm is None:
+                    w_mm = ws.to(torch.promote_types(ws.dtype, g.dtype))
+                gh[s:e] = g.to(w_mm.dtype) @ w_mm
+            if use_hint:
+                g.mul_(hint[s:e].to(cdtype).unsqueeze(-1))
+                if pre_w is not None:
+                    _mm_into(pre_w, g.t(), hs[s:e])
+                if pre_b is not None:
+                    pre_b.add_(g.sum(0))
+        ctx.kind, ctx.inv_temp, ctx.chunk, ctx.cdtype = kind, inv_temp, chunk, cdtype
+        ctx.flags = (need_h, need_w, need_b)
+        ctx.hs_dtype = hs.dtype
+        ctx.save_for_backward(
+            hs if (need_w or need_b) else None,
+            target if (need_w or need_b) else None,
+            ws, bs, wt, bt, gh,
+            hint if use_hint else None, pre_w, pre_b,
+        )
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        hs, target, ws, bs, wt, bt, gh, hint, pre_w, pre_b = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.flags
+        cdtype = ctx.cdtype
+        g = grad_out.to(cdtype)
+        grad_h = grad_w = grad_b = None
+        if need_h:
+            grad_h = (gh * g.unsqueeze(-1)).to(ctx.hs_dtype)
+        if need_w or need_b:
+            vocab, hdim = ws.shape
+            if hint is not None:
+                # exact whatever the hint: grad = s * (forward's accumulation) + corrections
+                scale, delta = _split_on_hint(g, hint.to(cdtype))
+                redo = delta.abs() > 8 * torch.finfo(cdtype).eps * g.abs()
+                grad_w = pre_w.mul_(scale) if need_w else None
+                grad_b = pre_b.mul_(scale) if need_b else None
+            else:
+                delta = g
+                redo = g != 0
+                grad_w = torch.zeros(vocab, hdim, dtype=cdtype, device=g.device) if need_w else None
+                grad_b = torch.zeros(vocab, dtype=cdtype, device=g.device) if need_b else None
+            idx = redo.nonzero().squeeze(-1)
+            for s in range(0, idx.numel(), ctx.chunk):
+                i = idx[s : s + ctx.chunk]
+                h_i = hs.index_select(0, i)
+                _, d = _chunk_values_and_grad(
+                    ctx.kind, h_i, ws, bs, target.index_select(0, i), wt, bt, ctx.inv_temp, cdtype
+                )
+                d.mul_((delta.index_select(0, i) * ctx.inv_temp).unsqueeze(-1))
+                if grad_w is not None:
+                    _mm_into(grad_w, d.t(), h_i)
+                if grad_b is not None:
+                    grad_b.add_(d.sum(0))
+            grad_w = grad_w.to(ws.dtype) if grad_w is not None else None
+            grad_b = grad_b.to(bs.dtype) if grad_b is not None else None
+        return None, None, None, None, None, None, grad_h, grad_w, grad_b, None, None, None, None
+
+
+def _split_on_hint(g: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """g = s * c + delta with s the median ratio g/c, so delta is zero where g matches c."""
+    nz = c != 0
+    if bool(nz.any()):
+        scale = (g[nz] / c[nz]).median()
+    else:
+        scale = g.new_zeros(())
+    return scale, g - scale * c
+
+
+def _flatten(hidden: Tensor, mask: Tensor | None, name: str) -> tuple[Tensor, Tensor | None, tuple[int, ...]]:
+    """(B, T, H) or (N, H) -> (rows (B*T or N, H), valid flat index or None, value shape)."""
+    if hidden.dim() not in (2, 3):
+        raise ValueError(f"{name} must be (B, T, H) or (N, H), got shape {tuple(hidden.shape)}")
+    shape = tuple(hidden.shape[:-1])
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    if mask is None:
+        return flat, None, shape
+    if tuple(mask.shape) != shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not match {name} positions {shape}")
+    idx = mask.reshape(-1).to(torch.bool).nonzero().squeeze(-1)
+    return flat, idx, shape
+
+
+def _gather(x: Tensor | None, idx: Tensor | None) -> Tensor | None:
+    if x is None or idx is None:
+        return x
+    return x.index_select(0, idx)
+
+
+def _scatter(vals: Tensor, idx: Tensor | None, shape: tuple[int, ...]) -> Tensor:
+    if idx is None:
+        return vals.reshape(shape)
+    total = 1
+    for s in shape:
+        total *= s
+    return vals.new_zeros(total).index_copy(0, idx, vals).reshape(shape)
+
+
+def _apply(kind, student_hidden, student_weight, student_bias, target, teacher_weight, teacher_bias,
+           mask, temperature, chunk_size, grad_hint):
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    flat, idx, shape = _flatten(student_hidden, mask, "student_hidden")
+    if student_weight.dim() != 2 or student_weight.shape[1] != flat.shape[1]:
+        raise ValueError(
+            f"student_weight must be (V, H={flat.shape[1]}), got shape {tuple(student_weight.shape)}"
+        )
+    hs = _gather(flat, idx)
+    if kind == "logprob":
+        if tuple(target.shape) != shape:
+            raise ValueError(f"ids shape {tuple(target.shape)} does not match hidden positions {shape}")
+        tgt = _gather(target.reshape(-1).long(), idx)
+    else:
+        tflat, _, tshape = _flatten(target, None, "teacher_hidden")
+        if tshape != shape:
+            raise ValueError(f"teacher_hidden positions {tshape} do not match student_hidden positions {shape}")
+        if teacher_weight.shape[0] != student_weight.shape[0]:
+            raise ValueError(
+                f"teacher vocabulary {teacher_weight.shape[0]} != student vocabulary {student_weight.shape[0]}"
+            )
+        tgt = _gather(tflat.detach(), idx)  # the teacher is a constant: never any grad for it
+        teacher_weight = teacher_weight.detach()
+        teacher_bias = teacher_bias.detach() if teacher_bias is not None else None
+    grad_on = torch.is_grad_enabled()
+    need_h = grad_on and hs.requires_grad
+    need_w = grad_on and student_weight.requires_grad
+    need_b = grad_on and student_bias is not None and student_bias.requires_grad
+    hint = None
+    if grad_hint is not None and (need_w or need_b):
+        if tuple(grad_hint.shape) != shape:
+            raise ValueError(f"grad_hint shape {tuple(grad_hint.shape)} does not match positions {shape}")
+        hint = _gather(grad_hint.detach().reshape(-1), idx)
+    vals = _ChunkedHead.apply(
+        kind, 1.0 / float(temperature), int(chunk_size), need_h, need_w, need_b,
+        hs, student_weight, student_bias, tgt, teacher_weight, teacher_bias, hint,
+    )
+    return _scatter(vals, idx, shape)
+
+
+def reverse_kl_per_token(
+    student_hidden: Tensor,
+    student_weight: Tensor,
+    teacher_hidden: Tensor,
+    teacher_weight: Tensor,
+    mask: Tensor | None = None,
+    *,
+    student_bias: Tensor | None = None,
+    teacher_bias: Tensor | None = None,
+    temperature: float = 1.0,
+    chunk_size: int = 512,
+    grad_hint: Tensor | None = None,
+) -> Tensor:
+    """Per-position reverse KL, KL(p_student || p_teacher), over the full vocabulary.
+
+    Args:
+        student_hidden: (B, T, H) or (N, H) final hidden states of the student at the
+            completion positions (position t predicts token t).
+        student_weight: (V, H) student lm_head weight. Gets a gradient when it requires one.
+        teacher_hidden: same shape as ``student_hidden``; treated as a constant (detached).
+        teacher_weight: (V, H) teacher lm_head weight (may be the same tensor as the
+            student's); treated as a constant.
+        mask: (B, T) or (N,) bool / 0-1, True at valid completion positions; None = all.
+            Only valid positions are computed.
+        student_bias, teacher_bias: optional (V,) lm_head biases (teacher's is constant).
+        temperature: both distributions are softmax(logits / temperature).
+        chunk_size: positions per chunk; peak extra memory is a few (chunk_size, V) fp32
+            buffers.
+        grad_hint: optional (B, T) guess of the gradient that will flow into the result, up
+            to one global scale (e.g. ``position_decay_weights(mask, beta)`` for CORD's loss).
+            Only used when the lm_head needs a gradient; never changes the result, only how
+            much the backward recomputes (see the module docstring).
+
+    Returns:
+        (B, T) or (N,) float32 (float64 for float64 inputs): D_t = sum_v p_s (log p_s - log p_t)
+        at valid positions, 0 at masked ones. Differentiable with respect to the student
+        hidden states, weight and bias only.
+    """
+    return _apply("reverse_kl", student_hidden, student_weight, student_bias, teacher_hidden,
+                  teacher_weight, teacher_bias, mask, temperature, chunk_size, grad_hint)
+
+
+def forward_kl_per_token(
+    student_hidden: Tensor,
+    student_weight: Tensor,
+    teacher_hidden: Tensor,
+    teacher_weight: Tensor,
+    mask: Tensor | None = None,
+    *,
+    student_bias: Tensor | None = None,
+    teacher_bias: Tensor | None = None,
+    temperature: float = 1.0,
+    chunk_size: int = 512,
+    grad_hint: Tensor | None = None,
+) -> Tensor:
+    """Per-position forward KL, KL(p_teacher || p_student) = sum_v p_t (log p_t - log p_s).
+
+    Same arguments, shapes, memory behaviour and gradient rules as
+    :func:`reverse_kl_per_token` (the teacher is a constant). Used by the off-policy
+    ``forward_kl`` baseline, where the student follows the teacher's own samples.
+    """
+    return _apply("forward_kl", student_hidden, student_weight, student_bias, teacher_hidden,
+                  teacher_weight, teacher_bias, mask, temperature, chunk_size, grad_hint)
+
+
+def token_logprobs(
+    hidden: Tensor,
+    weight: Tensor,
+    ids: Tensor,
+    mask: Tensor | None = None,
+    *,
+    bias: Tensor | None = None,
+    temperature: float = 1.0,
+    chunk_size: int = 512,
+    grad_hint: Tensor | None = None,
+) -> Tensor:
+    """log softmax(hidden @ weight.T + bias) / temperature)[ids], chunked like the KLs.
+
+    Args:
+        hidden: (B, T, H) or (N, H) hidden states; position t scores token ``ids[..., t]``.
+        weight: (V, H) lm_head weight; bias: optional (V,).
+        ids: (B, T) or (N,) integer token ids (values at masked positions are ignored).
+        mask: valid positions (None = all); 0 is returned elsewhere.
+        grad_hint: as in :func:`reverse_kl_per_token` (e.g. ``torch.ones`` for a plain
+            token-mean NLL with a trainable lm_head).
+
+    Returns:
+        (B, T) or (N,) float32 log-probabilities, differentiable with respect to hidden,
+        weight and bias (for SFT's NLL and GRPO's policy ratio).
+    """
+    return _apply("logprob", hidden, weight, bias, ids, None, None, mask, temperature,
+                  chunk_size, grad_hint)
+
+
+def sampled_token_logratio(student_logprobs: Tensor, teacher_logprobs: Tensor, mask: Tensor | None = None) -> Tensor:
+    """The k1 estimator of the reverse KL from sampled tokens only: log p_s(y_t) - log p_t(y_t).
+
+    Args:
+        student_logprobs, teacher_logprobs: (B, T) log-probabilities of the rollout's own
+            tokens y_t under student and teacher (e.g. from :func:`token_logprobs`).
+        mask: (B, T) valid completion positions (None = all); 0 elsewhere.
+
+    Returns:
+        (B, T) float32, detached. On-policy (y_t ~ p_s) its expectation is the reverse KL
+        D_t, but with high variance. Backpropagating through it directly has zero expected
+        gradient on-policy (E_p[grad log p] = 0), which is why it is returned detached: use
+        its negative as a per-token REINFORCE reward (advantage) in
+        :func:`cord.objectives.grpo_surrogate`, which is unbiased for the reverse-KL
+        gradient. A cheap alternative to the full-vocabulary KL; off by default in CORD.
+    """
+    k1 = (student_logprobs.detach().float() - teacher_logprobs.detach().float())
+    if mask is not None:
+        k1 = k1 * mask.to(k1.dtype)
+    return k1
