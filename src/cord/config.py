@@ -221,7 +221,16 @@ def _section_model(path: tuple[str, ...]) -> type[BaseModel] | None:
 
 
 def _nearest(name: str, options: list[str]) -> str | None:
-    close = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
+    """The valid key the user most likely meant: a close spelling, else one contained in the
+    name or containing it (``lr_rate`` → ``lr``), else a looser spelling match."""
+    close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+    if close:
+        return close[0]
+    low = name.lower()
+    contained = [o for o in options if len(o) >= 2 and (o in low or low in o)]
+    if contained:
+        return max(contained, key=len)
+    close = difflib.get_close_matches(name, options, n=1, cutoff=0.4)
     return close[0] if close else None
 
 

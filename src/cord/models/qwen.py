@@ -85,6 +85,13 @@ class QwenAudioAdapter:
     def lm_head(self) -> nn.Linear:
         return self.model.get_output_embeddings()
 
+    def save_pretrained(self, directory: str) -> None:
+        """Weights (or the peft adapter), config, tokenizer and feature extractor, loadable
+        again with ``model.name_or_path: <directory>`` (and ``model.lora`` for an adapter)."""
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        self.feature_extractor.save_pretrained(directory)
+
     # ---------------------------------------------------------------- prompts
     def render(self, user_content: str) -> str:
         """The chat-formatted prompt text with the generation prompt (assistant turn) open."""

@@ -78,14 +78,21 @@ def _load_hf(model_cls_name: str, cfg):
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
     try:
-        processor = AutoProcessor.from_pretrained(cfg.name_or_path)
+        try:
+            processor = AutoProcessor.from_pretrained(cfg.name_or_path)
+            tokenizer, feature_extractor = processor.tokenizer, processor.feature_extractor
+        except (OSError, ValueError, TypeError, AttributeError):
+            # a directory written by save_pretrained of a tiny model has no processor config
+            from transformers import AutoFeatureExtractor, AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(cfg.name_or_path)
+            feature_extractor = AutoFeatureExtractor.from_pretrained(cfg.name_or_path)
         model = model_cls.from_pretrained(cfg.name_or_path, **kwargs)
     except OSError as e:
         raise CordError(f"cannot load model '{cfg.name_or_path}': {str(e).splitlines()[0]}") from None
     model.to(device).eval()
-    tokenizer = processor.tokenizer
     tokenizer.padding_side = "left"
-    return model, tokenizer, processor.feature_extractor
+    return model, tokenizer, feature_extractor
 
 
 def _qwen_loader(adapter_cls, model_cls_name: str, tiny_builder):

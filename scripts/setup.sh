@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Set up cord in ./.venv on a fresh machine.
+#   bash scripts/setup.sh          # cord and its runtime dependencies
+#   bash scripts/setup.sh --dev    # plus the test tools
+# Torch: CPU installs get torch==2.13.0. GPU users: install the CUDA build of torch into
+# .venv first (it is kept), or set CORD_TORCH_SPEC (e.g. CORD_TORCH_SPEC="torch==2.13.0"
+# with PIP_EXTRA_INDEX_URL pointing at your CUDA wheel index).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras=""
+[ "${1:-}" = "--dev" ] && extras="[dev]"
+
+# espeak-ng: the offline default TTS (cord synth, cord demo).
+if ! command -v espeak-ng >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo apt-get update -qq >/dev/null && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null
+  else
+    echo "setup: please install espeak-ng (e.g. apt-get install espeak-ng, brew install espeak-ng)" >&2
+  fi
+fi
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+  .venv/bin/python -m pip install -q "${CORD_TORCH_SPEC:-torch==2.13.0}"
+fi
+.venv/bin/python -m pip install -q -e ".${extras}"
+.venv/bin/python -c "import cord, torch, transformers; print(f'cord {cord.__version__} ready (torch {torch.__version__}, transformers {transformers.__version__})')"

@@ -1,0 +1,5 @@
+import sys
+
+from cord.cli import main
+
+sys.exit(main())

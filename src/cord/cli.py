@@ -1,0 +1,118 @@
+"""``cord synth | train | eval | analyze | demo`` — thin: parse, load config, call.
+
+Every user-facing failure is a :class:`cord.CordError` printed as one line, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from typing import Callable
+
+from cord import CordError, __version__
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (any subset of the sections)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one key, e.g. --set train.lr=1e-5 (repeatable)",
+    )
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cord",
+        description="CORD: weighted on-policy cross-modal distillation for audio language models.",
+    )
+    parser.add_argument("--version", action="version", version=f"cord {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="text question/answer data -> paired speech/text data")
+    _config_args(p)
+    p.add_argument("--input", help="JSONL/CSV/Parquet file, or a hub dataset name (AI-MO/NuminaMath-CoT, openai/gsm8k)")
+    p.add_argument("--out", help="output directory (manifest.jsonl + audio/)")
+    p.add_argument("--tts", choices=["espeak", "kokoro"])
+    p.add_argument("--limit", type=int)
+    p.add_argument("--workers", type=int)
+    p.add_argument("--seed", type=int)
+
+    p = sub.add_parser("train", help="train with CORD or a baseline from a YAML preset")
+    _config_args(p)
+    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
+                   help="resume from a checkpoint dir (default: the latest in train.output_dir); "
+                        "a run also resumes automatically when its output dir holds a checkpoint")
+    p.add_argument("--no-resume", action="store_true", help="start fresh even if output_dir has checkpoints")
+
+    p = sub.add_parser("eval", help="audio vs text accuracy and their gap on benchmarks")
+    _config_args(p)
+    p.add_argument("--model", help="hub name or local path (or 'tiny')")
+    p.add_argument("--family", help="model family (qwen2-audio, qwen2.5-omni, mini)")
+    p.add_argument("--benchmarks", help="comma-separated benchmark names or local benchmark folders")
+    p.add_argument("--modalities", help="comma-separated: audio,text")
+    p.add_argument("--out", help="output directory")
+    p.add_argument("--limit", type=int, help="items per benchmark")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--baseline", help="another report.json: adds gap reduction per benchmark")
+
+    p = sub.add_parser("analyze", help="token-level KL diagnostics between audio and text conditioning")
+    _config_args(p)
+    p.add_argument("--model", help="hub name or local path (or 'tiny')")
+    p.add_argument("--family", help="model family")
+    p.add_argument("--data", help="paired dataset directory (as `cord synth` writes)")
+    p.add_argument("--out", required=False, help="output directory")
+    p.add_argument("--limit", type=int)
+
+    p = sub.add_parser("demo", help="CPU miniature: train a tiny audio LLM and watch CORD close the gap")
+    p.add_argument("--out", default="cord-demo", help="output directory (default: cord-demo)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per method (default 2)")
+    p.add_argument("--quick", action="store_true", help="a ~3-minute version (used by the tests)")
+    return parser
+
+
+# command -> (module, function); the function takes the parsed args and returns an exit code.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("cord.data.synth_cli", "run"),
+    "train": ("cord.train.cli", "run"),
+    "eval": ("cord.eval.cli", "run_eval"),
+    "analyze": ("cord.eval.cli", "run_analyze"),
+    "demo": ("cord.mini.demo", "run"),
+}
+
+
+def _resolve(command: str) -> Callable[[argparse.Namespace], int] | None:
+    module, func = COMMANDS[command]
+    if importlib.util.find_spec(module) is None:
+        return None
+    return getattr(importlib.import_module(module), func, None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        fn = _resolve(args.command)
+        if fn is None:
+            print(f"cord {args.command}: not implemented yet", file=sys.stderr)
+            return 2
+        return int(fn(args) or 0)
+    except CordError as e:
+        print(f"cord {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cord {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
