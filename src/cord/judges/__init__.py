@@ -1,0 +1,39 @@
+"""Judges: does a model's answer agree with a reference?
+
+The reward API is :func:`judge` / :func:`judge_batch` (kinds ``math``, ``mcq``, ``mmau``,
+``exact``, ``llm``, ``self``), returning :class:`JudgeResult`. A reference may be a raw
+answer or a full response (e.g. the text-conditioned greedy rollout): it goes through the
+same extraction as the candidate. The pieces are public too: answer extraction
+(:func:`extract_math_answer`, :func:`extract_choice`, :func:`match_choice`), maths
+equivalence (:func:`math_equal`), and the model judges (:class:`LLMJudge`,
+:class:`SelfJudge`).
+"""
+
+from cord.judges.api import JUDGE_KINDS, JudgeResult, judge, judge_batch
+from cord.judges.choice import extract_choice, letters_for, match_choice
+from cord.judges.extract import extract_final_span, extract_math_answer, last_boxed, last_number, normalize_text
+from cord.judges.llm import AGREEMENT_TEMPLATE, LLMJudge, SelfJudge, Verdict, build_agreement_prompt, parse_verdict
+from cord.judges.math import math_equal, normalize_math_answer
+
+__all__ = [
+    "AGREEMENT_TEMPLATE",
+    "JUDGE_KINDS",
+    "JudgeResult",
+    "LLMJudge",
+    "SelfJudge",
+    "Verdict",
+    "build_agreement_prompt",
+    "extract_choice",
+    "extract_final_span",
+    "extract_math_answer",
+    "judge",
+    "judge_batch",
+    "last_boxed",
+    "last_number",
+    "letters_for",
+    "match_choice",
+    "math_equal",
+    "normalize_math_answer",
+    "normalize_text",
+    "parse_verdict",
+]
