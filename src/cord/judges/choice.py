@@ -135,7 +135,13 @@ class _Finder:
             rf"^\s*(?:\*\*)?\s*(?i:(?:option|choice|answer)\s*:?\s*)?[\(\[]?\s*(?:(?P<u>[{re.escape(letters)}])\s*(?:\*\*)?\s*[.):\]\-,]|(?P<l>[{re.escape(letters.lower())}])\s*[.)](?=\s|$))"
         )
         self.listing = re.compile(rf"^\s*[\(\[]?([{re.escape(letters)}])\s*[.):\]]", flags)
-        self.weak = re.compile(rf"(?i:(?:\bis|'s|’s|\bbe|\bbut|\bso|\bthus|\bhence|\btherefore)\s*:?\s*{label})" + tok)
+        self.weak = re.compile(
+            rf"(?i:(?:\bis|'s|’s|\bbe|\bbut|\bso|\bthus|\bhence|\btherefore|\bthink|\bguess|\bsay|\bbelieve)\s*:?\s*{label})"
+            + tok
+        )
+        # a capital letter that ends the response ("… I'd go for C."), not after a
+        # capitalised word ("Vitamin C.")
+        self.final = re.compile(rf"(?<![A-Za-z]\.)(?<![A-Z][a-z]\s)(?<![A-Z][a-z][a-z]\s)(?<![\w'’-])([{re.escape(letters)}])\s*[.!]?\s*$")
         self.mention = re.compile(r"(?i:\b(?:option|choice)\s+)" + tok)
         self.delimited = re.compile(_token_regex(letters, bare=False))
 
@@ -155,7 +161,8 @@ def _accept(text: str, m: re.Match, choices: Sequence[str] | None, *, strong: bo
     start, end = m.start(group), m.end(group)
     if group == "t6" and not strong:
         return None
-    if group == "t5":
+    labelled = re.search(r"(?i:\b(?:option|choice|letter))\s*:?\s*$", text[max(0, start - 12) : start]) is not None
+    if group == "t5" and not labelled:
         follow = re.match(r"\s+([a-z][a-z'’-]*)", text[end:])
         if follow and follow.group(1) not in _CONNECTIVES:
             # "A cat", "I think", "B cells": an article, pronoun or name — unless the words
@@ -164,7 +171,7 @@ def _accept(text: str, m: re.Match, choices: Sequence[str] | None, *, strong: bo
             opt = normalize_text(_strip_label(choices[idx])) if choices and idx < len(choices) else ""
             if not opt or not normalize_text(text[end:]).startswith(opt):
                 return None
-        if re.match(r"\.\w", text[end:]):  # "U.S.", "e.g."
+        if re.match(r"\.\w", text[end:]) or re.search(r"[A-Za-z]\.$", text[:start]):  # "U.S.", "D.C."
             return None
     before = text[max(0, start - 40) : start]
     if _NEG_BEFORE.search(before) or _NEG_AFTER.match(text[end:]):
@@ -240,6 +247,9 @@ def extract_choice(response: str | None, choices: Sequence[str] | None = None, l
         delimited = {x for x in _all(f.delimited, text, choices, strong=False)}
         if len(delimited) == 1:
             return delimited.pop()
+        m = f.final.search(text)
+        if m and not re.search(r"[A-Z]\w*\s+$", text[: m.start()]) and not _NEG_BEFORE.search(text[max(0, m.start() - 40) : m.start()]):
+            return m.group(1)
     return None
 
 
@@ -256,7 +266,8 @@ _TEXT_NEG = re.compile(r"(?:\bnot|n t|\bnor|\bno|\brather\s+than|\binstead\s+of|
 def _match_text(text: str, choices: Sequence[str]) -> int | None:
     """Index of the one option whose normalised text the response names, or None."""
     hay = normalize_text(text)
-    opts = [normalize_text(_strip_label(c)) for c in choices]
+    # one-character options ("a", "1") are too short to spot in running text
+    opts = [o if len(o) > 1 else "" for o in (normalize_text(_strip_label(c)) for c in choices)]
     for i, o in enumerate(opts):
         if o and hay == o:
             return i
