@@ -1,0 +1,349 @@
+"""``cord synth``: text questions → paired speech/text data.
+
+Writes, under ``synth.out`` (DIR)::
+
+    DIR/audio/<id>.wav     16 kHz mono PCM16, one per question
+    DIR/manifest.jsonl     one JSON object per line (the record of what is finished)
+    DIR/summary.json       counts of the last run
+
+Each manifest row: ``id, question`` (the original text: the text prompt), ``answer,
+solution, source, audio`` (path relative to DIR), ``duration`` (seconds), ``tts``
+(engine and version), ``voice`` (e.g. ``en-us+f3 s=160 p=50``), ``spoken`` (the normalised
+text the TTS read). ``cord.data.paired.load_paired(DIR)`` reads it.
+
+Resumable: a rerun of the same command skips ids already in the manifest. Audio is written
+to a temp name and renamed before its manifest line is appended, flushed and fsynced, so a
+killed run loses at most the items in flight and never leaves a half-written file that
+counts as finished; a truncated last manifest line is dropped on resume. The voice, speed
+and pitch of an item depend only on (seed, id), and espeak-ng is deterministic, so the
+audio bytes for a given id and seed are identical across runs, worker counts and resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import hashlib
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from cord import CordError
+from cord.data.audio import SAMPLE_RATE, to_16k_mono
+from cord.data.normalize import normalize_for_speech
+from cord.data.paired import MANIFEST
+from cord.data.sources import load_rows
+from cord.data.tts import TTS, draw_voice, make_tts
+
+__all__ = ["synthesize", "synth_main", "SKIP_REASONS", "recover_manifest"]
+
+SKIP_REASONS = ("missing_question", "empty_question", "unspeakable", "tts_failed", "too_long", "duplicate_id")
+SUMMARY = "summary.json"
+_TMP_SUFFIX = ".partial"
+_SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,120}")
+
+
+def audio_filename(item_id: str) -> str:
+    """A file name for an id: the id itself when it is filesystem-safe, else a cleaned
+    version plus a short hash (so distinct ids never collide)."""
+    if _SAFE_ID.fullmatch(item_id) and not item_id.startswith("."):
+        return f"{item_id}.wav"
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "_", item_id).strip("._")[:80] or "item"
+    return f"{clean}-{hashlib.sha1(item_id.encode()).hexdigest()[:10]}.wav"
+
+
+# --------------------------------------------------------------------------------------
+# Manifest: recovery on resume and durable appends
+
+
+def recover_manifest(out: Path) -> tuple[dict[str, dict], dict[str, Any]]:
+    """Finished rows of an earlier run, by id, after repairing what a kill can leave:
+    a last line without its newline (killed mid-write) is cut off, rows whose audio file
+    is gone are dropped (and redone), and stale temp audio files are removed.
+    A malformed line anywhere else is corruption: one clear error."""
+    repairs = {"truncated_last_line": False, "missing_audio": 0, "temp_files_removed": 0}
+    audio_dir = out / "audio"
+    if audio_dir.is_dir():
+        for tmp in audio_dir.glob(f"*{_TMP_SUFFIX}"):
+            tmp.unlink(missing_ok=True)
+            repairs["temp_files_removed"] += 1
+    path = out / MANIFEST
+    if not path.is_file():
+        return {}, repairs
+    data = path.read_bytes()
+    good_end = len(data)
+    if data and not data.endswith(b"\n"):
+        good_end = data.rfind(b"\n") + 1  # 0 when the only line is partial
+        repairs["truncated_last_line"] = True
+    done: dict[str, dict] = {}
+    keep_lines: list[bytes] = []
+    for lineno, line in enumerate(data[:good_end].split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            row_id, audio = str(row["id"]), row["audio"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+            raise CordError(f"{path}:{lineno}: corrupt manifest line; remove it (its item will be redone) and rerun") from None
+        if not (out / audio).is_file():
+            repairs["missing_audio"] += 1
+            continue
+        done[row_id] = row
+        keep_lines.append(line)
+    if repairs["missing_audio"]:
+        _atomic_write(path, b"".join(ln + b"\n" for ln in keep_lines))
+    elif repairs["truncated_last_line"]:
+        with open(path, "r+b") as f:
+            f.truncate(good_end)
+            f.flush()
+            os.fsync(f.fileno())
+    return done, repairs
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + _TMP_SUFFIX)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """One writer per output folder (two would interleave the manifest)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    with open(out / ".synth.lock", "w") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise CordError(f"another `cord synth` is writing to {out}; wait for it or use another --out") from None
+        yield
+
+
+def _write_wav(path: Path, audio: np.ndarray) -> None:
+    """16 kHz mono PCM16 via soundfile; written to a temp name, fsynced, then renamed."""
+    import soundfile as sf
+
+    pcm = np.clip(np.round(audio.astype(np.float64) * 32767.0), -32768, 32767).astype(np.int16)
+    tmp = path.with_name(path.name + _TMP_SUFFIX)
+    with open(tmp, "wb") as f:
+        sf.write(f, pcm, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------
+# One item (runs in a worker thread; the work itself is in the TTS subprocess)
+
+
+class _Skip(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(detail)
+        self.reason = reason
+
+
+def _make_item(row: dict, spoken: str, cfg, tts: TTS, voices: list[str], out: Path) -> dict:
+    choice = draw_voice(voices, cfg.seed, row["id"], tuple(cfg.speed_range), tuple(cfg.pitch_range))
+    try:
+        samples, rate = tts.synthesize(spoken, choice.voice, choice.speed, choice.pitch)
+        audio = to_16k_mono(samples, rate)
+    except Exception as e:  # any backend failure is counted, never fatal for the run
+        raise _Skip("tts_failed", f"{row['id']}: {type(e).__name__}: {e}") from None
+    duration = audio.shape[0] / SAMPLE_RATE
+    if duration > cfg.max_audio_seconds:
+        raise _Skip("too_long", f"{row['id']}: {duration:.1f} s")
+    if audio.size == 0:
+        raise _Skip("tts_failed", f"{row['id']}: empty audio")
+    rel = f"audio/{audio_filename(row['id'])}"
+    _write_wav(out / rel, audio)
+    return {
+        "id": row["id"],
+        "question": row["question"],
+        "answer": row.get("answer", ""),
+        "solution": row.get("solution", ""),
+        "source": row.get("source", ""),
+        "audio": rel,
+        "duration": round(duration, 3),
+        "tts": getattr(tts, "version", tts.name),
+        "voice": choice.label,
+        "spoken": spoken,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# The run
+
+
+def synthesize(cfg, progress: bool = True, tts: TTS | None = None) -> dict[str, Any]:
+    """Run ``cord synth`` for ``cfg`` (a :class:`cord.config.SynthConfig`) and return the
+    summary (also written to ``DIR/summary.json``). ``tts`` overrides the backend named by
+    ``cfg.tts`` (tests pass fakes). ``cfg.limit`` caps the input rows considered (after a
+    dataset filter such as NuminaMath's), so a rerun with the same limit resumes the same
+    set. Raises :class:`CordError` for bad input; KeyboardInterrupt propagates after the
+    summary of the partial run is written."""
+    t0 = time.perf_counter()
+    source = load_rows(cfg)  # fails fast on a missing file / column / library
+    backend = tts if tts is not None else make_tts(cfg)
+    voices = backend.voices()
+    out = Path(cfg.out).expanduser()
+    (out / "audio").mkdir(parents=True, exist_ok=True)
+
+    with _exclusive(out):
+        done, repairs = recover_manifest(out)
+        skipped: Counter[str] = Counter({r: 0 for r in SKIP_REASONS})
+        unspeakable: Counter[str] = Counter()
+        errors: list[str] = []
+        seen: set[str] = set()
+        already_done = 0
+        jobs: list[tuple[dict, str]] = []
+        for row in source:
+            rid = str(row["id"])
+            row["id"] = rid
+            if rid in seen:
+                skipped["duplicate_id"] += 1
+                continue
+            seen.add(rid)
+            if rid in done:
+                already_done += 1
+                continue
+            q = row.get("question")
+            if q is None:
+                skipped["missing_question"] += 1
+                continue
+            if not str(q).strip():
+                skipped["empty_question"] += 1
+                continue
+            spoken, reason = normalize_for_speech(q)
+            if spoken is None:
+                skipped["unspeakable"] += 1
+                unspeakable[reason] += 1
+                continue
+            jobs.append((row, spoken))
+
+        workers = cfg.workers if getattr(backend, "thread_safe", True) else 1
+        import soundfile  # noqa: F401  (import once here, not in the first worker: keeps the rate honest)
+
+        to_16k_mono(np.zeros(441, dtype=np.float32), 22_050)  # loads scipy.signal
+        written, audio_seconds, interrupted = 0, 0.0, False
+        t_work = time.perf_counter()
+        bar = _progress_bar(len(jobs), progress)
+        manifest = open(out / MANIFEST, "a", encoding="utf-8")
+        pending: set[Future] = set()
+        try:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cord-synth") as pool:
+                queue = iter(jobs)
+                window = max(4, 4 * workers)
+                exhausted = False
+                while pending or not exhausted:
+                    while not exhausted and len(pending) < window:
+                        job = next(queue, None)
+                        if job is None:
+                            exhausted = True
+                            break
+                        pending.add(pool.submit(_make_item, job[0], job[1], cfg, backend, voices, out))
+                    if not pending:
+                        break
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        try:
+                            row = fut.result()
+                        except _Skip as s:
+                            skipped[s.reason] += 1
+                            if len(errors) < 5 and s.reason == "tts_failed":
+                                errors.append(str(s))
+                        else:
+                            manifest.write(json.dumps(row, ensure_ascii=False) + "\n")
+                            manifest.flush()
+                            os.fsync(manifest.fileno())
+                            written += 1
+                            audio_seconds += row["duration"]
+                        bar.update(1)
+        except KeyboardInterrupt:
+            interrupted = True
+            for fut in pending:  # queued items never start; in-flight ones are lost (redone on resume)
+                fut.cancel()
+            raise
+        finally:
+            manifest.close()
+            bar.close()
+            work_seconds = time.perf_counter() - t_work
+            summary = {
+                "input": str(cfg.input),
+                "out": str(out),
+                "tts": getattr(backend, "version", backend.name),
+                "seed": cfg.seed,
+                "workers": workers,
+                "written": written,
+                "already_done": already_done,
+                "total_in_manifest": len(done) + written,
+                "skipped": dict(skipped),
+                "unspeakable_reasons": dict(sorted(unspeakable.items())),
+                "tts_errors": errors,
+                "yield": source.summary(),
+                "audio_seconds": round(audio_seconds, 2),
+                "seconds": round(time.perf_counter() - t0, 2),
+                "synthesis_seconds": round(work_seconds, 2),
+                "utterances_per_second": round(written / work_seconds, 3) if work_seconds > 0 else 0.0,
+                "audio_seconds_per_second": round(audio_seconds / work_seconds, 3) if work_seconds > 0 else 0.0,
+                "repaired": repairs,
+                "interrupted": interrupted,
+            }
+            _atomic_write(out / SUMMARY, (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode())
+    return summary
+
+
+def _progress_bar(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="utt", desc="cord synth", disable=not enabled, dynamic_ncols=True, smoothing=0.1)
+
+
+def describe(summary: dict[str, Any]) -> str:
+    """The one-paragraph report ``cord synth`` prints."""
+    hours = summary["audio_seconds"] / 3600
+    parts = [f"cord synth: wrote {summary['written']} utterances ({hours:.2f} h of audio) to "
+             f"{summary['out']} in {summary['seconds']:.1f} s "
+             f"({summary['utterances_per_second']:.2f} utt/s, {summary['workers']} workers, {summary['tts']})"]
+    if summary["already_done"]:
+        parts.append(f"{summary['already_done']} were already done")
+    skipped = {k: v for k, v in summary["skipped"].items() if v}
+    if skipped:
+        detail = ", ".join(f"{k} {v}" for k, v in skipped.items())
+        parts.append(f"skipped {sum(skipped.values())} ({detail})")
+    y = summary["yield"]
+    if y.get("dropped"):
+        dropped = ", ".join(f"{k} {v}" for k, v in y["dropped"].items())
+        parts.append(f"the {y['kind']} filter kept {y['kept']} of {y['read']} rows read (dropped: {dropped})")
+    if summary["skipped"].get("tts_failed") and summary["tts_errors"]:
+        parts.append(f"first TTS error: {summary['tts_errors'][0]}")
+    parts.append(f"{summary['total_in_manifest']} items in the manifest; details in {summary['out']}/{SUMMARY}")
+    return "; ".join(parts) + "."
+
+
+def synth_main(cfg) -> int:
+    """CLI entry for ``cord synth``: run, print the summary paragraph, return the exit code.
+
+    0: the run completed (skipped items are normal and reported); 1: every item it tried
+    failed in the TTS (a broken backend); 130: interrupted (rerun the same command to
+    resume). :class:`CordError` (bad input, missing espeak-ng …) propagates to the CLI."""
+    try:
+        summary = synthesize(cfg, progress=True)
+    except KeyboardInterrupt:
+        print(f"cord synth: interrupted; rerun the same command to resume (finished items are in {cfg.out}/{MANIFEST}).")
+        return 130
+    print(describe(summary))
+    failed = summary["skipped"]["tts_failed"]
+    tried = summary["written"] + failed + summary["skipped"]["too_long"]
+    return 1 if failed and failed == tried else 0
