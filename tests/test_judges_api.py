@@ -1,0 +1,96 @@
+"""The reward API: judge / judge_batch dispatch, exact kind, errors, and the self judge."""
+
+import pytest
+
+from cord import CordError
+from cord.judges import JUDGE_KINDS, SelfJudge, judge, judge_batch
+
+
+class FakeGenerator:
+    """Stands in for the policy model: records prompts, answers from a script."""
+
+    def __init__(self, replies):
+        self.replies = list(replies)
+        self.calls = []
+
+    def __call__(self, prompts):
+        self.calls.append(list(prompts))
+        out, self.replies = self.replies[: len(prompts)], self.replies[len(prompts) :]
+        return out
+
+
+def test_self_judge_batches_one_call_and_parses_strictly():
+    gen = FakeGenerator(["YES", "No.", "I think so", "**yes**"])
+    res = judge_batch(
+        ["42", "41", "7", "x"],
+        ["The answer is 42.", "42", "7", "x"],
+        "self",
+        generate_text=gen,
+        contexts=[{"question": f"question {i}"} for i in range(4)],
+    )
+    assert [r.score for r in res] == [1, 0, 0, 1]
+    assert len(gen.calls) == 1 and len(gen.calls[0]) == 4  # one generate call for the batch
+    assert "question 2" in gen.calls[0][2] and "Answer 1:\n7" in gen.calls[0][2]
+    assert res[2].note.startswith("no YES/NO verdict")
+    assert res[0].reference_answer == "42"  # extracted for the log, the model saw it all
+
+
+def test_self_judge_object_and_single_judge():
+    gen = FakeGenerator(["NO"])
+    sj = SelfJudge(gen)
+    r = judge("5", "6", "self", self_judge=sj, question="q")
+    assert (r.score, r.kind) == (0, "self")
+    assert "Question:\nq" in gen.calls[0][0]
+    # no question: the prompt leaves the question block out
+    gen2 = FakeGenerator(["YES"])
+    judge("5", "5", "self", generate_text=gen2)
+    assert "Question:" not in gen2.calls[0][0]
+
+
+def test_self_judge_wrong_reply_count_is_an_error():
+    with pytest.raises(CordError, match="2 prompts"):
+        SelfJudge(lambda ps: ["YES"]).agree_batch(["", ""], ["1", "2"], ["1", "2"])
+    with pytest.raises(CordError, match="generate_text"):
+        judge("1", "1", "self")
+
+
+@pytest.mark.parametrize(
+    "cand,ref,score",
+    [
+        ("Paris", "paris", 1),
+        ("The answer is Paris.", "Paris", 1),
+        ("The answer is: the Eiffel Tower", "Eiffel tower", 1),
+        ("London", "Paris", 0),
+        ("", "Paris", 0),
+    ],
+)
+def test_exact_kind(cand, ref, score):
+    assert judge(cand, ref, "exact").score == score
+
+
+def test_unknown_kind_and_options_are_clear_errors():
+    with pytest.raises(CordError, match="unknown judge kind 'maths'"):
+        judge("1", "1", "maths")
+    with pytest.raises(CordError, match="choises"):
+        judge("B", "B", "mcq", choises=["a", "b"])
+    with pytest.raises(CordError, match="2 candidates but 1 references"):
+        judge_batch(["1", "2"], ["1"], "math")
+    assert set(JUDGE_KINDS) == {"math", "mcq", "mmau", "exact", "llm", "self"}
+
+
+def test_batch_equals_one_by_one():
+    cands = ["\\boxed{3}", "#### 4", "The answer is 1,000", "nothing"]
+    refs = ["3", "5", "1000", "2"]
+    batch = judge_batch(cands, refs, "math")
+    single = [judge(c, r, "math") for c, r in zip(cands, refs)]
+    assert batch == single
+    assert [r.score for r in batch] == [1, 0, 1, 0]
+
+
+def test_cord_reward_compares_audio_rollouts_with_text_rollout():
+    """The sequence-level reward: N audio rollouts against the text-conditioned greedy
+    rollout (a full response), not against the ground truth."""
+    text_rollout = "Each box has 6 eggs and there are 7 boxes, so 6 * 7 = 42. The answer is 42."
+    audio_rollouts = ["6 times 7 is 42. \\boxed{42}", "I get 36.", "#### 42", "The answer is forty-two."]
+    rewards = [r.score for r in judge_batch(audio_rollouts, [text_rollout] * 4, "math")]
+    assert rewards == [1, 0, 1, 0]

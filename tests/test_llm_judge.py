@@ -1,0 +1,240 @@
+"""The LLM judge client against a real local HTTP server (127.0.0.1, port 0, a thread)."""
+
+import json
+import re
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from cord import CordError
+from cord.judges import LLMJudge, judge, judge_batch, parse_verdict
+
+
+class FakeChatServer:
+    """An OpenAI-compatible /v1/chat/completions stub. Replies YES when the two answers in
+    the prompt are the same string. ``sleep_first``: seconds the first request waits before
+    answering (to make the client time out); ``status``: HTTP codes to return, in order,
+    before answering normally; ``delay``: seconds every request takes."""
+
+    def __init__(self, sleep_first=0.0, status=(), delay=0.0, reply=None):
+        self.count = 0
+        self.bodies = []
+        self.headers = []
+        self.paths = []
+        self.sleep_first = sleep_first
+        self.status = list(status)
+        self.delay = delay
+        self.reply = reply
+        self.active = 0
+        self.max_active = 0
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep pytest output clean
+                pass
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length))
+                with server.lock:
+                    server.count += 1
+                    n = server.count
+                    server.bodies.append(body)
+                    server.headers.append(dict(self.headers))
+                    server.paths.append(self.path)
+                    server.active += 1
+                    server.max_active = max(server.max_active, server.active)
+                    code = server.status.pop(0) if server.status else 200
+                try:
+                    if n == 1 and server.sleep_first:
+                        time.sleep(server.sleep_first)
+                    if server.delay:
+                        time.sleep(server.delay)
+                    if code != 200:
+                        self.send_response(code)
+                        self.end_headers()
+                        self.wfile.write(b'{"error": "nope"}')
+                        return
+                    prompt = body["messages"][-1]["content"]
+                    m = re.search(r"Answer 1:\n(.*?)\n\nAnswer 2:\n(.*?)\n\n", prompt, re.S)
+                    content = server.reply or ("YES" if m and m.group(1) == m.group(2) else "NO")
+                    data = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout) before we answered
+                finally:
+                    with server.lock:
+                        server.active -= 1
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _client(url, **kw):
+    kw.setdefault("timeout", 5.0)
+    kw.setdefault("backoff", 0.01)
+    return LLMJudge(url, "judge-model", **kw)
+
+
+def test_success_sends_openai_request_with_key_from_named_env_var(monkeypatch):
+    monkeypatch.setenv("MY_JUDGE_KEY", "sk-test-123")
+    with FakeChatServer() as srv:
+        j = _client(srv.url, api_key_env="MY_JUDGE_KEY")
+        assert j.agree("What is 6*7?", "42", "42").agree is True
+        assert j.agree("What is 6*7?", "42", "41").agree is False
+    assert srv.paths == ["/v1/chat/completions"] * 2
+    assert srv.bodies[0]["model"] == "judge-model"
+    assert srv.bodies[0]["temperature"] == 0
+    assert "What is 6*7?" in srv.bodies[0]["messages"][0]["content"]
+    assert srv.headers[0]["Authorization"] == "Bearer sk-test-123"
+
+
+def test_base_url_forms_all_reach_the_same_endpoint():
+    with FakeChatServer() as srv:
+        for base in (srv.url, srv.url + "/", srv.url + "/v1", srv.url + "/v1/chat/completions"):
+            assert _client(base).agree("", "a", "a").agree is True
+    assert srv.paths == ["/v1/chat/completions"] * 4
+
+
+def test_first_request_times_out_then_retry_succeeds():
+    with FakeChatServer(sleep_first=1.5) as srv:
+        j = _client(srv.url, timeout=0.3, max_retries=2)
+        t0 = time.monotonic()
+        v = j.agree("q", "7", "7")
+        elapsed = time.monotonic() - t0
+    assert v.agree is True
+    assert srv.count == 2  # the timed-out request and the retry
+    assert j.stats["retries"] == 1
+    assert elapsed < 1.5  # did not wait for the slow first answer
+
+
+def test_http_500_is_retried_but_401_fails_at_once(monkeypatch):
+    with FakeChatServer(status=[500, 503]) as srv:
+        assert _client(srv.url, max_retries=3).agree("", "1", "1").agree is True
+        assert srv.count == 3
+    monkeypatch.setenv("K", "bad")
+    with FakeChatServer(status=[401]) as srv:
+        with pytest.raises(CordError, match="HTTP 401"):
+            _client(srv.url, api_key_env="K", max_retries=3).agree("", "1", "1")
+        assert srv.count == 1
+
+
+def test_cache_prevents_second_request_across_instances(tmp_path):
+    cache = tmp_path / "judge_cache.jsonl"
+    with FakeChatServer() as srv:
+        j = _client(srv.url, cache_path=cache)
+        first = j.agree("q", "5", "5")
+        second = j.agree("q", "5", "5")
+        assert srv.count == 1
+        assert (first.cached, second.cached) == (False, True)
+        # a new process reading the same cache file does not ask again either
+        j2 = _client(srv.url, cache_path=cache)
+        assert j2.agree("q", "5", "5").agree is True
+        assert srv.count == 1
+        # a different model is a different question
+        LLMJudge(srv.url, "other-model", cache_path=cache, backoff=0.01).agree("q", "5", "5")
+        assert srv.count == 2
+    lines = cache.read_text().splitlines()
+    assert len(lines) == 2 and all(json.loads(x)["reply"] == "YES" for x in lines)
+
+
+def test_cache_survives_a_truncated_last_line(tmp_path):
+    cache = tmp_path / "c.jsonl"
+    with FakeChatServer() as srv:
+        _client(srv.url, cache_path=cache).agree("q", "1", "1")
+        with open(cache, "a") as f:
+            f.write('{"key": "abc", "rep')  # a crash mid-write
+        j = _client(srv.url, cache_path=cache)
+        assert j.agree("q", "1", "1").cached is True
+        assert srv.count == 1
+
+
+def test_server_down_is_one_clear_error_naming_the_url():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens here now
+    j = _client(f"http://127.0.0.1:{port}", max_retries=1, timeout=1.0)
+    with pytest.raises(CordError) as ei:
+        j.agree("q", "1", "1")
+    msg = str(ei.value)
+    assert f"http://127.0.0.1:{port}/v1/chat/completions" in msg
+    assert "unreachable" in msg and "\n" not in msg
+    assert j.stats["requests"] == 2
+
+
+def test_missing_key_variable_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("NO_SUCH_JUDGE_KEY", raising=False)
+    with pytest.raises(CordError, match="NO_SUCH_JUDGE_KEY"):
+        LLMJudge("http://127.0.0.1:1", "m", api_key_env="NO_SUCH_JUDGE_KEY")
+
+
+def test_batch_runs_concurrently_within_the_limit_and_dedupes():
+    with FakeChatServer(delay=0.2) as srv:
+        j = _client(srv.url, concurrency=3)
+        cands = [str(i) for i in range(6)] + ["0"]
+        refs = [str(i) for i in range(6)] + ["0"]
+        t0 = time.monotonic()
+        out = j.agree_batch([""] * 7, cands, refs)
+        elapsed = time.monotonic() - t0
+    assert [v.agree for v in out] == [True] * 7
+    assert srv.count == 6  # the repeated pair was asked once
+    assert 1 < srv.max_active <= 3
+    assert elapsed < 6 * 0.2  # faster than one at a time
+
+
+def test_reward_api_llm_kind():
+    with FakeChatServer() as srv:
+        client = _client(srv.url)
+        r = judge("42", "42", "llm", client=client, question="6*7?")
+        assert (r.score, r.kind) == (1, "llm")
+        res = judge_batch(["1", "2"], ["1", "3"], "llm", client=client)
+        assert [x.score for x in res] == [1, 0]
+    with FakeChatServer(reply="Perhaps they agree") as srv:
+        r = judge("1", "1", "llm", client=_client(srv.url))
+        assert r.score == 0 and "verdict" in r.note
+    with pytest.raises(CordError, match="client"):
+        judge("1", "1", "llm")
+
+
+@pytest.mark.parametrize(
+    "reply,expected",
+    [
+        ("YES", True),
+        ("NO", False),
+        ("yes", True),
+        ("No.", False),
+        ("**YES**", True),
+        ('"NO"', False),
+        ("Yes, both answers give 42.", True),
+        ("NO - the numbers differ", False),
+        ("  YES\n", True),
+        ("Yesterday", None),
+        ("Not sure", None),
+        ("Nope", None),
+        ("Yes. Actually no.", None),
+        ("The answers agree: YES", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_parse_verdict_is_strict(reply, expected):
+    assert parse_verdict(reply) is expected
