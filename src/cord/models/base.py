@@ -76,6 +76,10 @@ class LALMAdapter(Protocol):
     @property
     def pad_token_id(self) -> int: ...
 
+    @property
+    def placeholder_token_ids(self) -> list[int]:
+        """Modality placeholder ids that must never be sampled or used as targets."""
+
     def audio_prompts(self, examples: list) -> PromptBatch:
         """Audio prompt for each example: chat template with an audio item + the instruction."""
 

@@ -74,6 +74,17 @@ class QwenAudioAdapter:
         return sorted(i for i in ids if i is not None)
 
     @property
+    def placeholder_token_ids(self) -> list[int]:
+        """Modality placeholder tokens: never sampled, never targets (a sampled ``<|AUDIO|>``
+        would be taken for an audio slot by the model's merge step)."""
+        ids = []
+        for tok in ("<|AUDIO|>", "<|IMAGE|>", "<|VIDEO|>"):
+            tid = self.tokenizer.convert_tokens_to_ids(tok)
+            if isinstance(tid, int) and tid != self.tokenizer.unk_token_id:
+                ids.append(tid)
+        return ids
+
+    @property
     def pad_token_id(self) -> int:
         pid = self.tokenizer.pad_token_id
         return self.tokenizer.eos_token_id if pid is None else pid

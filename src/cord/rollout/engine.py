@@ -90,6 +90,8 @@ class HFEngine:
             eos_token_id=eos,
             pad_token_id=pad,
             num_beams=1,
+            # placeholders are not text: sampling one would corrupt the next forward's merge
+            suppress_tokens=list(getattr(adapter, "placeholder_token_ids", [])) or None,
         )
         expanded = prompts.repeat_interleave(n) if n > 1 else prompts
         devices = [adapter.device] if adapter.device.type == "cuda" else []

@@ -1,0 +1,236 @@
+"""One CORD step on one micro-batch, as plain code (DESIGN.md, "One step, as data").
+
+    audio prompt x_a ──rollouts y~p_θ(·|x_a)──┐
+    text prompt  x_t ──────────────────────────┼─ student hidden (grad) on x_a ⊕ y
+                                               ├─ teacher hidden (no grad) on x_t ⊕ y
+                                               └─ judge(y, greedy answer from x_t) → r
+    L = Σ w_t KL_t / n_tokens  +  λ · GRPO(r)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from cord.config import CordConfig
+from cord.judges import judge_batch
+from cord.models.base import PromptBatch
+from cord.objectives import (
+    cord_loss,
+    forward_kl_per_token,
+    reverse_kl_per_token,
+    token_logprobs,
+)
+from cord.rollout import HFEngine, Rollouts
+from cord.train.methods import METHODS
+
+
+class Teacher:
+    """The text-conditioned teacher: the same network under stop-gradient.
+
+    ``frozen``: the initial weights. With LoRA that is the model with its adapter disabled
+    (no second copy in memory). With full fine-tuning a frozen copy is kept — unless nothing
+    on the text path trains (only the audio encoder/projector), where the live model *is*
+    the initial text model and no copy is needed. ``live``: current weights, no grad.
+    """
+
+    def __init__(self, adapter, mode: str, text_path_trains: bool) -> None:
+        self.student = adapter
+        self.mode = mode
+        self.uses_lora = hasattr(adapter.model, "disable_adapter")
+        self.adapter = adapter
+        self.kind = "live"
+        if mode == "frozen" and text_path_trains:
+            if self.uses_lora:
+                self.kind = "adapter-disabled"
+            else:
+                self.kind = "frozen-copy"
+                frozen = copy.copy(adapter)
+                frozen.model = copy.deepcopy(adapter.model).eval()
+                for p in frozen.model.parameters():
+                    p.requires_grad_(False)
+                self.adapter = frozen
+
+    @contextlib.contextmanager
+    def scope(self):
+        """Run teacher computations inside this context (no grad; adapter off if LoRA)."""
+        ctx = self.student.model.disable_adapter() if self.kind == "adapter-disabled" else contextlib.nullcontext()
+        with torch.no_grad(), ctx:
+            yield self.adapter
+
+    def parameters(self):
+        return self.adapter.model.parameters()
+
+
+@dataclass
+class StepContext:
+    """Everything a step needs; built once by the trainer."""
+
+    cfg: CordConfig
+    adapter: Any
+    engine: HFEngine
+    teacher: Teacher
+    autocast: Any = field(default_factory=lambda: contextlib.nullcontext)
+
+
+def _head(adapter):
+    head = adapter.lm_head()
+    return head.weight, head.bias
+
+
+def _rollout_seed(cfg: CordConfig, step: int, micro: int, purpose: int) -> int:
+    # Seeded by (run seed, step, global micro-batch index, purpose) so that rollouts do not
+    # depend on the number of processes or on whether the run was resumed.
+    return (cfg.train.seed * 1_000_003 + step * 10_007 + micro * 101 + purpose) % (2**63 - 1)
+
+
+def _targets(adapter, examples, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference solutions (or answers) tokenized, each ending with EOS, right-padded."""
+    eos = adapter.eos_token_ids[0]
+    seqs = []
+    for ex in examples:
+        text = ex.solution or ex.answer
+        ids = adapter.tokenizer(text, add_special_tokens=False)["input_ids"][: max_len - 1] + [eos]
+        seqs.append(ids)
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), adapter.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = True
+    return ids, mask
+
+
+def run_micro_step(ctx: StepContext, examples: list, step: int, micro: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss (with grad) and metrics for one micro-batch. Backward is the caller's."""
+    cfg, adapter, engine, teacher = ctx.cfg, ctx.adapter, ctx.engine, ctx.teacher
+    obj, ro = cfg.objective, cfg.rollout
+    spec = METHODS[obj.method]
+    timings = {"rollout": 0.0, "teacher": 0.0, "student": 0.0}
+    device = adapter.device
+
+    audio = adapter.audio_prompts(examples)  # long-audio policy may drop examples
+    kept = [examples[i] for i in audio.keep]
+    if not kept:
+        zero = torch.zeros((), device=device, requires_grad=True)
+        return zero, {"skipped_examples": float(len(examples))}
+    text = adapter.text_prompts(kept)
+    weight, bias = _head(adapter)
+    kl = kl_mask = seq_lp = seq_mask = rewards = None
+    n_completion_tokens = 0
+    extra: dict[str, float] = {}
+
+    # ---- sequence level: a group of N rollouts at temperature 1.5, judged ------------------
+    seq_roll: Rollouts | None = None
+    if spec.seq:
+        t0 = time.perf_counter()
+        seq_roll = engine.generate(
+            audio, n=ro.seq_n, temperature=ro.seq_temperature, top_p=ro.top_p,
+            max_new_tokens=ro.max_new_tokens, seed=_rollout_seed(cfg, step, micro, 1),
+        )
+        if obj.reward_reference == "text":
+            with teacher.scope() as t_adapter:
+                ref_engine = engine if t_adapter is adapter else HFEngine(t_adapter, stop_strings=engine.stop_strings)
+                refs = ref_engine.generate(text, greedy=True, max_new_tokens=ro.max_new_tokens).text
+        else:
+            refs = [ex.answer for ex in kept]
+        timings["rollout"] += time.perf_counter() - t0
+        results = judge_batch(seq_roll.text, [refs[i] for i in seq_roll.prompt_index], cfg.judge.kind)
+        rewards = torch.tensor([float(r.score) for r in results])
+        extra["agreement"] = float(rewards.mean())
+        t0 = time.perf_counter()
+        with ctx.autocast():
+            h = adapter.completion_hidden(audio.repeat_interleave(ro.seq_n), seq_roll.ids, seq_roll.mask)
+            # the policy that sampled the group is p_θ at the sampling temperature
+            seq_lp = token_logprobs(h, weight, seq_roll.ids.to(device), seq_roll.mask.to(device), bias=bias,
+                                    temperature=ro.seq_temperature, chunk_size=obj.chunk_size)
+        seq_mask = seq_roll.mask.to(device)
+        timings["student"] += time.perf_counter() - t0
+        n_completion_tokens += int(seq_roll.mask.sum())
+
+    # ---- token level ---------------------------------------------------------------------
+    if spec.token == "sft":
+        ids, mask = _targets(adapter, kept, ro.max_new_tokens)
+        t0 = time.perf_counter()
+        with ctx.autocast():
+            h = adapter.completion_hidden(audio, ids, mask)
+            lp = token_logprobs(h, weight, ids.to(device), mask.to(device), bias=bias, chunk_size=obj.chunk_size)
+        timings["student"] += time.perf_counter() - t0
+        mask = mask.to(device)
+        loss = -(lp * mask).sum() / mask.sum().clamp(min=1)
+        metrics = {"loss": float(loss.detach()), "loss_tok": float(loss.detach()), "loss_seq": 0.0,
+                   "nll": float(loss.detach())}
+        n_completion_tokens += int(mask.sum())
+        return loss, _finish(metrics, timings, n_completion_tokens, mask.sum(-1).float(), extra)
+
+    if spec.token in ("reverse_kl", "forward_kl"):
+        t0 = time.perf_counter()
+        if spec.token == "reverse_kl":
+            if ro.share_rollouts and seq_roll is not None:
+                roll, n = seq_roll, ro.seq_n
+            else:
+                roll, n = engine.generate(
+                    audio, n=ro.token_n, temperature=ro.token_temperature, top_p=ro.top_p,
+                    max_new_tokens=ro.max_new_tokens, seed=_rollout_seed(cfg, step, micro, 2),
+                ), ro.token_n
+        else:  # off-policy: the teacher samples from the text prompt
+            with teacher.scope() as t_adapter:
+                t_engine = engine if t_adapter is adapter else HFEngine(t_adapter, stop_strings=engine.stop_strings)
+                roll = t_engine.generate(
+                    text, n=ro.token_n, temperature=ro.token_temperature, top_p=ro.top_p,
+                    max_new_tokens=ro.max_new_tokens, seed=_rollout_seed(cfg, step, micro, 3),
+                )
+            n = ro.token_n
+        timings["rollout"] += time.perf_counter() - t0
+        a_rep: PromptBatch = audio.repeat_interleave(n) if n > 1 else audio
+        t_rep: PromptBatch = text.repeat_interleave(n) if n > 1 else text
+        t0 = time.perf_counter()
+        with teacher.scope() as t_adapter, ctx.autocast():
+            t_hidden = t_adapter.completion_hidden(t_rep, roll.ids, roll.mask)
+            t_weight, t_bias = _head(t_adapter)
+        timings["teacher"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        kl_fn = reverse_kl_per_token if spec.token == "reverse_kl" else forward_kl_per_token
+        kl_mask = roll.mask.to(device)
+        with ctx.autocast():
+            s_hidden = adapter.completion_hidden(a_rep, roll.ids, roll.mask)
+            kl = kl_fn(s_hidden, weight, t_hidden, t_weight.detach(), kl_mask, student_bias=bias,
+                       teacher_bias=None if t_bias is None else t_bias.detach(),
+                       temperature=obj.temperature, chunk_size=obj.chunk_size)
+        timings["student"] += time.perf_counter() - t0
+        n_completion_tokens += int(roll.mask.sum())
+        lengths = roll.mask.sum(-1).float()
+    else:
+        lengths = seq_roll.mask.sum(-1).float() if seq_roll is not None else torch.zeros(1)
+
+    weighted = spec.weighted
+    loss, metrics = cord_loss(
+        kl, kl_mask,
+        alpha=obj.alpha if weighted else 1.0, top_k=obj.top_k, beta=obj.beta if weighted else 1.0,
+        lam=obj.lam if spec.token is not None else 1.0,
+        seq_logprobs=seq_lp, seq_mask=seq_mask, rewards=rewards,
+        group_size=ro.seq_n if spec.seq else None, clip_eps=obj.clip_eps,
+        normalization=obj.normalization, aggregation=obj.aggregation,
+        advantages=None if rewards is None else _advantages(rewards, ro.seq_n, obj.adv_std_norm),
+    )
+    return loss, _finish(metrics, timings, n_completion_tokens, lengths, extra)
+
+
+def _advantages(rewards: torch.Tensor, group: int, std_norm: bool) -> torch.Tensor:
+    from cord.objectives import group_advantages
+
+    return group_advantages(rewards, group, scale_std=std_norm)
+
+
+def _finish(metrics, timings, n_tokens, lengths, extra) -> dict[str, float]:
+    out = dict(metrics)
+    out.update(extra)
+    out.update({f"time_{k}": v for k, v in timings.items()})
+    out["completion_tokens"] = float(n_tokens)
+    out["completion_len"] = float(lengths.mean()) if lengths.numel() else 0.0
+    return out

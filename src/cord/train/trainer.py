@@ -1,0 +1,356 @@
+"""The training loop: plain code around :func:`cord.train.step.run_micro_step`.
+
+Distributed through accelerate (``accelerate launch -m cord.cli train ...``): each process
+runs its share of the global batch, gradients are averaged across processes explicitly
+(all-reduce) after accumulation. Explicit averaging is used instead of wrapping the model in
+DDP because the adapter calls submodules directly (completion hidden states, generate),
+which would bypass DDP's forward hooks; the result is the same update as DDP's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cord import CordError
+from cord.config import CordConfig, dump_config
+from cord.data.paired import load_paired
+from cord.models import load_adapter
+from cord.rollout import HFEngine
+from cord.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from cord.train.methods import METHODS
+from cord.train.step import StepContext, Teacher, run_micro_step
+
+PARTS = ("language_model", "audio_encoder", "projector", "lm_head")
+
+
+def parameter_part(name: str) -> str | None:
+    """Which trainable part a parameter belongs to (by its module path)."""
+    if "lm_head" in name:
+        return "lm_head"
+    if "multi_modal_projector" in name or "projector" in name:
+        return "projector"
+    if "audio_tower" in name or "audio_encoder" in name:
+        return "audio_encoder"
+    if "language_model" in name:
+        return "language_model"
+    return None
+
+
+def select_trainable(model: torch.nn.Module, parts: list[str], lora: bool) -> list[torch.nn.Parameter]:
+    """Set requires_grad by part; with LoRA the language model trains through its adapter."""
+    if lora and "lm_head" in parts:
+        raise CordError("train.trainable: lm_head cannot train with model.lora; use full fine-tuning or drop lm_head")
+    for name, p in model.named_parameters():
+        part = parameter_part(name)
+        if lora and "lora_" in name:
+            p.requires_grad_("language_model" in parts)
+        elif lora and part == "language_model":
+            p.requires_grad_(False)
+        else:
+            p.requires_grad_(part in parts)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise CordError(f"train.trainable {parts} selects no parameter of this model")
+    return params
+
+
+def lr_lambda(cfg: CordConfig):
+    warm, total, kind = cfg.train.warmup_steps, cfg.train.max_steps, cfg.train.schedule
+
+    def f(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if kind == "constant":
+            return 1.0
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        return 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
+
+    return f
+
+
+class DataOrder:
+    """A deterministic stream over the dataset: epoch e is a permutation seeded by (seed, e).
+    Item i of the stream depends only on i, so resuming needs only the step."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool) -> None:
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self._cache: dict[int, np.ndarray] = {}
+
+    def __getitem__(self, i: int) -> int:
+        epoch, pos = divmod(i, self.n)
+        if not self.shuffle:
+            return pos
+        if epoch not in self._cache:
+            self._cache = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
+        return int(self._cache[epoch][pos])
+
+
+def resolve_data(path: str) -> str:
+    if path.startswith("builtin:"):
+        from cord.data.builtin import ensure_builtin
+
+        return str(ensure_builtin(path.split(":", 1)[1]))
+    return path
+
+
+class Trainer:
+    def __init__(self, cfg: CordConfig, *, accelerator=None) -> None:
+        from accelerate import Accelerator
+
+        self.cfg = cfg
+        if cfg.objective.method not in METHODS:
+            raise CordError(f"unknown method {cfg.objective.method!r}")
+        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        self.world = self.accelerator.num_processes
+        self.rank = self.accelerator.process_index
+        self.out = Path(cfg.train.output_dir)
+        # data first: a missing dataset is reported before any model loads
+        self.data = load_paired(resolve_data(cfg.data.train), limit=cfg.data.limit)
+        if not self.data:
+            raise CordError(f"dataset {cfg.data.train} is empty")
+        torch.manual_seed(cfg.train.seed)
+        model_cfg = cfg.model
+        if model_cfg.device == "auto":
+            model_cfg = model_cfg.model_copy(update={"device": str(self.accelerator.device)})
+        self.adapter = load_adapter(model_cfg)
+        lora = cfg.model.lora is not None
+        self.params = select_trainable(self.adapter.model, list(cfg.train.trainable), lora)
+        text_path_trains = any(p in cfg.train.trainable for p in ("language_model", "lm_head"))
+        self.teacher = Teacher(self.adapter, cfg.objective.teacher, text_path_trains)
+        if cfg.train.gradient_checkpointing and hasattr(self.adapter.model, "gradient_checkpointing_enable"):
+            self.adapter.model.gradient_checkpointing_enable()
+            if lora and hasattr(self.adapter.model, "enable_input_require_grads"):
+                self.adapter.model.enable_input_require_grads()
+        self.adapter.model.train()
+        self.engine = HFEngine(self.adapter, stop_strings=cfg.rollout.stop_strings, batch_size=cfg.rollout.batch_size)
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=cfg.train.lr, betas=tuple(cfg.train.adam_betas), weight_decay=cfg.train.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        device = self.adapter.device
+        use_bf16 = cfg.train.bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported()
+        autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+        self.ctx = StepContext(cfg, self.adapter, self.engine, self.teacher, autocast)
+        self.order = DataOrder(len(self.data), cfg.train.seed, cfg.data.shuffle)
+        self.step = 0
+        self.bad_steps = 0
+
+    # -------------------------------------------------------------------------------- state
+    def resume(self, which: str | None) -> Path | None:
+        """``which``: None/"auto" → latest checkpoint in output_dir if any; a path; "no"."""
+        if which == "no":
+            return None
+        path = latest_checkpoint(self.out) if which in (None, "auto") else Path(which)
+        if path is None:
+            return None
+        state = load_checkpoint(path, model=self.adapter.model, optimizer=self.optimizer, scheduler=self.scheduler)
+        self.step = int(state["step"])
+        self.bad_steps = int(state.get("bad_steps", 0))
+        return path
+
+    def save(self) -> Path | None:
+        if self.rank != 0:
+            return None
+        return save_checkpoint(
+            self.out, self.step, model=self.adapter.model, optimizer=self.optimizer, scheduler=self.scheduler,
+            state={"step": self.step, "bad_steps": self.bad_steps, "data_position": self.step * self.global_batch,
+                   "world_size": self.world, "method": self.cfg.objective.method},
+            config_yaml=dump_config(self.cfg), keep_last=self.cfg.train.keep_last,
+        )
+
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.train.batch_size * self.cfg.train.grad_accum * self.world
+
+    def micro_examples(self, step: int, micro: int) -> list:
+        b = self.cfg.train.batch_size
+        start = step * self.global_batch + micro * b
+        return [self.data[self.order[start + j]] for j in range(b)]
+
+    # --------------------------------------------------------------------------------- step
+    def train_step(self) -> dict[str, Any]:
+        """One optimizer step over this process's micro-batches; returns its metrics."""
+        cfg = self.cfg
+        t_start = time.perf_counter()
+        accum = cfg.train.grad_accum
+        records = []
+        for a in range(accum):
+            micro = a * self.world + self.rank
+            loss, m = run_micro_step(self.ctx, self.micro_examples(self.step, micro), self.step, micro)
+            t0 = time.perf_counter()
+            if loss.requires_grad:
+                (loss / accum).backward()
+            m["time_backward"] = time.perf_counter() - t0
+            m["loss_finite"] = float(bool(torch.isfinite(loss.detach())))
+            records.append(m)
+        t0 = time.perf_counter()
+        if self.world > 1:
+            self._average_gradients()
+        max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm is not None else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+        metrics = self._reduce_metrics(records)
+        finite = metrics["loss_finite"] == 1.0 and math.isfinite(grad_norm)
+        lr = self.scheduler.get_last_lr()[0]
+        if finite:
+            self.optimizer.step()
+        else:
+            self.bad_steps += 1
+            warnings.warn(f"step {self.step + 1}: non-finite loss or gradient; step skipped "
+                          f"({self.bad_steps}/{cfg.train.max_bad_steps} allowed)", stacklevel=2)
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics["time_backward"] += time.perf_counter() - t0  # optimizer step counts with backward
+        self.step += 1
+        elapsed = time.perf_counter() - t_start
+        metrics.update(step=self.step, grad_norm=grad_norm, lr=lr, skipped=not finite, step_time=elapsed,
+                       tokens_per_s=metrics.get("completion_tokens", 0.0) * self.world / max(elapsed, 1e-9))
+        metrics.pop("loss_finite", None)
+        if self.bad_steps > cfg.train.max_bad_steps:
+            raise CordError(
+                f"training stopped at step {self.step}: {self.bad_steps} steps had a non-finite loss or gradient "
+                f"(train.max_bad_steps={cfg.train.max_bad_steps}); lower train.lr or check the data"
+            )
+        return metrics
+
+    def _average_gradients(self) -> None:
+        import torch.distributed as dist
+
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad.div_(self.world)
+
+    def _reduce_metrics(self, records: list[dict[str, float]]) -> dict[str, float]:
+        keys = sorted({k for r in records for k in r})
+        out = {}
+        for k in keys:
+            vals = [r[k] for r in records if k in r and not (isinstance(r[k], float) and math.isnan(r[k]))]
+            if k.startswith("time_") or k == "completion_tokens":
+                out[k] = float(sum(vals))
+            else:
+                out[k] = float(sum(vals) / len(vals)) if vals else float("nan")
+        if self.world > 1:
+            import torch.distributed as dist
+
+            t = torch.tensor([out[k] for k in keys], dtype=torch.float64)
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            for k, v in zip(keys, (t / self.world).tolist()):
+                out[k] = v
+        return out
+
+    # --------------------------------------------------------------------------------- loop
+    def fit(self, resume: str | None = None, export: bool = True) -> dict[str, Any]:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        resumed_from = self.resume(resume)
+        metrics_path = self.out / "metrics.jsonl"
+        if self.rank == 0:
+            _truncate_metrics(metrics_path, self.step)
+            (self.out / "config.yaml").write_text(dump_config(cfg))
+        writer = _tensorboard(self.out, cfg) if self.rank == 0 else None
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.train.max_steps, initial=self.step, desc=f"cord train ({cfg.objective.method})",
+                   disable=not cfg.train.progress or self.rank != 0, dynamic_ncols=True)
+        last: dict[str, Any] = {}
+        try:
+            while self.step < cfg.train.max_steps:
+                last = self.train_step()
+                if self.rank == 0:
+                    if self.step % cfg.train.log_every == 0 or self.step == cfg.train.max_steps:
+                        with open(metrics_path, "a", encoding="utf-8") as f:
+                            f.write(json.dumps(_jsonable(last)) + "\n")
+                        if writer is not None:
+                            for k, v in last.items():
+                                if isinstance(v, (int, float)) and math.isfinite(float(v)):
+                                    writer.add_scalar(f"train/{k}", float(v), self.step)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4g}",
+                                    kl=f"{last.get('kl_mean', float('nan')):.3g}",
+                                    reward=f"{last.get('reward_mean', float('nan')):.2f}")
+                if self.step % cfg.train.save_every == 0 and self.step < cfg.train.max_steps:
+                    self.save()
+            ckpt = self.save()
+            if export and self.rank == 0:
+                self.export(self.out / "model")
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+        return {"step": self.step, "resumed_from": str(resumed_from) if resumed_from else None,
+                "checkpoint": str(ckpt) if ckpt else None, "last": last, "bad_steps": self.bad_steps}
+
+    def export(self, directory: Path) -> None:
+        """A loadable model (``model.name_or_path: <dir>``); LoRA is merged into the weights."""
+        model = self.adapter.model
+        tmp = directory.with_name(directory.name + ".tmp")
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        if hasattr(model, "merge_and_unload"):
+            import copy
+
+            merged = copy.deepcopy(model).merge_and_unload()
+            exporter = copy.copy(self.adapter)
+            exporter.model = merged
+            exporter.save_pretrained(str(tmp))
+        else:
+            self.adapter.save_pretrained(str(tmp))
+        if directory.exists():
+            import shutil
+
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            out[k] = None
+        else:
+            out[k] = v
+    return out
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop lines logged after the checkpoint (they will be logged again)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _tensorboard(out: Path, cfg: CordConfig):
+    if not cfg.train.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def train(cfg: CordConfig, resume: str | None = None, export: bool = True) -> dict[str, Any]:
+    """Train with ``cfg``; resumes from the output dir's latest checkpoint unless resume="no"."""
+    return Trainer(cfg).fit(resume=resume, export=export)
