@@ -1,0 +1,498 @@
+"""Benchmarks: the items to evaluate (questions as speech and as text) and the judge that
+scores them.
+
+A :class:`Benchmark` is a name, a default judge kind and a list of
+:class:`cord.data.paired.PairedExample` items (``question_text`` = the text prompt,
+``audio`` = 16 kHz mono float32, ``answer`` = the reference; ``meta`` holds ``judge``,
+``choices``, ``category`` and ``benchmark``). :meth:`Benchmark.score` judges one response.
+
+Local folder format
+-------------------
+``DIR/manifest.jsonl``, one JSON object per line — the paired-dataset manifest that
+``cord synth`` writes, so a synth output is also a benchmark::
+
+    {"id": "q1", "question": "What is 6 times 7?", "answer": "42", "audio": "audio/q1.wav"}
+    {"id": "q2", "question": "Which is a mammal? A. shark B. whale C. trout D. eel",
+     "answer": "B", "audio": "audio/q2.wav", "choices": ["shark", "whale", "trout", "eel"],
+     "category": "biology", "judge": "mcq"}
+
+- ``id`` (unique), ``question`` (the text prompt), ``answer`` (the reference; not empty),
+  ``audio`` (path relative to DIR; any format soundfile reads, any rate, resampled to
+  16 kHz mono) — required;
+- ``choices`` (list of option texts, in letter order), ``category`` (for per-category
+  accuracy), ``judge`` (``math`` | ``mcq`` | ``mmau`` | ``exact``) — optional. Without
+  ``judge``: ``mcq`` when the answer is a single letter, ``mmau`` when there are choices
+  and the answer is an option text, else ``math``;
+- any other field is kept in ``meta`` (e.g. ``"text_with_audio": true`` for items whose
+  audio is a sound to ask about rather than the spoken question, as in MMAU).
+
+Hub benchmarks (need the optional ``datasets`` library: ``pip install 'cord[hub]'``)
+-----------------------------------------------------------------------------------
+- ``voicebench-mmsu``: ``hlt-lab/voicebench`` config ``mmsu``, its 12 domain splits
+  (biology … psychology); fields ``audio``, ``prompt`` (the text question with its
+  options), ``reference`` (a letter), ``question_id``, ``category``. Judge ``mcq``. With
+  ``limit`` the items are taken round-robin over the domains, so a small run still covers
+  all 12.
+- ``voicebench-openbookqa``: the same dataset, config ``openbookqa``, split ``test``.
+- ``gsm8k-audio``: spoken GSM8K test questions from ``pphuc25/GSM8K_audio`` (which carries
+  no answers) joined **by row index** with ``openai/gsm8k`` (config ``main``, split
+  ``test``): question = the GSM8K text, answer = the text after ``####`` (commas
+  dropped), solution = the worked solution before it. ``split`` picks the audio split
+  (default ``test`` if present, else the first); if that split holds k × 1,319 rows it is
+  read as k consecutive speaker blocks and ``speaker`` picks one (default 0). When the
+  audio rows carry a text column (``question``/``text``/``transcript``/``sentence``) each
+  joined pair is checked for agreement and a mismatch is an error — a wrong join is
+  never scored silently; without one the join cannot be checked and a warning says so.
+  Judge ``math``.
+- ``mmau-test-mini``: MMAU test-mini (1,000 items: sound, music, speech). Its audio is
+  distributed as a tarball, not on the hub: download ``mmau-test-mini.json`` and
+  ``test-mini-audios.tar.gz`` (github.com/Sakshi113/MMAU), extract the tarball next to
+  the JSON and pass ``data_dir=`` that folder (or the JSON path). ``audio_id`` paths in
+  the JSON are relative to it. question_text = the question followed by the options as
+  ``(A) …``; answer = the option text; category = ``task``; ``meta["text_with_audio"]``
+  is True (the question goes with the audio clip; there is no text-only form). Judge
+  ``mmau``.
+
+Hub audio arrives decoded (``{"array", "sampling_rate"}``, or a decoder object in
+``datasets`` 4) and is converted with :func:`cord.data.audio.to_16k_mono`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import json
+import math
+import re
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cord import CordError
+from cord.data.audio import load_audio, to_16k_mono
+from cord.data.paired import MANIFEST, PairedExample, read_manifest
+from cord.judges import JudgeResult, extract_choice, judge
+
+HUB_BENCHMARKS = ("voicebench-mmsu", "voicebench-openbookqa", "gsm8k-audio", "mmau-test-mini")
+LOCAL_JUDGES = ("math", "mcq", "mmau", "exact")
+MMSU_DOMAINS = (
+    "biology", "business", "chemistry", "economics", "engineering", "health",
+    "history", "law", "other", "philosophy", "physics", "psychology",
+)  # fmt: skip
+VOICEBENCH_REPO = "hlt-lab/voicebench"
+GSM8K_AUDIO_REPO = "pphuc25/GSM8K_audio"
+GSM8K_TEXT_REPO = "openai/gsm8k"
+MMAU_JSON = "mmau-test-mini.json"
+_LETTER = re.compile(r"^\s*\(?([A-Ja-j])\)?\s*\.?\s*$")
+
+
+@dataclass
+class Benchmark:
+    """``items`` are PairedExamples; ``judge`` is the default judge kind (an item's
+    ``meta["judge"]`` overrides it); ``source`` says where the items came from."""
+
+    name: str
+    judge: str
+    items: list[PairedExample]
+    source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[PairedExample]:
+        return iter(self.items)
+
+    def judge_kind(self, item: PairedExample) -> str:
+        return str(item.meta.get("judge") or self.judge)
+
+    def judge_context(self, item: PairedExample) -> dict[str, Any]:
+        """Options for :func:`cord.judges.judge` that this item needs (its choices)."""
+        ctx: dict[str, Any] = {}
+        if item.meta.get("choices"):
+            ctx["choices"] = list(item.meta["choices"])
+        if self.judge_kind(item) == "mmau":
+            ctx["lettered"] = bool(item.meta.get("lettered", True))
+        return ctx
+
+    def score(self, item: PairedExample, response: str, **ctx: Any) -> JudgeResult:
+        """Judge ``response`` against the item's reference answer."""
+        return judge(response, item.answer, self.judge_kind(item), **{**self.judge_context(item), **ctx})
+
+    def categories(self) -> dict[str, int]:
+        return dict(Counter(str(it.meta.get("category", "")) for it in self.items))
+
+
+# --- local folders --------------------------------------------------------------------------
+
+
+def _infer_judge(answer: str, choices: list[str] | None) -> str:
+    if _LETTER.match(answer):
+        return "mcq"
+    if choices:
+        return "mmau"
+    return "math"
+
+
+def _validate_row(row: dict[str, Any], where: str) -> tuple[str, list[str] | None]:
+    answer = row.get("answer")
+    if answer is None or not str(answer).strip():
+        raise CordError(f"{where}: empty or missing 'answer'; a benchmark item needs its reference answer")
+    choices = row.get("choices")
+    if choices is not None:
+        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, (str, int, float)) for c in choices):
+            raise CordError(f"{where}: 'choices' must be a list of at least two option texts")
+        choices = [str(c) for c in choices]
+    kind = row.get("judge") or _infer_judge(str(answer), choices)
+    if kind not in LOCAL_JUDGES:
+        raise CordError(f"{where}: judge {kind!r} is not one of {', '.join(LOCAL_JUDGES)}")
+    if kind == "mmau":
+        if not choices:
+            raise CordError(f"{where}: judge 'mmau' needs 'choices' (the option texts)")
+        from cord.judges import match_choice
+
+        if match_choice(str(answer), choices) is None:
+            raise CordError(f"{where}: answer {answer!r} is not one of its choices")
+    if kind == "mcq" and extract_choice(str(answer), choices) is None:
+        raise CordError(f"{where}: answer {answer!r} names no option; give a letter (A, B, …) or an option text")
+    return kind, choices
+
+
+def load_local_benchmark(directory: str | Path, limit: int | None = None, with_audio: bool = True) -> Benchmark:
+    """Load ``DIR/manifest.jsonl`` (format in the module docstring)."""
+    directory = Path(directory)
+    rows = read_manifest(directory)
+    if not rows:
+        raise CordError(f"{directory / MANIFEST} has no items")
+    if limit is not None:
+        rows = rows[: max(0, int(limit))]
+    seen: set[str] = set()
+    items = []
+    for n, row in enumerate(rows, 1):
+        where = f"{directory / MANIFEST}: item {n} (id {row.get('id')!r})"
+        rid = str(row["id"])
+        if rid in seen:
+            raise CordError(f"{where}: duplicate id; ids must be unique")
+        seen.add(rid)
+        kind, choices = _validate_row(row, where)
+        audio = load_audio(directory / str(row["audio"])) if with_audio else None
+        meta = {k: v for k, v in row.items() if k not in ("id", "question", "answer", "solution")}
+        meta.update(judge=kind, benchmark=directory.name)
+        if choices is not None:
+            meta["choices"] = choices
+        meta.setdefault("category", "")
+        items.append(
+            PairedExample(
+                id=rid,
+                question_text=str(row["question"]),
+                audio=audio,
+                answer=str(row["answer"]).strip(),
+                solution=str(row.get("solution", "")),
+                meta=meta,
+            )
+        )
+    kinds = Counter(it.meta["judge"] for it in items)
+    return Benchmark(directory.name, kinds.most_common(1)[0][0], items, source=str(directory))
+
+
+# --- hub rows → items -----------------------------------------------------------------------
+
+
+def hub_audio_to_16k(value: Any, where: str = "audio") -> np.ndarray:
+    """Audio from a hub row — ``{"array", "sampling_rate"}``, ``{"bytes"}``, ``{"path"}`` or a
+    ``datasets`` 4 decoder object — as 16 kHz mono float32."""
+    if isinstance(value, dict):
+        if value.get("array") is not None:
+            sr = value.get("sampling_rate")
+            if not sr:
+                raise CordError(f"{where}: decoded audio has no sampling_rate")
+            return to_16k_mono(np.asarray(value["array"]), int(sr))
+        if value.get("bytes"):
+            import soundfile as sf
+
+            data, sr = sf.read(io.BytesIO(value["bytes"]), dtype="float32", always_2d=False)
+            return to_16k_mono(data, sr)
+        if value.get("path") and Path(value["path"]).is_file():
+            return load_audio(value["path"])
+    elif hasattr(value, "get_all_samples"):  # datasets>=4 AudioDecoder (torchcodec)
+        samples = value.get_all_samples()
+        data = samples.data
+        data = data.numpy() if hasattr(data, "numpy") else np.asarray(data)
+        data = data.T if data.ndim == 2 else data  # (channels, samples) → (samples, channels)
+        return to_16k_mono(data, int(samples.sample_rate))
+    raise CordError(f"{where}: no audio found (expected a decoded array with its sampling_rate)")
+
+
+def voicebench_item(row: dict[str, Any], subset: str, split: str, index: int, with_audio: bool = True) -> PairedExample:
+    """One VoiceBench multiple-choice row (``mmsu`` / ``openbookqa``) as an item."""
+    where = f"{VOICEBENCH_REPO} {subset}/{split} row {index}"
+    ref = str(row.get("reference", "")).strip()
+    m = _LETTER.match(ref)
+    if not m:
+        raise CordError(f"{where}: reference {ref!r} is not an option letter")
+    prompt = row.get("prompt")
+    if not prompt:
+        raise CordError(f"{where}: no 'prompt' text")
+    qid = row.get("question_id")
+    rid = f"{subset}-{split}-{qid if qid not in (None, '') else index}"
+    meta = {
+        "judge": "mcq",
+        "benchmark": f"voicebench-{subset}",
+        "category": str(row.get("category") or (split if subset == "mmsu" else subset)),
+        "split": split,
+    }
+    for k in ("question_id", "src"):
+        if row.get(k) not in (None, ""):
+            meta[k] = row[k]
+    audio = hub_audio_to_16k(row.get("audio"), where) if with_audio else None
+    return PairedExample(id=rid, question_text=str(prompt), audio=audio, answer=m.group(1).upper(), meta=meta)
+
+
+def gsm8k_final_answer(solution: str) -> str:
+    """The number after ``####`` in a GSM8K solution, thousands commas dropped."""
+    if "####" not in solution:
+        raise CordError("GSM8K solution has no '####' final answer")
+    return solution.rsplit("####", 1)[1].strip().replace(",", "")
+
+
+_TEXT_COLUMNS = ("question", "text", "transcript", "transcription", "sentence")
+
+
+def _squash(s: str) -> str:
+    return re.sub(r"[^a-z0-9]+", " ", s.lower()).strip()
+
+
+def _audio_value(row: dict[str, Any]) -> Any:
+    if "audio" in row:
+        return row["audio"]
+    for v in row.values():
+        if (isinstance(v, dict) and ("array" in v or "bytes" in v)) or hasattr(v, "get_all_samples"):
+            return v
+    return None
+
+
+def gsm8k_audio_items(
+    audio_rows: Sequence[dict[str, Any]],
+    gsm8k_rows: Sequence[dict[str, Any]],
+    *,
+    speaker: int = 0,
+    limit: int | None = None,
+    with_audio: bool = True,
+) -> list[PairedExample]:
+    """Join spoken GSM8K rows with ``openai/gsm8k`` test rows by row index (see the module
+    docstring). ``audio_rows`` may hold k × len(gsm8k_rows) rows (k speaker blocks)."""
+    n = len(gsm8k_rows)
+    if n == 0:
+        raise CordError("GSM8K text rows are empty")
+    if len(audio_rows) % n:
+        raise CordError(
+            f"cannot join {GSM8K_AUDIO_REPO} ({len(audio_rows)} rows) with {GSM8K_TEXT_REPO} test ({n} rows) "
+            "by row index: the counts do not line up"
+        )
+    blocks = len(audio_rows) // n
+    if not 0 <= speaker < blocks:
+        raise CordError(f"speaker {speaker} out of range: this split holds {blocks} speaker block(s)")
+    count = n if limit is None else min(n, max(0, int(limit)))
+    items: list[PairedExample] = []
+    unchecked = 0
+    for i in range(count):
+        arow, trow = audio_rows[speaker * n + i], gsm8k_rows[i]
+        where = f"{GSM8K_AUDIO_REPO} row {speaker * n + i}"
+        question, solution = str(trow["question"]), str(trow["answer"])
+        spoken_text = next((arow[c] for c in _TEXT_COLUMNS if isinstance(arow.get(c), str) and arow[c].strip()), None)
+        if spoken_text is None:
+            unchecked += 1
+        else:
+            a, b = _squash(spoken_text), _squash(question)
+            if a != b and difflib.SequenceMatcher(None, a, b, autojunk=False).ratio() < 0.6:
+                raise CordError(
+                    f"{where} does not match {GSM8K_TEXT_REPO} test row {i} "
+                    f"({spoken_text[:40]!r} vs {question[:40]!r}); the row-index join is wrong for this split"
+                )
+        audio = hub_audio_to_16k(_audio_value(arow), where) if with_audio else None
+        items.append(
+            PairedExample(
+                id=f"gsm8k-test-{i}" + (f"-s{speaker}" if blocks > 1 else ""),
+                question_text=question,
+                audio=audio,
+                answer=gsm8k_final_answer(solution),
+                solution=solution.rsplit("####", 1)[0].strip(),
+                meta={"judge": "math", "benchmark": "gsm8k-audio", "category": "gsm8k", "gsm8k_index": i, "speaker": speaker},
+            )
+        )
+    if unchecked:
+        warnings.warn(
+            f"{unchecked} spoken GSM8K rows carry no text column, so their row-index join with "
+            f"{GSM8K_TEXT_REPO} could not be checked",
+            stacklevel=2,
+        )
+    return items
+
+
+def format_mmau_question(question: str, choices: Sequence[str]) -> str:
+    opts = "\n".join(f"({chr(65 + i)}) {c}" for i, c in enumerate(choices))
+    return f"{question.strip()}\nChoose the correct option from the following options:\n{opts}"
+
+
+def mmau_item(row: dict[str, Any], audio_root: str | Path, with_audio: bool = True) -> PairedExample:
+    """One MMAU JSON row as an item; audio read from ``audio_root / row["audio_id"]``."""
+    audio_id = str(row.get("audio_id", ""))
+    rid = str(row.get("id") or Path(audio_id).stem)
+    where = f"MMAU item {rid!r}"
+    choices = row.get("choices")
+    if not isinstance(choices, list) or len(choices) < 2:
+        raise CordError(f"{where}: 'choices' must list the options")
+    choices = [str(c) for c in choices]
+    answer = str(row.get("answer", "")).strip()
+    if answer not in choices:
+        raise CordError(f"{where}: answer {answer!r} is not one of its choices")
+    path = Path(audio_root) / audio_id
+    audio = load_audio(path) if with_audio else None
+    meta = {
+        "judge": "mmau",
+        "benchmark": "mmau-test-mini",
+        "choices": choices,
+        "lettered": True,
+        "category": str(row.get("task", "")),
+        "text_with_audio": True,
+        "audio_path": str(path),
+    }
+    for k in ("difficulty", "category", "sub-category", "dataset", "split"):
+        if k in row:
+            meta["mmau_" + k.replace("-", "_")] = row[k]
+    return PairedExample(id=rid, question_text=format_mmau_question(str(row["question"]), choices), audio=audio, answer=answer, meta=meta)
+
+
+def load_mmau(path: str | Path | None, limit: int | None = None, with_audio: bool = True) -> Benchmark:
+    """MMAU test-mini from a local copy (see the module docstring)."""
+    how = (
+        f"download {MMAU_JSON} and test-mini-audios.tar.gz from github.com/Sakshi113/MMAU, extract the "
+        "tarball next to the JSON and pass data_dir=<that folder>"
+    )
+    if path is None:
+        raise CordError(f"mmau-test-mini needs a local copy of its audio: {how}")
+    path = Path(path)
+    json_path = path if path.is_file() else path / MMAU_JSON
+    if not json_path.is_file():
+        raise CordError(f"no {MMAU_JSON} at {path}: {how}")
+    try:
+        rows = json.loads(json_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CordError(f"{json_path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(rows, list) or not rows:
+        raise CordError(f"{json_path}: expected a JSON list of MMAU items")
+    if limit is not None:
+        rows = rows[: max(0, int(limit))]
+    root = json_path.parent
+    if with_audio:
+        missing = [str(r.get("audio_id")) for r in rows if not (root / str(r.get("audio_id", ""))).is_file()]
+        if missing:
+            raise CordError(f"{len(missing)} of {len(rows)} MMAU audio files are missing under {root} (first: {missing[0]}); {how}")
+    items = [mmau_item(r, root, with_audio) for r in rows]
+    return Benchmark("mmau-test-mini", "mmau", items, source=str(json_path))
+
+
+# --- hub loading ----------------------------------------------------------------------------
+
+
+def _datasets(name: str):
+    try:
+        import datasets
+    except ImportError:
+        raise CordError(f"benchmark {name!r} loads from the Hugging Face hub and needs `datasets`: pip install 'cord[hub]'") from None
+    return datasets
+
+
+def _hub_error(what: str, e: Exception) -> CordError:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return CordError(f"could not load {what} from the Hugging Face hub: {first}")
+
+
+def _round_robin(groups: Sequence[list[PairedExample]], limit: int | None) -> list[PairedExample]:
+    if limit is None:
+        return [x for g in groups for x in g]
+    out: list[PairedExample] = []
+    for i in range(max((len(g) for g in groups), default=0)):
+        for g in groups:
+            if i < len(g):
+                out.append(g[i])
+    return out[: max(0, int(limit))]
+
+
+def load_voicebench(subset: str, limit: int | None = None, cache_dir: str | None = None, with_audio: bool = True) -> Benchmark:
+    ds_lib = _datasets(f"voicebench-{subset}")
+    splits = MMSU_DOMAINS if subset == "mmsu" else ("test",)
+    per = None if limit is None else math.ceil(max(0, int(limit)) / len(splits))
+    groups = []
+    for split in splits:
+        try:
+            ds = ds_lib.load_dataset(VOICEBENCH_REPO, subset, split=split, cache_dir=cache_dir)
+        except Exception as e:  # network, auth, missing split: one line for the user
+            raise _hub_error(f"{VOICEBENCH_REPO} {subset}/{split}", e) from None
+        if per is not None:
+            ds = ds.select(range(min(per, len(ds))))
+        if not with_audio and "audio" in ds.column_names:
+            ds = ds.remove_columns(["audio"])
+        groups.append([voicebench_item(row, subset, split, i, with_audio) for i, row in enumerate(ds)])
+    return Benchmark(f"voicebench-{subset}", "mcq", _round_robin(groups, limit), source=f"{VOICEBENCH_REPO}/{subset}")
+
+
+def load_gsm8k_audio(
+    limit: int | None = None, split: str | None = None, speaker: int = 0, cache_dir: str | None = None, with_audio: bool = True
+) -> Benchmark:
+    ds_lib = _datasets("gsm8k-audio")
+    try:
+        audio_dd = ds_lib.load_dataset(GSM8K_AUDIO_REPO, cache_dir=cache_dir)
+        text_ds = ds_lib.load_dataset(GSM8K_TEXT_REPO, "main", split="test", cache_dir=cache_dir)
+    except Exception as e:
+        raise _hub_error(f"{GSM8K_AUDIO_REPO} / {GSM8K_TEXT_REPO}", e) from None
+    names = list(audio_dd.keys())
+    split = split or ("test" if "test" in names else names[0])
+    if split not in names:
+        raise CordError(f"{GSM8K_AUDIO_REPO} has no split {split!r}; it has {', '.join(names)}")
+    audio_ds = audio_dd[split]
+    if not with_audio and "audio" in audio_ds.column_names:
+        audio_ds = audio_ds.remove_columns(["audio"])
+    # Datasets index lazily: only the rows asked for are decoded
+    items = gsm8k_audio_items(audio_ds, text_ds, speaker=speaker, limit=limit, with_audio=with_audio)
+    return Benchmark("gsm8k-audio", "math", items, source=f"{GSM8K_AUDIO_REPO}/{split} ⋈ {GSM8K_TEXT_REPO}/main/test")
+
+
+def load_benchmark(
+    name_or_dir: str | Path,
+    limit: int | None = None,
+    *,
+    data_dir: str | Path | None = None,
+    split: str | None = None,
+    speaker: int = 0,
+    cache_dir: str | None = None,
+    with_audio: bool = True,
+) -> Benchmark:
+    """A benchmark by folder (``DIR/manifest.jsonl``) or by name (one of
+    :data:`HUB_BENCHMARKS`). ``limit``: at most this many items. ``data_dir``: the local
+    MMAU copy. ``split`` / ``speaker``: which spoken GSM8K audio. ``cache_dir``: the
+    ``datasets`` cache. ``with_audio=False`` skips audio (text-only evaluation)."""
+    if limit is not None and int(limit) < 0:
+        raise CordError(f"limit must be >= 0, got {limit}")
+    path = Path(name_or_dir)
+    if path.is_dir():
+        return load_local_benchmark(path, limit, with_audio)
+    name = str(name_or_dir)
+    if name == "voicebench-mmsu":
+        return load_voicebench("mmsu", limit, cache_dir, with_audio)
+    if name == "voicebench-openbookqa":
+        return load_voicebench("openbookqa", limit, cache_dir, with_audio)
+    if name == "gsm8k-audio":
+        return load_gsm8k_audio(limit, split, speaker, cache_dir, with_audio)
+    if name == "mmau-test-mini":
+        return load_mmau(data_dir, limit, with_audio)
+    close = difflib.get_close_matches(name, HUB_BENCHMARKS, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise CordError(
+        f"unknown benchmark {name!r}{hint}: not a folder with {MANIFEST} and not one of {', '.join(HUB_BENCHMARKS)}"
+    )
