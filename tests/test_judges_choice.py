@@ -58,6 +58,8 @@ MCQ_CASES = [
     ("The answer is C, not B.", None, "C"),
     ("Option A is incorrect. Option B is incorrect. Option C is correct.", None, "C"),
     ("Either option A or option B could work.", None, None),
+    ("(A) nucleus is wrong. (B) mitochondria is correct.", None, "B"),
+    ("B. mitochondria is not right; D. golgi is the best answer.", None, "D"),
     # a list of options is not an answer
     ("A. cat\nB. dog\nC. fish\nD. bird", None, None),
     # option text when the choices are given

@@ -55,8 +55,8 @@ _NEG_BEFORE = re.compile(
     re.IGNORECASE,
 )
 _NEG_AFTER = re.compile(
-    r"^[\)\]*\"'.]*\s*(?:is|was|seems|would\s+be|are)\s+(?:not\b|incorrect|wrong|false|unlikely|invalid|ruled\s+out)|"
-    r"^[\)\]*\"'.]*\s*(?:isn't|wasn't|can't|cannot)\b",
+    r"^[\)\]*\"'.:]*\s*(?:[\w'’-]+\s+){0,4}?(?:is|was|seems|would\s+be|are)\s+(?:not\b|incorrect|wrong|false|unlikely|invalid|ruled\s+out)|"
+    r"^[\)\]*\"'.:]*\s*(?:[\w'’-]+\s+){0,4}?(?:isn't|wasn't|can't|cannot)\b",
     re.IGNORECASE,
 )
 
@@ -128,7 +128,12 @@ class _Finder:
                 rf"(?i:\b(?:choose|chose|choosing|select|selected|selecting|pick|picked|picking|go\s+with|going\s+with|opt\s+for)\s+{label}(?:the\s+)?(?:option\s+|choice\s+)?)"
                 + tok
             ),
-            re.compile(tok + r"(?i:\s*[\)\]*]*\s*(?:is|would\s+be|seems\s+to\s+be|seems)\s+(?:the\s+)?(?:correct|right|best|most\s+\w+))"),
+            # "B is correct", "(B) mitochondria is the right answer" (up to four words of
+            # option text in between)
+            re.compile(
+                tok
+                + r"(?i:\s*[\)\].:]*\s*(?:[\w'’-]+\s+){0,4}?(?:is|would\s+be|seems\s+to\s+be|seems)\s+(?:the\s+)?(?:correct|right|best|most\s+(?:likely|appropriate|accurate|suitable)))"
+            ),
             re.compile(rf"\\boxed\s*\{{\s*(?:\\text(?:bf)?\s*\{{)?\s*(?P<bx>[{re.escape(letters + letters.lower())}])\b"),
         ]
         self.opening = re.compile(
