@@ -10,6 +10,9 @@ CASES = [
     (r"Simplify $\frac{1}{2} + \frac{1}{3}$.", "Simplify one half plus one third."),
     (r"Compute $\dfrac{x+1}{12}$.", "Compute x plus 1 over 12."),
     ("He drives for 3/4 of an hour.", "He drives for 3 quarters of an hour."),
+    ("Compute 1/3 + 1/6.", "Compute one third plus one sixth."),
+    (r"What's $4\frac{1}{2}$ plus $2\frac{1}{4}$?", "What's 4 and one half plus 2 and one quarter?"),
+    (r"What is $0.\overline{3}$ as a fraction?", "What is 0 point 3 repeating as a fraction?"),
     # powers and roots
     (r"If $x^2 = 16$, find $x$.", "If x squared equals 16, find x."),
     (r"Find $x^3$ when $x=2$.", "Find x cubed when x equals 2."),
@@ -30,6 +33,10 @@ CASES = [
     (r"$$x^2+y^2=z^2$$ holds.", "x squared plus y squared equals z squared holds."),
     (r"Angle ABC is $90^\circ$.", "Angle ABC is 90 degrees."),
     (r"What is $\binom{5}{2}$?", "What is 5 choose 2?"),
+    (r"Solve $|x - 3| = 5$.", "Solve the absolute value of x minus 3 equals 5."),
+    (r"If $\log_2 x = 5$, find $x$.", "If log base 2 x equals 5, find x."),
+    (r"In $\triangle PQR$, $\angle P = 90^\circ$.", "In triangle P Q R, angle P equals 90 degrees."),
+    (r"What is $7!$?", "What is 7 factorial?"),
     # percent and money
     (r"What is 20\% of 50?", "What is 20 percent of 50?"),
     ("What is 20% of 50?", "What is 20 percent of 50?"),

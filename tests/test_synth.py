@@ -344,3 +344,11 @@ def test_hub_name_without_datasets_says_install_extra():
             load_rows(SynthConfig(input="AI-MO/NuminaMath-CoT"))
     else:
         pytest.skip("datasets is installed; the hub path needs the network")
+
+
+def test_resume_with_another_seed_is_noted(tmp_path):
+    src = write_jsonl(tmp_path / "q.jsonl", WORD_PROBLEMS)
+    synthesize(cfg_for(tmp_path, src, seed=0, limit=2), progress=False, tts=FakeTTS())
+    summary = synthesize(cfg_for(tmp_path, src, seed=1), progress=False, tts=FakeTTS())
+    assert summary["already_done"] == 2 and summary["written"] == 2
+    assert any("seed 0" in n for n in summary["notes"])

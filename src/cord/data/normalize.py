@@ -257,14 +257,17 @@ class _Converter:
             return f" {w} of "  # f(x) → "f of x"
         if w in _MATH_WORDS:
             return f" {_WORDS.get(w, w).strip()} "
-        if len(w) >= 3 or w in _UNITS and self.prev == "operand":
+        if (len(w) >= 3 and not w.isupper()) or w in _UNITS and self.prev == "operand":
             return f" {w} "
         return " " + " ".join(_letter(c) for c in w) + " "
 
     def command(self, name: str) -> str:
         if name in _FRAC:
+            mixed = self.i >= 2 and self.toks[self.i - 2][0] == "num"  # 4\frac{1}{2}
             num, den = self.arg(), self.arg()
             words = _fraction_words(num, den)
+            if words and mixed:
+                return self.emit(f" and {words} ", "operand")
             return self.emit(f" {words or f'{num} over {den}'} ", "operand")
         if name == "sqrt":
             self.skip_space()
@@ -319,8 +322,9 @@ class _Converter:
                 while self.peek()[1] == "_":
                     self.next()
                 return self.emit(" blank ", "operand")
+            after_log = self.i >= 2 and self.toks[self.i - 2][1] == "\\log"
             sub = self.arg()
-            return self.emit(f" sub {sub} ", "operand")
+            return self.emit(f" base {sub} " if after_log else f" sub {sub} ", "operand")
         if c == "{" or c == "}":
             if self.math:
                 return ""
@@ -344,7 +348,9 @@ class _Converter:
         if c == "!" and self.math and self.prev == "operand":
             return self.emit(" factorial ", "operand")
         if c == "|":
-            return self.emit(" ", None)
+            if self.math and self.prev in (None, "operator", "open"):
+                return self.emit(" the absolute value of ", "open")
+            return self.emit(" ", "operand")
         if c == "&":
             if self.math:
                 raise _Unspeakable("alignment")
@@ -438,7 +444,8 @@ _MARKDOWN = [
     (re.compile(r"`([^`]*)`"), r"\1"),
     (re.compile(r"!?\[([^\]]*)\]\([^)]*\)"), r"\1"),
 ]
-_FRACTION_TEXT = re.compile(r"(?<![\d/.,])(\d{1,3})/(\d{1,3})(?![\d/.])")
+_FRACTION_TEXT = re.compile(r"(?<![\d/.,])(\d{1,3})/(\d{1,3})(?![\d/]|\.\d)")
+_REPEATING = re.compile(r"(\d*)\.(\d*)\\overline\s*\{(\d+)\}")
 
 
 def _strip_markdown(text: str) -> str:
@@ -549,6 +556,7 @@ def normalize_for_speech(text: str | None) -> tuple[str | None, str]:
         text = text.replace(k, v)
     text = _strip_markdown(text)
     text = text.replace("\\$", "\x00")
+    text = _REPEATING.sub(lambda m: f"{m[1] or '0'} point {' '.join(m[2] + m[3])} repeating", text)
     segments = _split_math(text)
     math_chars = sum(len(s) for is_math, s in segments if is_math)
     total_chars = sum(len(s) for _, s in segments)

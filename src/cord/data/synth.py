@@ -167,7 +167,10 @@ def _make_item(row: dict, spoken: str, cfg, tts: TTS, voices: list[str], out: Pa
     if audio.size == 0:
         raise _Skip("tts_failed", f"{row['id']}: empty audio")
     rel = f"audio/{audio_filename(row['id'])}"
-    _write_wav(out / rel, audio)
+    try:
+        _write_wav(out / rel, audio)
+    except OSError as e:  # disk full, permissions: fatal for the run, finished items are kept
+        raise CordError(f"cannot write {out / rel}: {e.strerror or e}") from None
     return {
         "id": row["id"],
         "question": row["question"],
@@ -202,6 +205,7 @@ def synthesize(cfg, progress: bool = True, tts: TTS | None = None) -> dict[str, 
 
     with _exclusive(out):
         done, repairs = recover_manifest(out)
+        notes = _resume_notes(out, done, cfg, backend)
         skipped: Counter[str] = Counter({r: 0 for r in SKIP_REASONS})
         unspeakable: Counter[str] = Counter()
         errors: list[str] = []
@@ -241,41 +245,43 @@ def synthesize(cfg, progress: bool = True, tts: TTS | None = None) -> dict[str, 
         bar = _progress_bar(len(jobs), progress)
         manifest = open(out / MANIFEST, "a", encoding="utf-8")
         pending: set[Future] = set()
+        pool = None
         try:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cord-synth") as pool:
-                queue = iter(jobs)
-                window = max(4, 4 * workers)
-                exhausted = False
-                while pending or not exhausted:
-                    while not exhausted and len(pending) < window:
-                        job = next(queue, None)
-                        if job is None:
-                            exhausted = True
-                            break
-                        pending.add(pool.submit(_make_item, job[0], job[1], cfg, backend, voices, out))
-                    if not pending:
+            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cord-synth")
+            queue = iter(jobs)
+            window = max(4, 4 * workers)
+            exhausted = False
+            while pending or not exhausted:
+                while not exhausted and len(pending) < window:
+                    job = next(queue, None)
+                    if job is None:
+                        exhausted = True
                         break
-                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in finished:
-                        try:
-                            row = fut.result()
-                        except _Skip as s:
-                            skipped[s.reason] += 1
-                            if len(errors) < 5 and s.reason == "tts_failed":
-                                errors.append(str(s))
-                        else:
-                            manifest.write(json.dumps(row, ensure_ascii=False) + "\n")
-                            manifest.flush()
-                            os.fsync(manifest.fileno())
-                            written += 1
-                            audio_seconds += row["duration"]
-                        bar.update(1)
+                    pending.add(pool.submit(_make_item, job[0], job[1], cfg, backend, voices, out))
+                if not pending:
+                    break
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    try:
+                        row = fut.result()
+                    except _Skip as s:
+                        skipped[s.reason] += 1
+                        if len(errors) < 5 and s.reason == "tts_failed":
+                            errors.append(str(s))
+                    else:
+                        manifest.write(json.dumps(row, ensure_ascii=False) + "\n")
+                        manifest.flush()
+                        os.fsync(manifest.fileno())
+                        written += 1
+                        audio_seconds += row["duration"]
+                    bar.update(1)
         except KeyboardInterrupt:
             interrupted = True
-            for fut in pending:  # queued items never start; in-flight ones are lost (redone on resume)
-                fut.cancel()
             raise
         finally:
+            # queued items never start; the ones in flight are lost (redone on resume)
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
             manifest.close()
             bar.close()
             work_seconds = time.perf_counter() - t_work
@@ -298,10 +304,31 @@ def synthesize(cfg, progress: bool = True, tts: TTS | None = None) -> dict[str, 
                 "utterances_per_second": round(written / work_seconds, 3) if work_seconds > 0 else 0.0,
                 "audio_seconds_per_second": round(audio_seconds / work_seconds, 3) if work_seconds > 0 else 0.0,
                 "repaired": repairs,
+                "notes": notes,
                 "interrupted": interrupted,
             }
             _atomic_write(out / SUMMARY, (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode())
     return summary
+
+
+def _resume_notes(out: Path, done: dict[str, dict], cfg, backend) -> list[str]:
+    """Warn when finished items came from another seed or TTS: they are kept as they are."""
+    if not done:
+        return []
+    notes = []
+    version = getattr(backend, "version", backend.name)
+    other_tts = sorted({str(r.get("tts")) for r in done.values()} - {version})
+    if other_tts:
+        notes.append(f"{len(done)} finished items include audio from {', '.join(other_tts)}, not {version}; "
+                     "they are kept (use a new --out for a uniform set)")
+    try:
+        prev = json.loads((out / SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        prev = {}
+    if "seed" in prev and prev["seed"] != cfg.seed:
+        notes.append(f"finished items were drawn with seed {prev['seed']}, this run uses {cfg.seed}; "
+                     "they are kept (use a new --out for a uniform set)")
+    return notes
 
 
 def _progress_bar(total: int, enabled: bool):
@@ -328,6 +355,7 @@ def describe(summary: dict[str, Any]) -> str:
         parts.append(f"the {y['kind']} filter kept {y['kept']} of {y['read']} rows read (dropped: {dropped})")
     if summary["skipped"].get("tts_failed") and summary["tts_errors"]:
         parts.append(f"first TTS error: {summary['tts_errors'][0]}")
+    parts.extend(f"note: {n}" for n in summary.get("notes", []))
     parts.append(f"{summary['total_in_manifest']} items in the manifest; details in {summary['out']}/{SUMMARY}")
     return "; ".join(parts) + "."
 

@@ -187,6 +187,7 @@ class KokoroTTS:
     beforehand when offline."""
 
     name = "kokoro"
+    thread_safe = False  # one torch model: cord synth runs it with one worker
     REPO_ID = "hexgrad/Kokoro-82M"
     SAMPLE_RATE = 24_000
 
