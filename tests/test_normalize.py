@@ -44,6 +44,8 @@ CASES = [
     ("She paid $1.50 for gum.", "She paid 1 dollar and 50 cents for gum."),
     (r"A bag holds \$2.50 worth of coins.", "A bag holds 2 dollars and 50 cents worth of coins."),
     ("Earn $20 million per year.", "Earn 20 million dollars per year."),
+    ("He earns $20/hour; apples cost $2/kg.", "He earns 20 dollars per hour; apples cost 2 dollars per kilogram."),
+    ("Pick red/blue.", "Pick red or blue."),
     # numbers
     ("The town has 1,234,567 people.", "The town has 1234567 people."),
     ("It weighs 3.5 kg.", "It weighs 3 point 5 kilograms."),

@@ -426,9 +426,11 @@ class _Converter:
             # a plain a/b: "3/4" → "3 quarters"; the numerator was already emitted, so
             # only a bare "over" is possible here; _prose_fractions handles a/b before.
             return self.emit(" over ", "operator")
-        if not self.math and before[0] == "word" and after[0] == "word":
-            unit = after[1].lower().rstrip("s")
-            return self.emit(" per " if unit in _PER_UNITS else " or ", "operator")
+        if not self.math and after[0] == "word":
+            if after[1].lower().rstrip("s") in _PER_UNITS:  # "$20/hour", "apples/box"
+                return self.emit(" per ", "operator")
+            if before[0] == "word" and len(before[1]) > 1 and len(after[1]) > 1:  # "red/blue", "and/or"
+                return self.emit(" " if after[1].lower() in ("or", "and") else " or ", "operator")
         return self.emit(" over ", "operator")
 
 
@@ -508,9 +510,18 @@ _UNIT_AFTER_NUMBER = re.compile(
 )
 
 
+_PER_UNIT_WORDS = {
+    "kg": "kilogram", "g": "gram", "mg": "milligram", "km": "kilometer", "m": "meter", "cm": "centimeter",
+    "h": "hour", "hr": "hour", "min": "minute", "s": "second", "sec": "second", "l": "liter",
+    "L": "liter", "ml": "milliliter", "lb": "pound", "ft": "foot", "mi": "mile", "oz": "ounce",
+}
+_PER_UNIT = re.compile(r"(?<=[A-Za-z\d])\s?/\s?(" + "|".join(sorted(_PER_UNIT_WORDS, key=len, reverse=True)) + r")\b")
+
+
 def _prose_pass(text: str) -> str:
     """Prose-only rewrites done on the raw string before tokenising."""
     text = _UNIT_AFTER_NUMBER.sub(lambda m: f"{m[1]} {_UNIT_WORDS[m[2]]}", text)
+    text = _PER_UNIT.sub(lambda m: f" per {_PER_UNIT_WORDS[m[1]]}", text)
     text = _FRACTION_TEXT.sub(lambda m: f" {_fraction_words(m[1], m[2]) or f'{m[1]} over {m[2]}'} ", text)
     # newlines: keep sentence boundaries audible
     text = re.sub(r"([A-Za-z0-9)])[ \t]*\n+", r"\1. ", text)
