@@ -76,6 +76,14 @@ class StepContext:
     engine: HFEngine
     teacher: Teacher
     autocast: Any = field(default_factory=lambda: contextlib.nullcontext)
+    #: (audio rollout texts, reference texts) -> 0/1 rewards; default: the configured judge
+    reward_fn: Any = None
+
+    def rewards(self, candidates: list[str], references: list[str]) -> torch.Tensor:
+        if self.reward_fn is not None:
+            return torch.as_tensor(self.reward_fn(candidates, references), dtype=torch.float32)
+        results = judge_batch(candidates, references, self.cfg.judge.kind)
+        return torch.tensor([float(r.score) for r in results])
 
 
 def _head(adapter):
@@ -140,8 +148,7 @@ def run_micro_step(ctx: StepContext, examples: list, step: int, micro: int) -> t
         else:
             refs = [ex.answer for ex in kept]
         timings["rollout"] += time.perf_counter() - t0
-        results = judge_batch(seq_roll.text, [refs[i] for i in seq_roll.prompt_index], cfg.judge.kind)
-        rewards = torch.tensor([float(r.score) for r in results])
+        rewards = ctx.rewards(seq_roll.text, [refs[i] for i in seq_roll.prompt_index])
         extra["agreement"] = float(rewards.mean())
         t0 = time.perf_counter()
         with ctx.autocast():
