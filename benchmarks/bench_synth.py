@@ -20,7 +20,6 @@ import random
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from cord.config import SynthConfig

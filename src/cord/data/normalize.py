@@ -19,7 +19,11 @@ Choices (checked against what espeak-ng 1.51 actually says, ``espeak-ng -q -x``)
   ``$`` opens a maths span only when the text up to the next ``$`` neither starts nor
   ends with a space (the LaTeX habit ``$x+1$``); "$5 and $10" is money.
 - In maths, letters are spoken one by one ("AB" → "A B", "2xy" → "2 x y"); the letter
-  *a* is written "eigh" because espeak reads a lone "a" as the article.
+  *a* is written "eigh" because espeak reads a lone "a" as the article. ``f(x)`` → "f of
+  x", ``|x|`` → "the absolute value of x", ``\\log_2`` → "log base 2", ``4\\frac{1}{2}`` →
+  "4 and one half", ``0.\\overline{3}`` → "0 point 3 repeating".
+- Units after a number and after a slash become words: "60 km/h" → "60 kilometers per
+  hour", "$2/kg" → "2 dollars per kilogram" (espeak spells "km" as letters).
 - Markdown (``**bold**``, ``#`` headers, bullets, backticks, links) is stripped.
 
 Unspeakable (``None``): empty text; LaTeX environments (``\\begin{``); Asymptote
