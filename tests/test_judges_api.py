@@ -94,3 +94,35 @@ def test_cord_reward_compares_audio_rollouts_with_text_rollout():
     audio_rollouts = ["6 times 7 is 42. \\boxed{42}", "I get 36.", "#### 42", "The answer is forty-two."]
     rewards = [r.score for r in judge_batch(audio_rollouts, [text_rollout] * 4, "math")]
     assert rewards == [1, 0, 1, 0]
+
+
+_PIECES = ["\\boxed{", "}", "{", "$", "####", " the answer is ", "answer:", " A", " B)", "(C)", " a ", " not ",
+           "1,000", "-3", "3/4", "\\frac{1}{2}", "50%", " option ", "**", "\n", ".", ",", " is ", " cat", " dog",
+           "x^2", "=", " 12 cm", "I ", "\\text{", "(", ")", "  "]  # fmt: skip
+_KINDS = [("math", {}), ("mcq", {}), ("mcq", {"choices": ["cat", "dog", "fish"]}),
+          ("mmau", {"choices": ["cat", "dog", "a cat and a dog"]}), ("exact", {})]  # fmt: skip
+
+
+def test_judges_never_raise_on_garbage():
+    """A judge runs inside every training step: malformed rollouts (unclosed boxes, stray
+    dollars, half statements) must score 0 or 1, never raise."""
+    import random
+
+    rng = random.Random(0)
+    for _ in range(30):
+        cand = "".join(rng.choice(_PIECES) for _ in range(rng.randint(0, 30)))
+        ref = "".join(rng.choice(_PIECES) for _ in range(rng.randint(0, 6)))
+        for kind, ctx in _KINDS:
+            assert judge(cand, ref, kind, **ctx).score in (0, 1)
+
+
+def test_long_degenerate_responses_stay_linear():
+    """A rollout looping to the token limit must not stall the judge (these inputs took
+    minutes with quadratic scanning)."""
+    import time
+
+    for text in ("\\boxed{" * 5_000, "answer is " * 5_000, "A " * 5_000, "option " * 5_000 + "B"):
+        t0 = time.perf_counter()
+        for kind, ctx in _KINDS:
+            judge(text, "1", kind, **ctx)
+        assert time.perf_counter() - t0 < 10

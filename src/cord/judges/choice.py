@@ -280,7 +280,7 @@ def _match_text(text: str, choices: Sequence[str]) -> int | None:
     for i, o in enumerate(opts):
         if not o:
             continue
-        kept = [s for s in _phrase_spans(hay, o) if not _TEXT_NEG.search(hay[: s[0]])]
+        kept = [s for s in _phrase_spans(hay, o) if not _TEXT_NEG.search(hay[max(0, s[0] - 40) : s[0]])]
         if kept:
             spans[i] = kept
     # an option mentioned only inside a longer mentioned option does not count

@@ -30,60 +30,61 @@ import re
 _BOXED_START = re.compile(r"\\(?:boxed|fbox)\s*")
 
 
-def _braced(text: str, open_at: int) -> tuple[str, int] | None:
-    """Content of the balanced ``{...}`` starting at ``text[open_at] == '{'`` and the index
-    after its closing brace; None when the braces never close."""
-    depth = 0
-    i = open_at
+def _matching_braces(text: str) -> dict[int, int]:
+    """For every ``{`` that closes, the index of its ``}`` — one linear pass; escaped
+    braces (``\\{``, ``\\}``) neither open nor close."""
+    match: dict[int, int] = {}
+    stack: list[int] = []
+    i = 0
     while i < len(text):
         c = text[i]
-        if c == "\\":  # an escaped char (\{, \}, \\) never opens or closes
+        if c == "\\":
             i += 2
             continue
         if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return text[open_at + 1 : i], i + 1
+            stack.append(i)
+        elif c == "}" and stack:
+            match[stack.pop()] = i
         i += 1
-    return None
+    return match
 
 
 def _unbox(s: str) -> str:
     """``\\frac{1}{\\boxed{2}}`` → ``\\frac{1}{2}``: a box inside a box is just its content."""
-    while True:
+    for _ in range(20):
         m = _BOXED_START.search(s)
         if m is None or m.end() >= len(s) or s[m.end()] != "{":
             return s
-        got = _braced(s, m.end())
-        if got is None:
+        close = _matching_braces(s).get(m.end())
+        if close is None:
             return s
-        s = s[: m.start()] + got[0] + s[got[1] :]
+        s = s[: m.start()] + s[m.end() + 1 : close] + s[close + 1 :]
+    return s
 
 
 def last_boxed(text: str) -> str | None:
     """Content of the last top-level ``\\boxed{...}`` (or ``\\fbox{...}``); nested braces
     are kept (``\\boxed{\\frac{1}{2}}`` → ``\\frac{1}{2}``). ``\\boxed 5`` (no braces) gives
-    ``5``. Unclosed boxes are ignored."""
+    ``5``. Unclosed boxes are ignored. Linear in the length of ``text``."""
+    if "\\boxed" not in text and "\\fbox" not in text:
+        return None
+    braces = _matching_braces(text)
     found: str | None = None
     pos = 0
-    while True:
-        m = _BOXED_START.search(text, pos)
-        if m is None:
-            return found
+    for m in _BOXED_START.finditer(text):
+        if m.start() < pos:
+            continue  # inside the previous box
         j = m.end()
         if j < len(text) and text[j] == "{":
-            got = _braced(text, j)
-            if got is None:
-                pos = j + 1
+            close = braces.get(j)
+            if close is None:
                 continue
-            found, pos = _unbox(got[0].strip()), got[1]
+            found, pos = _unbox(text[j + 1 : close].strip()), close + 1
         else:
             tok = re.match(r"[^\s$.,;]+", text[j:])
             if tok:
                 found = tok.group(0)
-            pos = j + 1
+    return found
 
 
 # --- numbers -----------------------------------------------------------------------------
@@ -175,17 +176,23 @@ def is_short_answer(s: str, max_words: int = 2, max_chars: int = 80) -> bool:
 
 def _answer_span(text: str) -> str | None:
     """Text after the last answer cue, up to the end of its sentence."""
-    last = None
+    content_end = len(text.rstrip())
+    last_end = None
     for m in _ANSWER_CUE.finditer(text):
-        rest = text[m.end() :]
-        if rest.strip():
-            last = rest
-    if last is None:
+        if m.end() < content_end:
+            last_end = m.end()
+    if last_end is None:
         return None
+    last = text[last_end:]
     # keep $...$ / \( \) intact when the answer starts with one
     rest = last.lstrip()
-    if rest.startswith("$") and rest.count("$") >= 2:
-        close = rest.index("$", 1) if not rest.startswith("$$") else rest.index("$$", 2) + 1
+    close = -1
+    if rest.startswith("$$"):
+        close = rest.find("$$", 2)
+        close = close + 1 if close != -1 else -1
+    elif rest.startswith("$"):
+        close = rest.find("$", 1)
+    if close != -1:
         span = rest[: close + 1]
         # allow a unit word right after the closing $ ("$5$ dollars")
         tail = re.match(r"\s*[A-Za-z]+", rest[close + 1 :])
