@@ -112,7 +112,6 @@ class _Finder:
         adverb = r"(?:(?:therefore|thus|clearly|probably|likely|most\s+likely|definitely|indeed|simply|actually)\s*,?\s*)?"
         label = r"(?:(?:option|choice|letter|answer)\s*:?\s*)?"
         flags = re.IGNORECASE | re.MULTILINE
-        self.letters = letters
         self.whole = re.compile(
             rf"^\s*[\(\[*\"']*\s*(?:(?:option|choice|answer)\s*:?\s*)?([{re.escape(letters + letters.lower())}])\s*[\)\]*\"']*\s*[.!]?\s*$",
             re.IGNORECASE,
@@ -166,20 +165,22 @@ def _accept(text: str, m: re.Match, choices: Sequence[str] | None, *, strong: bo
     start, end = m.start(group), m.end(group)
     if group == "t6" and not strong:
         return None
+    # look only at a window around the token: judging stays linear in the response length
+    after = text[end : end + 160]
     labelled = re.search(r"(?i:\b(?:option|choice|letter))\s*:?\s*$", text[max(0, start - 12) : start]) is not None
     if group == "t5" and not labelled:
-        follow = re.match(r"\s+([a-z][a-z'’-]*)", text[end:])
+        follow = re.match(r"\s+([a-z][a-z'’-]*)", after)
         if follow and follow.group(1) not in _CONNECTIVES:
             # "A cat", "I think", "B cells": an article, pronoun or name — unless the words
             # that follow are that option's own text ("B mitochondria" with B = mitochondria)
             idx = ALL_LETTERS.index(letter)
             opt = normalize_text(_strip_label(choices[idx])) if choices and idx < len(choices) else ""
-            if not opt or not normalize_text(text[end:]).startswith(opt):
+            if not opt or not normalize_text(text[end : end + 2 * len(opt) + 40]).startswith(opt):
                 return None
-        if re.match(r"\.\w", text[end:]) or re.search(r"[A-Za-z]\.$", text[:start]):  # "U.S.", "D.C."
+        if re.match(r"\.\w", after) or re.search(r"[A-Za-z]\.$", text[max(0, start - 3) : start]):  # "U.S.", "D.C."
             return None
     before = text[max(0, start - 40) : start]
-    if _NEG_BEFORE.search(before) or _NEG_AFTER.match(text[end:]):
+    if _NEG_BEFORE.search(before) or _NEG_AFTER.match(after):
         return None
     return letter
 
