@@ -1,0 +1,465 @@
+"""cord.objectives against independent straightforward references (float64, full logits)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cord.objectives import (
+    cord_loss,
+    forward_kl_per_token,
+    group_advantages,
+    grpo_surrogate,
+    position_decay_weights,
+    reverse_kl_per_token,
+    sampled_token_logratio,
+    token_logprobs,
+    token_weights,
+    topk_kl_mask,
+    weighted_token_loss,
+)
+
+B, T, H, V = 3, 7, 6, 37
+
+
+# ---------------------------------------------------------------- references (full logits)
+
+def ref_kl(kind, hs, ws, bs, ht, wt, bt, mask, temperature):
+    """Straightforward float64 KL per position from materialised logits."""
+    zs = (hs.double() @ ws.double().t() + (0 if bs is None else bs.double())) / temperature
+    zt = (ht.double() @ wt.double().t() + (0 if bt is None else bt.double())) / temperature
+    lp, lq = torch.log_softmax(zs, -1), torch.log_softmax(zt, -1)
+    if kind == "reverse":
+        d = (lp.exp() * (lp - lq)).sum(-1)
+    else:
+        d = (lq.exp() * (lq - lp)).sum(-1)
+    return d * mask.double() if mask is not None else d
+
+
+def make_inputs(seed, dtype=torch.float32, bias=True, shape=(B, T)):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*s, scale=1.0):
+        return (torch.randn(*s, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+    hs = rnd(*shape, H).requires_grad_(True)
+    ws = rnd(V, H, scale=0.7).requires_grad_(True)
+    bs = rnd(V, scale=0.5).requires_grad_(True) if bias else None
+    # teacher: different weights and hidden states; marked requires_grad to prove it gets none
+    ht = rnd(*shape, H).requires_grad_(True)
+    wt = rnd(V, H, scale=0.7).requires_grad_(True)
+    bt = rnd(V, scale=0.5).requires_grad_(True) if bias else None
+    mask = torch.ones(shape, dtype=torch.bool)
+    if len(shape) == 2:
+        mask[1, 4:] = False  # right padding
+        mask[2, 1:] = False  # a one-token completion
+    else:
+        mask[::3] = False
+    return hs, ws, bs, ht, wt, bt, mask
+
+
+def leaf_grads(out, inputs, grad_out):
+    return torch.autograd.grad(out, inputs, grad_out, allow_unused=True)
+
+
+KL_FNS = {"reverse": reverse_kl_per_token, "forward": forward_kl_per_token}
+
+
+# ---------------------------------------------------------------- chunked KL
+
+@pytest.mark.parametrize("kind", ["reverse", "forward"])
+@pytest.mark.parametrize("chunk_size,temperature", [(1, 1.0), (4, 0.7), (5, 1.0), (6, 1.6), (512, 1.0)])
+def test_kl_values_and_grads_match_reference(kind, chunk_size, temperature):
+    hs, ws, bs, ht, wt, bt, mask = make_inputs(seed=chunk_size)  # 16 valid positions
+    out = KL_FNS[kind](hs, ws, ht, wt, mask, student_bias=bs, teacher_bias=bt,
+                       temperature=temperature, chunk_size=chunk_size)
+    ref = ref_kl(kind, hs, ws, bs, ht, wt, bt, mask, temperature)
+    assert out.shape == (B, T) and out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
+    assert (out[~mask] == 0).all()
+
+    g_out = torch.randn(B, T, dtype=torch.float64)
+    got = leaf_grads(out, (hs, ws, bs), g_out.float())
+    want = leaf_grads(ref, (hs, ws, bs), g_out)
+    for a, b in zip(got, want):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a.double(), b.double(), rtol=1e-4, atol=1e-6)
+    # the teacher is a constant: no gradient path reaches it
+    for t in (ht, wt, bt):
+        assert torch.autograd.grad(out.sum(), t, allow_unused=True)[0] is None
+
+
+@pytest.mark.parametrize("kind", ["reverse", "forward"])
+@pytest.mark.parametrize("hint", ["ones", "position", "random", "zeros", "exact_cord"])
+def test_grad_hint_never_changes_the_gradient(kind, hint):
+    hs, ws, bs, ht, wt, bt, mask = make_inputs(seed=11, dtype=torch.float64)
+    ref = ref_kl(kind, hs, ws, bs, ht, wt, bt, mask, 1.3)
+    w = token_weights(ref.detach(), mask, alpha=2.0, top_k=2, beta=2.0)
+    hints = {
+        "ones": torch.ones(B, T, dtype=torch.float64),
+        "position": position_decay_weights(mask, 2.0),
+        "random": torch.rand(B, T, dtype=torch.float64),
+        "zeros": torch.zeros(B, T),
+        "exact_cord": w / mask.sum(),
+    }
+    out = KL_FNS[kind](hs, ws, ht, wt, mask, student_bias=bs, teacher_bias=bt, temperature=1.3,
+                       chunk_size=3, grad_hint=hints[hint])
+    loss, loss_ref = (w * out).sum() / mask.sum(), (w * ref).sum() / mask.sum()
+    got = torch.autograd.grad(loss, (hs, ws, bs))
+    want = torch.autograd.grad(loss_ref, (hs, ws, bs))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_kl_float64_gradcheck():
+    g = torch.Generator().manual_seed(3)
+    hs, ht = torch.randn(2, 3, 3, generator=g, dtype=torch.float64).requires_grad_(True), torch.randn(2, 3, 3, generator=g, dtype=torch.float64)
+    ws, wt = torch.randn(7, 3, generator=g, dtype=torch.float64).requires_grad_(True), torch.randn(7, 3, generator=g, dtype=torch.float64)
+    bs, bt = torch.randn(7, generator=g, dtype=torch.float64).requires_grad_(True), torch.randn(7, generator=g, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.bool)
+
+    def f(h, w, b):
+        return reverse_kl_per_token(h, w, ht, wt, mask, student_bias=b, teacher_bias=bt,
+                                    temperature=0.9, chunk_size=2)
+
+    assert torch.autograd.gradcheck(f, (hs, ws, bs))
+
+
+def test_kl_flat_positions_and_frozen_head():
+    hs, ws, bs, ht, wt, bt, mask = make_inputs(seed=4, bias=False, shape=(13,))
+    ws.requires_grad_(False)  # the LoRA case: lm_head frozen, gradients to hidden states only
+    out = reverse_kl_per_token(hs, ws, ht, wt, mask, chunk_size=4)
+    ref = ref_kl("reverse", hs, ws, None, ht, wt, None, mask, 1.0)
+    assert out.shape == (13,)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
+    (gh,) = torch.autograd.grad(out.sum(), hs)
+    (gh_ref,) = torch.autograd.grad(ref.sum(), hs)
+    torch.testing.assert_close(gh.double(), gh_ref.double(), rtol=1e-4, atol=1e-6)
+    assert (gh[~mask] == 0).all()
+
+
+def test_kl_same_head_for_student_and_teacher():
+    """Teacher = the same lm_head tensor (adapter disabled): gradient only through the student side."""
+    hs, ws, bs, ht, _, _, mask = make_inputs(seed=5, dtype=torch.float64, bias=False)
+    out = reverse_kl_per_token(hs, ws, ht, ws, mask, chunk_size=5)
+    ref = ref_kl("reverse", hs, ws, None, ht, ws.detach(), None, mask, 1.0)
+    torch.testing.assert_close(out, ref)
+    got = torch.autograd.grad(out.sum(), (hs, ws))
+    want = torch.autograd.grad(ref.sum(), (hs, ws))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+def test_kl_identical_sides_is_zero_and_all_masked_is_zero():
+    hs, ws, bs, _, _, _, mask = make_inputs(seed=6, dtype=torch.float64)
+    out = reverse_kl_per_token(hs, ws, hs, ws, mask, student_bias=bs, teacher_bias=bs)
+    torch.testing.assert_close(out, torch.zeros(B, T, dtype=torch.float64), atol=1e-12, rtol=0)
+    none = torch.zeros(B, T, dtype=torch.bool)
+    out = reverse_kl_per_token(hs, ws, hs.detach() + 1, ws, none, student_bias=bs)
+    assert (out == 0).all()
+    out.sum().backward()
+    assert (hs.grad == 0).all() and (ws.grad == 0).all() and (bs.grad == 0).all()
+
+
+def test_kl_bf16_inputs_compute_in_fp32_and_return_input_dtype_grads():
+    hs, ws, bs, ht, wt, bt, mask = make_inputs(seed=7, dtype=torch.bfloat16)
+    out = reverse_kl_per_token(hs, ws, ht, wt, mask, student_bias=bs, teacher_bias=bt, chunk_size=4)
+    assert out.dtype == torch.float32
+    # reference from the same bf16-rounded logits, then float64 softmax
+    ref = ref_kl("reverse", hs, ws, bs, ht, wt, bt, mask, 1.0)
+    torch.testing.assert_close(out.double(), ref, rtol=0.05, atol=0.02)
+    gh, gw, gb = torch.autograd.grad(out.sum(), (hs, ws, bs))
+    assert gh.dtype == gw.dtype == gb.dtype == torch.bfloat16
+    rh, rw, rb = torch.autograd.grad(ref.sum(), (hs, ws, bs))
+    for a, b in ((gh, rh), (gw, rw), (gb, rb)):
+        rel = (a.double() - b).norm() / b.norm()
+        assert rel < 0.05
+
+
+def test_kl_no_grad_mode_builds_no_graph():
+    hs, ws, bs, ht, wt, bt, mask = make_inputs(seed=8)
+    with torch.no_grad():
+        out = reverse_kl_per_token(hs, ws, ht, wt, mask, student_bias=bs, teacher_bias=bt)
+    assert out.grad_fn is None and not out.requires_grad
+    torch.testing.assert_close(out.double(), ref_kl("reverse", hs, ws, bs, ht, wt, bt, mask, 1.0),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_kl_rejects_bad_shapes_with_clear_errors():
+    hs, ws, bs, ht, wt, bt, mask = make_inputs(seed=9)
+    with pytest.raises(ValueError, match="mask shape"):
+        reverse_kl_per_token(hs, ws, ht, wt, mask[:, :3])
+    with pytest.raises(ValueError, match="teacher_hidden"):
+        reverse_kl_per_token(hs, ws, ht[:, :3], wt, mask)
+    with pytest.raises(ValueError, match="student_weight"):
+        reverse_kl_per_token(hs, ws[:, :3], ht, wt, mask)
+    with pytest.raises(ValueError, match="temperature"):
+        reverse_kl_per_token(hs, ws, ht, wt, mask, temperature=0.0)
+
+
+# ---------------------------------------------------------------- memory: what autograd keeps
+
+def saved_numels(fn):
+    sizes = []
+
+    def pack(t):
+        sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sizes
+
+
+@pytest.mark.parametrize("trainable_head", [False, True])
+@pytest.mark.parametrize("hint", [False, True])
+def test_chunked_kl_saves_no_positions_by_vocab_tensor(trainable_head, hint):
+    n, hdim, vocab = 120, 4, 50  # n * vocab = 6000 > vocab * hdim, so an (N, V) tensor stands out
+    g = torch.Generator().manual_seed(0)
+    hs = torch.randn(n, hdim, generator=g, requires_grad=True)
+    ws = torch.randn(vocab, hdim, generator=g, requires_grad=trainable_head)
+    ht, wt = torch.randn(n, hdim, generator=g), torch.randn(vocab, hdim, generator=g)
+    grad_hint = torch.ones(n) if hint else None
+
+    out, sizes = saved_numels(lambda: reverse_kl_per_token(hs, ws, ht, wt, chunk_size=16, grad_hint=grad_hint))
+    assert sizes and max(sizes) < n * vocab
+    out.sum().backward()  # and the graph it kept is enough for backward
+    # the naive formula, for contrast, keeps (N, V) tensors: the hook does see them
+    _, naive = saved_numels(lambda: ref_kl("reverse", hs, ws, None, ht, wt, None, None, 1.0))
+    assert max(naive) >= n * vocab
+
+
+# ---------------------------------------------------------------- token log-probs
+
+@pytest.mark.parametrize("chunk_size,temperature,hint", [(1, 1.0, False), (4, 0.8, True), (64, 1.0, False)])
+def test_token_logprobs_match_reference(chunk_size, temperature, hint):
+    hs, ws, bs, _, _, _, mask = make_inputs(seed=20 + chunk_size)
+    ids = torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(1))
+    out = token_logprobs(hs, ws, ids, mask, bias=bs, temperature=temperature, chunk_size=chunk_size,
+                         grad_hint=torch.ones(B, T) if hint else None)
+    z = (hs.double() @ ws.double().t() + bs.double()) / temperature
+    ref = torch.log_softmax(z, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1) * mask
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
+    g_out = torch.randn(B, T, dtype=torch.float64)
+    for a, b in zip(leaf_grads(out, (hs, ws, bs), g_out.float()), leaf_grads(ref, (hs, ws, bs), g_out)):
+        torch.testing.assert_close(a.double(), b.double(), rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------- sampled-token estimator
+
+def test_sampled_token_logratio_is_detached_masked_and_unbiased_on_policy():
+    g = torch.Generator().manual_seed(0)
+    ps = torch.softmax(torch.randn(6, generator=g, dtype=torch.float64), -1)
+    pt = torch.softmax(torch.randn(6, generator=g, dtype=torch.float64), -1)
+    y = torch.multinomial(ps, 200_000, replacement=True, generator=g)
+    ls = ps.log()[y].requires_grad_(True)
+    k1 = sampled_token_logratio(ls.view(1, -1), pt.log()[y].view(1, -1))
+    assert not k1.requires_grad
+    kl = float((ps * (ps.log() - pt.log())).sum())
+    assert abs(float(k1.mean()) - kl) < 0.02
+    m = torch.tensor([[True, False]])
+    assert sampled_token_logratio(torch.tensor([[-1.0, -2.0]]), torch.tensor([[-3.0, -1.0]]), m).tolist() == [[2.0, 0.0]]
+
+
+# ---------------------------------------------------------------- token weights
+
+def test_token_weights_hand_checked():
+    kl = torch.tensor([[0.1, 0.5, 0.3, 0.5, 0.2], [0.3, 0.3, 0.3, 9.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    w = token_weights(kl, mask, alpha=2.0, top_k=2, beta=2.0)
+    # row 0: w_pos = 2, 1.75, 1.5, 1.25, 1; top-2 = the two 0.5s (positions 1, 3)
+    # row 1: 3 valid, w_pos = 2, 1.5, 1; all-equal KL -> the earliest two; padding -> 0
+    want = torch.tensor([[2.0, 3.5, 1.5, 2.5, 1.0], [4.0, 3.0, 1.0, 0.0, 0.0]])
+    torch.testing.assert_close(w, want)
+
+
+def test_token_weights_edge_cases():
+    kl = torch.tensor([[0.2, 0.1, 0.3, 0.0], [5.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]], requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    w = token_weights(kl, mask, alpha=3.0, top_k=20, beta=2.0)
+    assert not w.requires_grad and w.grad_fn is None
+    # T < K: every valid token boosted; T = 1: beta (times alpha, it is in the top-K)
+    torch.testing.assert_close(w[0], torch.tensor([6.0, 4.5, 3.0, 0.0]))
+    torch.testing.assert_close(w[1], torch.tensor([6.0, 0.0, 0.0, 0.0]))
+    torch.testing.assert_close(w[2], 3.0 * torch.tensor([2.0, 5 / 3, 4 / 3, 1.0]))
+    # ties with K < T: earliest positions win
+    top = topk_kl_mask(torch.ones(1, 6), None, 2)
+    assert top.tolist() == [[True, True, False, False, False, False]]
+    # alpha = beta = 1: uniform OPD weights
+    assert token_weights(kl, mask, alpha=1.0, top_k=2, beta=1.0).tolist() == mask.float().tolist()
+
+
+def test_position_weights_rank_among_valid_positions():
+    mask = torch.tensor([[0, 1, 0, 1, 1]], dtype=torch.bool)  # a non-prefix mask
+    torch.testing.assert_close(position_decay_weights(mask, 3.0), torch.tensor([[0.0, 3.0, 0.0, 2.0, 1.0]]))
+
+
+# ---------------------------------------------------------------- GRPO
+
+def test_group_advantages():
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    a = group_advantages(r, 4)
+    torch.testing.assert_close(a, torch.tensor([0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0]))
+    s = group_advantages(r, 4, scale_std=True)
+    std = float(np.std([1, 0, 0, 1], ddof=1))
+    torch.testing.assert_close(s[:4], a[:4] / (std + 1e-6))
+    assert (s[4:] == 0).all()
+    with pytest.raises(ValueError):
+        group_advantages(r, 3)
+
+
+def test_equal_rewards_give_zero_gradient():
+    logp = torch.randn(4, 5, requires_grad=True)
+    adv = group_advantages(torch.ones(4), 4)
+    loss = grpo_surrogate(logp, adv, torch.ones(4, 5, dtype=torch.bool))
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and (logp.grad == 0).all()
+
+
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean", "sum_norm"])
+def test_surrogate_gradient_is_reinforce_on_a_toy_policy(aggregation):
+    """Context-free softmax policy over 5 tokens; 4 sampled rollouts of different lengths."""
+    g = torch.Generator().manual_seed(0)
+    theta = torch.randn(5, dtype=torch.float64, generator=g, requires_grad=True)
+    lengths = [3, 1, 4, 2]
+    tmax = max(lengths)
+    ys = torch.multinomial(torch.softmax(theta.detach(), -1), 4 * tmax, replacement=True, generator=g).view(4, tmax)
+    mask = torch.arange(tmax).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
+    rewards = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    adv = group_advantages(rewards, 4)
+    logp = torch.log_softmax(theta, -1)[ys]
+    loss = grpo_surrogate(logp, adv, mask, aggregation=aggregation)
+    torch.testing.assert_close(loss.detach().double(), {  # value -A, aggregated
+        "token_mean": -(adv.double() * torch.tensor(lengths)).sum() / sum(lengths),
+        "seq_mean": -adv.double().mean(),
+        "sum_norm": -(adv.double() * torch.tensor(lengths)).sum() / (4 * tmax),
+    }[aggregation])
+    (grad,) = torch.autograd.grad(loss, theta)
+
+    # analytic REINFORCE: -sum_i A_i sum_t (onehot(y_it) - pi) / normaliser
+    pi = torch.softmax(theta.detach(), -1).numpy()
+    want = np.zeros(5)
+    for i, n_i in enumerate(lengths):
+        glogp = sum(np.eye(5)[int(ys[i, t])] - pi for t in range(n_i))
+        scale = {"token_mean": 1 / sum(lengths), "seq_mean": 1 / (4 * n_i), "sum_norm": 1 / (4 * tmax)}[aggregation]
+        want -= float(adv[i]) * glogp * scale
+    np.testing.assert_allclose(grad.numpy(), want, rtol=1e-10, atol=1e-12)
+
+
+def test_ppo_clip_zeroes_gradient_on_the_clipped_side():
+    logp = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
+    # ratios exp(logp - old): 1.5, 1.0, 0.5 on both rows
+    old = -torch.log(torch.tensor([[1.5, 1.0, 0.5], [1.5, 1.0, 0.5]], dtype=torch.float64))
+    adv = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    loss = grpo_surrogate(logp, adv, mask, old_logprobs=old, clip_eps=0.2)
+    (grad,) = torch.autograd.grad(loss, logp)
+    # A > 0: ratio 1.5 > 1.2 clipped -> 0; A < 0: ratio 0.5 < 0.8 clipped -> 0; others -A*ratio/6
+    want = torch.tensor([[0.0, -1.0 / 6, -0.5 / 6], [1.5 / 6, 1.0 / 6, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(grad, want)
+    value = -(1.2 + 1.0 + 0.5 - 1.5 - 1.0 - 0.8) / 6
+    assert abs(float(loss.detach()) - value) < 1e-12
+
+
+# ---------------------------------------------------------------- combined loss
+
+def test_cord_loss_hand_computed():
+    kl = torch.tensor([[0.2, 0.4, 0.1], [0.3, 0.0, 0.0]], requires_grad=True)
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]], dtype=torch.bool)
+    # row 0: w_pos 3, 2, 1; top-1 = position 1 -> w = 3, 4, 1. row 1: one token -> 3 * 2 = 6.
+    kw = dict(alpha=2.0, top_k=1, beta=3.0, lam=0.5)
+    loss, m = cord_loss(kl, mask, **kw)
+    assert abs(float(loss.detach()) - 4.1 / 4) < 1e-6
+    (g,) = torch.autograd.grad(loss, kl)
+    torch.testing.assert_close(g, torch.tensor([[3.0, 4.0, 1.0], [6.0, 0.0, 0.0]]) / 4)
+    assert abs(cord_loss(kl, mask, normalization="weights", **kw)[0].detach().item() - 4.1 / 14) < 1e-6
+    seq = (2.3 / 8 + 1.8 / 6) / 2
+    assert abs(cord_loss(kl, mask, normalization="sequences", **kw)[0].detach().item() - seq) < 1e-6
+
+    vals = np.array([0.2, 0.4, 0.1, 0.3])
+    assert m["kl_mean"] == pytest.approx(vals.mean())
+    assert m["kl_p80"] == pytest.approx(np.percentile(vals, 80))
+    assert m["kl_weighted"] == pytest.approx(4.1 / 14)
+    assert m["topk_weight_share"] == pytest.approx(10 / 14)
+    assert m["loss_tok"] == pytest.approx(1.025) and m["loss_seq"] == 0.0
+    assert math.isnan(m["reward_mean"]) and math.isnan(m["adv_std"])
+
+    # with the sequence term: L = L_tok + lam * L_seq, L_seq on-policy = -mean A per token
+    logp = torch.full((2, 3), -1.0, requires_grad=True)
+    rewards = torch.tensor([1.0, 0.0])
+    loss, m = cord_loss(kl, mask, seq_logprobs=logp, rewards=rewards, group_size=2, **kw)
+    # A = [0.5, -0.5]; token_mean over 4 tokens: -(3 * 0.5 - 0.5) / 4 = -0.25
+    assert float(loss.detach()) == pytest.approx(1.025 + 0.5 * -0.25)
+    assert m["loss_seq"] == pytest.approx(-0.25) and m["reward_mean"] == 0.5
+    assert m["reward_std"] == pytest.approx(0.5) and m["adv_std"] == pytest.approx(0.5)
+
+
+def test_cord_loss_metrics_match_numpy_on_random_inputs():
+    g = torch.Generator().manual_seed(1)
+    kl = torch.rand(4, 9, generator=g)
+    mask = torch.arange(9).unsqueeze(0) < torch.tensor([[9], [5], [1], [7]])
+    kl = kl * mask
+    rewards = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    adv = group_advantages(rewards, 2, scale_std=True)
+    logp = -torch.rand(4, 9, generator=g)
+    loss, m = cord_loss(kl, mask, alpha=2.0, top_k=3, beta=2.0, lam=1.0, seq_logprobs=logp,
+                        advantages=adv, rewards=rewards)
+
+    k, mk = kl.numpy(), mask.numpy()
+    w = np.zeros_like(k)
+    for b in range(4):
+        idx = np.flatnonzero(mk[b])
+        n = len(idx)
+        order = sorted(idx, key=lambda t: (-k[b, t], t))[:3]
+        for r, t in enumerate(idx):
+            w[b, t] = (2.0 - (r / (n - 1) if n > 1 else 0.0)) * (2.0 if t in order else 1.0)
+    valid = k[mk]
+    assert m["kl_mean"] == pytest.approx(valid.mean(), rel=1e-6)
+    assert m["kl_p80"] == pytest.approx(np.percentile(valid, 80), rel=1e-6)
+    assert m["kl_weighted"] == pytest.approx((w * k).sum() / w.sum(), rel=1e-6)
+    top = np.zeros_like(mk)
+    for b in range(4):
+        idx = np.flatnonzero(mk[b])
+        for t in sorted(idx, key=lambda t: (-k[b, t], t))[:3]:
+            top[b, t] = True
+    assert m["topk_weight_share"] == pytest.approx(w[top].sum() / w.sum(), rel=1e-6)
+    assert m["reward_mean"] == pytest.approx(0.75) and m["reward_std"] == pytest.approx(np.std([1, 0, 1, 1]))
+    assert m["adv_std"] == pytest.approx(np.std(adv.numpy()), rel=1e-6)
+    l_tok = (w * k).sum() / mk.sum()
+    l_seq = -(adv.numpy()[:, None] * mk).sum() / mk.sum()
+    assert m["loss_tok"] == pytest.approx(l_tok, rel=1e-6)
+    assert m["loss"] == pytest.approx(l_tok + l_seq, rel=1e-6)
+    torch.testing.assert_close(weighted_token_loss(kl, torch.tensor(w), mask), torch.tensor(float(l_tok)))
+
+
+def test_cord_loss_grpo_only_and_errors():
+    logp = torch.randn(4, 3, requires_grad=True)
+    mask = torch.ones(4, 3, dtype=torch.bool)
+    loss, m = cord_loss(None, None, alpha=2.0, top_k=20, beta=2.0, lam=1.0, seq_logprobs=logp,
+                        seq_mask=mask, rewards=torch.tensor([1.0, 0.0, 0.0, 0.0]), group_size=4)
+    assert math.isnan(m["kl_mean"]) and m["loss_tok"] == 0.0 and m["loss"] == pytest.approx(m["loss_seq"])
+    loss.backward()
+    assert logp.grad is not None
+    with pytest.raises(ValueError, match="kl"):
+        cord_loss(None, None, alpha=2.0, top_k=20, beta=2.0, lam=1.0)
+    with pytest.raises(ValueError, match="advantages"):
+        cord_loss(None, mask, alpha=2.0, top_k=20, beta=2.0, lam=1.0, seq_logprobs=logp)
+    with pytest.raises(ValueError, match="normalization"):
+        cord_loss(torch.ones(4, 3), mask, alpha=2.0, top_k=20, beta=2.0, lam=1.0, normalization="nope")
+
+
+def test_cord_loss_end_to_end_with_chunked_kl_and_hint():
+    """The trainer's path: chunked KL with the position hint, trainable head, CORD loss."""
+    hs, ws, bs, ht, wt, bt, mask = make_inputs(seed=30, dtype=torch.float64)
+    kl = reverse_kl_per_token(hs, ws, ht, wt, mask, student_bias=bs, teacher_bias=bt, chunk_size=4,
+                              grad_hint=position_decay_weights(mask, 2.0))
+    loss, _ = cord_loss(kl, mask, alpha=2.0, top_k=2, beta=2.0, lam=1.0)
+    ref = ref_kl("reverse", hs, ws, bs, ht, wt, bt, mask, 1.0)
+    loss_ref, _ = cord_loss(ref, mask, alpha=2.0, top_k=2, beta=2.0, lam=1.0)
+    torch.testing.assert_close(loss, loss_ref)
+    for a, b in zip(torch.autograd.grad(loss, (hs, ws, bs)), torch.autograd.grad(loss_ref, (hs, ws, bs))):
+        torch.testing.assert_close(a, b)
