@@ -19,8 +19,11 @@ How the gradient stays cheap (the details matter for speed, see BENCHMARKS.md):
   finds the scale s (median of g_t / c_t), uses s times that sum, and recomputes only the
   positions where g_t differs from s * c_t. The result is exact whatever the hint (up to
   fp rounding: positions with |g_t - s c_t| <= 8 eps |g_t| are taken as matching). For
-  CORD's loss pass ``grad_hint=position_decay_weights(mask, beta)``: the top-K alpha boost
-  then touches only K positions per sequence; for uniform OPD pass ``torch.ones``.
+  CORD's loss pass ``grad_hint=position_decay_weights(mask, beta)``: with the "tokens" or
+  "weights" normalisation the top-K alpha boost then touches only K positions per
+  sequence; for uniform OPD pass ``torch.ones``. (The "sequences" normalisation scales each
+  sequence differently, so a hint saves little there.) The hint costs one extra matmul per
+  chunk in the forward, so a wrong hint is slower than none.
 
 Precision: logits are computed by a matmul in the promoted dtype of hidden and weight (so
 bf16 stays on the fast bf16 path), then cast per chunk to float32 (float64 if any input is

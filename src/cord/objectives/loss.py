@@ -74,6 +74,10 @@ def cord_loss(
         max_len: see ``grpo_surrogate``. L_seq = grpo_surrogate(...).
     ``rewards`` (B',) is also reported in the metrics when given.
 
+    With a trainable lm_head, compute ``kl`` with
+    ``reverse_kl_per_token(..., grad_hint=position_decay_weights(mask, beta))`` so its
+    backward recomputes only the top-K positions (see ``cord.objectives.divergence``).
+
     Returns:
         (loss, metrics). ``loss`` is a 0-d tensor to minimise. ``metrics`` holds python
         floats: kl_mean (mean D over valid tokens), kl_weighted (sum w D / sum w), kl_p80
