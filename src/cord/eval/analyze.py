@@ -1,0 +1,303 @@
+"""``cord analyze``: where, token by token, the audio-conditioned model departs from the
+text-conditioned one (the paper's Figure 3 diagnostics).
+
+For each paired example: sample one rollout y from the audio prompt (temperature 1, seeded),
+then score every completion position t under both prompts with the *same* network and the
+same prefix y_<t, no gradient::
+
+    D_t = KL(p(·|x_audio, y_<t) ‖ p(·|x_text, y_<t))      (full vocabulary, temperature 1)
+
+through :func:`cord.objectives.reverse_kl_per_token` — exactly the divergence CORD's
+token-level loss weights. Outputs in ``OUT``:
+
+* ``analysis.json``: number of rollouts/tokens, KL mean/std/percentiles (50/80/90/99),
+  skewness, the share of all KL carried by the top 10 % of tokens, Pearson correlation of
+  KL with the completion position (absolute and relative), mean KL per position and per
+  tenth of the completion, a histogram, 101 quantiles (for before/after plots), and the
+  top-divergent tokens: tokens ranked by how often they fall in the top 10 % of KL, with
+  their total count and mean KL.
+* ``rollouts.jsonl``: per rollout its id, token ids, text and per-token KL (every number in
+  analysis.json can be recomputed from it).
+* ``kl_hist.png`` (log counts) and ``kl_by_position.png``.
+
+Rollouts are reproducible for the same seed and batch size.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cord import CordError
+from cord.data.paired import PairedExample
+from cord.eval.plots import plot_kl_by_position, plot_kl_histogram
+from cord.eval.report import dump_json, write_atomic
+
+PERCENTILES = (50, 80, 90, 99)
+ANALYSIS_JSON = "analysis.json"
+ROLLOUTS_JSONL = "rollouts.jsonl"
+HIST_PNG = "kl_hist.png"
+POSITION_PNG = "kl_by_position.png"
+
+
+def _finite(x: float) -> float | None:
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float | None:
+    if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    from scipy.stats import pearsonr
+
+    return _finite(pearsonr(x, y).statistic)
+
+
+def kl_diagnostics(
+    kl_per_rollout: Sequence[Sequence[float]],
+    token_ids: Sequence[Sequence[int]],
+    decode=None,
+    top_tokens: int = 30,
+    piece=None,
+    top_fraction: float = 0.10,
+) -> dict[str, Any]:
+    """The Figure-3 statistics from per-rollout KL values and their token ids.
+
+    ``kl_per_rollout[r]`` and ``token_ids[r]`` have the rollout's length; ``decode(id)``
+    gives a token's text, ``piece(id)`` (optional) its vocabulary entry (readable where a
+    token is a fragment of a UTF-8 character). ``top_fraction``: the share of highest-KL tokens that counts as
+    "top-divergent" (and whose share of the total KL is reported).
+    """
+    from scipy.stats import skew
+
+    if len(kl_per_rollout) != len(token_ids):
+        raise ValueError("kl_per_rollout and token_ids must have one entry per rollout")
+    kls = [np.asarray(k, dtype=np.float64) for k in kl_per_rollout]
+    ids = [np.asarray(t, dtype=np.int64) for t in token_ids]
+    lengths = np.array([len(k) for k in kls], dtype=np.int64)
+    if any(len(k) != len(t) for k, t in zip(kls, ids)):
+        raise ValueError("each rollout needs one KL value per token")
+    kl = np.concatenate(kls) if kls else np.zeros(0)
+    tok = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+    pos = np.concatenate([np.arange(n) for n in lengths]) if kls else np.zeros(0)
+    rel = np.concatenate([np.arange(n) / (n - 1) if n > 1 else np.zeros(n) for n in lengths]) if kls else np.zeros(0)
+    out: dict[str, Any] = {
+        "n_rollouts": len(kls),
+        "n_tokens": int(kl.size),
+        "mean_length": float(lengths.mean()) if kls else None,
+    }
+    if kl.size == 0:
+        out["kl"] = {"mean": None}
+        return out
+
+    pct = np.percentile(kl, PERCENTILES)
+    threshold = float(np.quantile(kl, 1.0 - top_fraction))
+    top = kl >= threshold
+    total = float(kl.sum())
+    k = max(1, int(round(top_fraction * kl.size)))
+    out["kl"] = {
+        "mean": float(kl.mean()),
+        "std": float(kl.std()),
+        "min": float(kl.min()),
+        "max": float(kl.max()),
+        **{f"p{p}": float(v) for p, v in zip(PERCENTILES, pct)},
+        "skewness": _finite(skew(kl, bias=True)) if kl.size > 2 and np.ptp(kl) > 0 else None,
+        f"top{round(100 * top_fraction)}pct_share": float(np.sort(kl)[-k:].sum() / total) if total > 0 else None,
+    }
+    out["pearson_position"] = _pearson(pos, kl)
+    out["pearson_relative_position"] = _pearson(rel, kl)
+
+    width = int(lengths.max())
+    sums = np.bincount(pos.astype(np.int64), weights=kl, minlength=width)
+    counts = np.bincount(pos.astype(np.int64), minlength=width)
+    out["kl_by_position"] = {
+        "position": list(range(width)),
+        "mean_kl": (sums / np.maximum(counts, 1)).tolist(),
+        "count": counts.tolist(),
+    }
+    bins = np.minimum((rel * 10).astype(np.int64), 9)
+    rs, rc = np.bincount(bins, weights=kl, minlength=10), np.bincount(bins, minlength=10)
+    out["kl_by_relative_position"] = {
+        "bin_start": [i / 10 for i in range(10)],
+        "mean_kl": [float(s / c) if c else None for s, c in zip(rs, rc)],
+        "count": rc.tolist(),
+    }
+    hist, edges = np.histogram(kl, bins=50)
+    out["histogram"] = {"counts": hist.tolist(), "edges": edges.tolist()}
+    levels = np.linspace(0, 1, 101)
+    out["quantiles"] = {"levels": levels.tolist(), "values": np.quantile(kl, levels).tolist()}
+
+    stats: dict[int, list[float]] = defaultdict(lambda: [0, 0.0, 0, 0.0])  # count, sum, top count, top sum
+    for t, v, is_top in zip(tok.tolist(), kl.tolist(), top.tolist()):
+        s = stats[t]
+        s[0] += 1
+        s[1] += v
+        if is_top:
+            s[2] += 1
+            s[3] += v
+    ranked = sorted((t for t in stats if stats[t][2] > 0), key=lambda t: (-stats[t][2], -stats[t][3] / stats[t][2], t))
+    out["top_tokens_threshold"] = threshold
+    out["top_tokens"] = [
+        {
+            "id": int(t),
+            "token": decode(int(t)) if decode is not None else str(t),
+            **({"piece": piece(int(t))} if piece is not None else {}),
+            "count_top": int(stats[t][2]),
+            "count": int(stats[t][0]),
+            "mean_kl": stats[t][1] / stats[t][0],
+            "mean_kl_top": stats[t][3] / stats[t][2],
+        }
+        for t in ranked[:top_tokens]
+    ]
+    return out
+
+
+def _examples(data, limit: int | None) -> tuple[list[PairedExample], str]:
+    if isinstance(data, (str, Path)):
+        from cord.data.paired import load_paired
+
+        path = Path(data)
+        if not path.is_dir():
+            raise CordError(f"paired dataset not found: {path} (a folder with manifest.jsonl + audio, as `cord synth` writes)")
+        return load_paired(path, limit), str(path)
+    examples = list(data)
+    return (examples[:limit] if limit is not None else examples), "<examples>"
+
+
+def rollout_kl(adapter, engine, examples: list[PairedExample], *, max_new_tokens: int, temperature: float = 1.0,
+               seed: int = 0, batch_size: int = 16, chunk_size: int = 512, progress: bool = False):
+    """Audio rollouts and their per-token reverse KL against the text-conditioned model.
+
+    Returns (records, skipped): one record per rollout ``{"id", "ids", "text", "kl"}``
+    (lists of the rollout's length) and how many examples the long-audio policy skipped.
+    Batch ``b`` samples with seed ``seed + b``.
+    """
+    from tqdm.auto import tqdm
+
+    from cord.objectives import reverse_kl_per_token
+
+    head = adapter.lm_head()
+    weight, bias = head.weight, getattr(head, "bias", None)
+    records, skipped = [], 0
+    model = adapter.model
+    was_training = model.training
+    model.eval()
+    try:
+        with tqdm(total=len(examples), desc="analyze", unit="ex", disable=not progress) as bar:
+            for b, start in enumerate(range(0, len(examples), batch_size)):
+                batch = examples[start : start + batch_size]
+                audio = adapter.audio_prompts(batch)
+                keep = list(audio.keep) if audio.keep or not len(audio) else list(range(len(audio)))
+                skipped += len(batch) - len(keep)
+                if keep:
+                    kept = [batch[i] for i in keep]
+                    text = adapter.text_prompts(kept)
+                    ro = engine.generate(audio, n=1, temperature=temperature, greedy=False,
+                                         max_new_tokens=max_new_tokens, seed=seed + b)
+                    with torch.no_grad():
+                        student = adapter.completion_hidden(audio, ro.ids, ro.mask)
+                        teacher = adapter.completion_hidden(text, ro.ids, ro.mask)
+                        kl = reverse_kl_per_token(student, weight, teacher, weight, ro.mask.to(student.device),
+                                                  student_bias=bias, teacher_bias=bias, temperature=1.0,
+                                                  chunk_size=chunk_size)
+                    kl = kl.float().cpu()
+                    for r, ex in enumerate(kept):
+                        n = int(ro.mask[r].sum())
+                        records.append({"id": ex.id, "ids": ro.ids[r, :n].tolist(), "text": ro.text[r],
+                                        "kl": kl[r, :n].tolist()})
+                bar.update(len(batch))
+    finally:
+        model.train(was_training)
+    return records, skipped
+
+
+def analyze(
+    cfg=None,
+    adapter=None,
+    *,
+    out: str | Path,
+    data=None,
+    limit: int | None = None,
+    max_new_tokens: int | None = None,
+    batch_size: int | None = None,
+    seed: int | None = None,
+    temperature: float = 1.0,
+    top_tokens: int = 30,
+    plots: bool = True,
+    progress: bool = True,
+    engine=None,
+) -> dict[str, Any]:
+    """Run the KL diagnostics and write ``analysis.json``, ``rollouts.jsonl`` and the PNGs
+    to ``out``; returns the analysis dict.
+
+    ``cfg``: a :class:`cord.config.CordConfig` (default: all defaults); it supplies the model
+    (when ``adapter`` is None), ``data`` (default ``cfg.data.train``), ``limit``
+    (``cfg.data.limit``), ``max_new_tokens`` (``cfg.rollout.max_new_tokens``), ``batch_size``
+    (``cfg.eval.batch_size``), ``seed`` (``cfg.train.seed``) and the KL chunk size.
+    ``data``: a paired-dataset folder or a list of PairedExamples.
+    """
+    from cord.config import CordConfig
+
+    cfg = cfg if cfg is not None else CordConfig()
+    examples, source = _examples(data if data is not None else cfg.data.train, limit if limit is not None else cfg.data.limit)
+    if not examples:
+        raise CordError(f"no examples to analyze in {source}")
+    if adapter is None:
+        from cord.models import load_adapter
+
+        adapter = load_adapter(cfg.model)
+    if engine is None:
+        from cord.rollout import HFEngine
+
+        engine = HFEngine(adapter, batch_size=batch_size or cfg.eval.batch_size)
+    max_new_tokens = max_new_tokens or cfg.rollout.max_new_tokens
+    seed = cfg.train.seed if seed is None else seed
+    records, skipped = rollout_kl(
+        adapter, engine, examples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+        batch_size=batch_size or cfg.eval.batch_size, chunk_size=cfg.objective.chunk_size, progress=progress,
+    )
+    if not records:
+        raise CordError(f"all {len(examples)} examples were skipped by the long-audio policy; nothing to analyze")
+
+    tok = adapter.tokenizer
+
+    def decode(i: int) -> str:
+        return tok.decode([i], skip_special_tokens=False)
+
+    def piece(i: int) -> str:
+        p = tok.convert_ids_to_tokens(i)
+        return p if isinstance(p, str) else str(p)
+
+    result: dict[str, Any] = {
+        "model": cfg.model.name_or_path,
+        "family": getattr(adapter, "family", cfg.model.family),
+        "data": source,
+        "n_examples": len(examples),
+        "n_skipped": skipped,
+        "temperature": temperature,
+        "seed": seed,
+        "max_new_tokens": max_new_tokens,
+        "divergence": "reverse KL(p(.|audio, y<t) || p(.|text, y<t)), full vocabulary, nats",
+    }
+    result.update(kl_diagnostics([r["kl"] for r in records], [r["ids"] for r in records], decode, top_tokens, piece))
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / ROLLOUTS_JSONL, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    files = {"rollouts": ROLLOUTS_JSONL}
+    if plots:
+        kl = np.concatenate([np.asarray(r["kl"], dtype=np.float64) for r in records])
+        pct = {f"p{p}": result["kl"][f"p{p}"] for p in PERCENTILES}
+        plot_kl_histogram(kl, out / HIST_PNG, pct)
+        pos = result["kl_by_position"]
+        plot_kl_by_position(pos["position"], pos["mean_kl"], pos["count"], out / POSITION_PNG)
+        files.update(histogram=HIST_PNG, by_position=POSITION_PNG)
+    result["files"] = files
+    write_atomic(out / ANALYSIS_JSON, dump_json(result))
+    return result

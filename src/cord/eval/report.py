@@ -1,0 +1,324 @@
+"""Evaluation reports: recomputed from the per-item JSONL, never from in-memory counters.
+
+Layout of an evaluation directory::
+
+    DIR/<benchmark>/<modality>.jsonl   one record per item (see cord.eval.runner)
+    DIR/run.json                       what produced the answers (model, prompts, settings)
+    DIR/report.json                    {benchmark: {audio_acc, text_acc, gap, n, fail_rate, ...},
+                                        "average": {...}}
+    DIR/report.md                      the same as a markdown table
+
+Accuracy of a modality = correct / answered items of that modality (items the long-audio
+policy skipped are counted as ``<modality>_skipped``, not as wrong); ``gap`` = text_acc −
+audio_acc; ``fail_rate`` = share of answered responses (both modalities) from which no
+answer could be extracted (per modality as ``audio_fail_rate`` / ``text_fail_rate``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from cord import CordError
+
+MODALITIES = ("audio", "text")
+#: reserved top-level key of report.json (not a benchmark)
+AVERAGE = "average"
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+
+
+# --- per-item records ----------------------------------------------------------------------
+
+
+def read_records(path: str | Path, repair: bool = False) -> dict[str, dict[str, Any]]:
+    """Records of one ``<modality>.jsonl`` by id (a later record of an id wins).
+
+    A last line without its newline or that does not parse is what a killed run leaves
+    behind: it is dropped (and, with ``repair``, cut from the file so appending continues
+    on a clean line). A malformed line elsewhere is an error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    # data ends with "\n" → last element is b"" (complete); otherwise the tail is partial
+    complete, tail = lines[:-1], lines[-1]
+    records: dict[str, dict[str, Any]] = {}
+    good_bytes = 0
+    for lineno, raw in enumerate(complete, 1):
+        try:
+            rec = json.loads(raw) if raw.strip() else None
+        except json.JSONDecodeError:
+            if lineno == len(complete) and not tail.strip():
+                break  # a torn final line that happens to end in a newline
+            raise CordError(f"{path}:{lineno}: malformed record; remove that line (or the file) and rerun") from None
+        if rec is not None:
+            if not isinstance(rec, dict) or "id" not in rec:
+                raise CordError(f"{path}:{lineno}: a record must be a JSON object with an 'id'")
+            records[str(rec["id"])] = rec
+        good_bytes += len(raw) + 1
+    if tail.strip():
+        try:  # a complete record that only lacks its newline is kept
+            rec = json.loads(tail)
+            if isinstance(rec, dict) and "id" in rec:
+                records[str(rec["id"])] = rec
+                good_bytes += len(tail)
+        except json.JSONDecodeError:
+            pass
+    if repair and good_bytes != len(data):
+        with open(path, "r+b") as f:
+            f.truncate(good_bytes)
+            if good_bytes and not data[:good_bytes].endswith(b"\n"):
+                f.seek(good_bytes)
+                f.write(b"\n")
+    return records
+
+
+# --- metrics --------------------------------------------------------------------------------
+
+
+def _mean(xs: Iterable[float]) -> float | None:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else None
+
+
+def modality_metrics(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """acc, n (answered), skipped, fail_rate for one modality's records."""
+    answered = [r for r in records if r.get("status", "answered") == "answered"]
+    skipped = sum(1 for r in records if r.get("status") == "skipped")
+    return {
+        "acc": _mean(int(r["correct"]) for r in answered),
+        "n": len(answered),
+        "skipped": skipped,
+        "failed": sum(1 for r in answered if r.get("answer") is None),
+        "fail_rate": _mean(float(r.get("answer") is None) for r in answered),
+    }
+
+
+def benchmark_metrics(
+    by_modality: Mapping[str, Mapping[str, Mapping[str, Any]]], ids: Iterable[str] | None = None
+) -> dict[str, Any]:
+    """One benchmark's report entry from ``{modality: {id: record}}``; ``ids`` restricts it
+    to these items (default: every id seen)."""
+    all_ids = set().union(*(set(r) for r in by_modality.values())) if by_modality else set()
+    wanted = set(ids) if ids is not None else all_ids
+    entry: dict[str, Any] = {"n": len(wanted)}
+    failed = answered = 0
+    per_cat: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for mod in MODALITIES:
+        if mod not in by_modality:
+            entry[f"{mod}_acc"] = None
+            continue
+        recs = [by_modality[mod][i] for i in sorted(wanted) if i in by_modality[mod]]
+        m = modality_metrics(recs)
+        entry[f"{mod}_acc"] = m["acc"]
+        entry[f"{mod}_n"] = m["n"]
+        entry[f"{mod}_skipped"] = m["skipped"]
+        entry[f"{mod}_fail_rate"] = m["fail_rate"]
+        missing = len(wanted) - len(recs)
+        if missing:
+            entry[f"{mod}_missing"] = missing
+        failed += m["failed"]
+        answered += m["n"]
+        for r in recs:
+            if r.get("status", "answered") == "answered":
+                per_cat[str(r.get("category") or "")][mod].append(int(r["correct"]))
+    a, t = entry.get("audio_acc"), entry.get("text_acc")
+    entry["gap"] = t - a if a is not None and t is not None else None
+    entry["fail_rate"] = failed / answered if answered else None
+    if len(per_cat) > 1:
+        entry["by_category"] = {
+            cat: {
+                **{f"{mod}_acc": _mean(v[mod]) for mod in MODALITIES if mod in by_modality},
+                "n": max((len(v[mod]) for mod in v), default=0),
+            }
+            for cat, v in sorted(per_cat.items())
+        }
+    return entry
+
+
+def average_entry(report: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Macro average over benchmarks (each benchmark counts once, whatever its size)."""
+    rows = [v for k, v in report.items() if k != AVERAGE]
+    out: dict[str, Any] = {"n": sum(int(r.get("n") or 0) for r in rows), "benchmarks": len(rows)}
+    for key in ("audio_acc", "text_acc", "gap", "fail_rate"):
+        out[key] = _mean(r[key] for r in rows if r.get(key) is not None)
+    return out
+
+
+def report_from_items(
+    out_dir: str | Path,
+    benchmarks: Iterable[str] | None = None,
+    ids: Mapping[str, Iterable[str]] | None = None,
+    modalities: Iterable[str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Recompute the report from ``out_dir/<benchmark>/<modality>.jsonl``.
+
+    ``benchmarks``: which sub-folders (default: every one holding a modality JSONL).
+    ``ids``: per benchmark, the item ids to count (default: every id in its files).
+    ``modalities``: which files to read (default: audio and text, where present).
+    Returns ``{benchmark: entry, ..., "average": entry}``.
+    """
+    out_dir = Path(out_dir)
+    mods = tuple(modalities) if modalities is not None else MODALITIES
+    if benchmarks is None:
+        benchmarks = sorted(
+            p.name for p in out_dir.iterdir() if p.is_dir() and any((p / f"{m}.jsonl").is_file() for m in mods)
+        ) if out_dir.is_dir() else []
+    report: dict[str, dict[str, Any]] = {}
+    for name in benchmarks:
+        by_mod = {m: read_records(out_dir / name / f"{m}.jsonl") for m in mods if (out_dir / name / f"{m}.jsonl").is_file()}
+        report[name] = benchmark_metrics(by_mod, None if ids is None else ids.get(name))
+    report[AVERAGE] = average_entry(report)
+    return report
+
+
+# --- baseline -------------------------------------------------------------------------------
+
+
+def load_report(path: str | Path) -> dict[str, Any]:
+    """A report.json (or a directory holding one)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / REPORT_JSON
+    if not path.is_file():
+        raise CordError(f"baseline report not found: {path} (pass the report.json of an earlier `cord eval`)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CordError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise CordError(f"{path}: expected a report of the form {{benchmark: {{audio_acc, text_acc, gap, ...}}}}")
+    return data
+
+
+def add_gap_reduction(report: dict[str, dict[str, Any]], baseline: Mapping[str, Mapping[str, Any]]) -> dict:
+    """Add ``gap_base`` and ``gap_reduction`` = (gap_base − gap) / gap_base to every benchmark
+    (null with a ``gap_reduction_note`` where it is undefined: benchmark missing from the
+    baseline, a gap missing, or gap_base ≤ 0 — nothing to reduce) and their mean to
+    ``average``. In place; returns ``report``."""
+    reductions = []
+    for name, entry in report.items():
+        if name == AVERAGE:
+            continue
+        base = baseline.get(name)
+        gap_base = base.get("gap") if base else None
+        entry["gap_base"] = gap_base
+        note = ""
+        if base is None:
+            note = "benchmark not in the baseline report"
+        elif gap_base is None or entry.get("gap") is None:
+            note = "gap undefined (a modality was not evaluated)"
+        elif gap_base <= 0:
+            note = f"baseline gap {gap_base:.4f} <= 0: no gap to reduce"
+        if note:
+            entry["gap_reduction"] = None
+            entry["gap_reduction_note"] = note
+        else:
+            entry["gap_reduction"] = (gap_base - entry["gap"]) / gap_base
+            entry.pop("gap_reduction_note", None)
+            reductions.append(entry["gap_reduction"])
+    avg = report.setdefault(AVERAGE, average_entry(report))
+    avg["gap_reduction"] = _mean(reductions)
+    avg["gap_reduction_benchmarks"] = len(reductions)
+    base_avg = baseline.get(AVERAGE)
+    avg["gap_base"] = base_avg.get("gap") if base_avg else None
+    return report
+
+
+# --- writing --------------------------------------------------------------------------------
+
+
+def _clean(x: Any) -> Any:
+    """JSON-safe: NaN/inf → None."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    return x
+
+
+def _file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give (mkstemp makes 0600 files)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to a temp file next to ``path``, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def dump_json(data: Any) -> str:
+    return json.dumps(_clean(data), indent=2, ensure_ascii=False) + "\n"
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def _pts(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:+.1f} pts"
+
+
+def format_markdown(report: Mapping[str, Mapping[str, Any]], title: str | None = None) -> str:
+    """The report as a markdown table (accuracies in %, gap in percentage points)."""
+    with_base = any("gap_reduction" in v for v in report.values())
+    head = ["benchmark", "n", "audio acc", "text acc", "gap (text − audio)", "fail rate"]
+    if with_base:
+        head.append("gap reduction")
+    lines = [f"# {title}", ""] if title else []
+    lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    notes = []
+    for name, e in report.items():
+        label = f"**{name}**" if name == AVERAGE else name
+        row = [label, str(e.get("n", "")), _pct(e.get("audio_acc")), _pct(e.get("text_acc")), _pts(e.get("gap")),
+               _pct(e.get("fail_rate"))]
+        if with_base:
+            row.append(_pct(e.get("gap_reduction")))
+        lines.append("| " + " | ".join(row) + " |")
+        for mod in MODALITIES:
+            if e.get(f"{mod}_skipped"):
+                notes.append(f"{name}: {e[f'{mod}_skipped']} {mod} item(s) skipped (not counted)")
+            if e.get(f"{mod}_missing"):
+                notes.append(f"{name}: {e[f'{mod}_missing']} {mod} item(s) not answered yet (rerun to resume)")
+        if e.get("gap_reduction_note"):
+            notes.append(f"{name}: no gap reduction — {e['gap_reduction_note']}")
+    lines.append("")
+    lines.append("Accuracy = correct / answered; gap = text acc − audio acc; fail rate = responses with no "
+                 "extractable answer (counted wrong); average = mean over benchmarks.")
+    if notes:
+        lines += [""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir: str | Path, report: Mapping[str, Any], title: str | None = None) -> tuple[Path, Path]:
+    """Write ``report.json`` and ``report.md`` atomically; returns their paths."""
+    out_dir = Path(out_dir)
+    js, md = out_dir / REPORT_JSON, out_dir / REPORT_MD
+    write_atomic(js, dump_json(report))
+    write_atomic(md, format_markdown(report, title))
+    return js, md

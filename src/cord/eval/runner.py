@@ -1,0 +1,323 @@
+"""``cord eval``: accuracy from audio, accuracy from text, and the gap between them.
+
+For every benchmark × modality the items are asked in batches with greedy decoding, each
+response is judged (the benchmark's judge kind: ``mcq`` for VoiceBench, ``math`` for
+spoken GSM8K, ``mmau`` for MMAU, the item's ``judge`` for local folders) and appended as one
+JSON line to ``OUT/<benchmark>/<modality>.jsonl``, flushed after every batch::
+
+    {"id": "q1", "modality": "audio", "status": "answered", "response": "... The answer is 42.",
+     "answer": "42", "reference": "42", "reference_answer": "42", "correct": 1,
+     "judge": "math", "note": "", "category": "", "finished": true, "tokens": 17}
+
+``status`` is ``skipped`` (with a ``reason``, ``correct`` null) for audio the long-audio
+policy skipped and for text prompts of items whose question is *about* the audio
+(``meta["text_with_audio"]``, e.g. MMAU: there is no text-only form). A rerun with the
+same ``OUT`` asks only items that have no record yet (a line torn by a killed run is
+dropped first). ``OUT/run.json`` records what produced the answers; resuming with another
+model or other generation settings is refused rather than mixed.
+
+The report (``report.json``, ``report.md``) is recomputed from those files by
+:func:`cord.eval.report.report_from_items`, so every number in it can be checked by hand.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cord import CordError
+from cord.data.paired import MANIFEST, PairedExample
+from cord.eval.benchmarks import HUB_BENCHMARKS, MMAU_JSON, Benchmark, load_benchmark
+from cord.eval.report import (
+    AVERAGE,
+    add_gap_reduction,
+    dump_json,
+    load_report,
+    read_records,
+    report_from_items,
+    write_atomic,
+    write_report,
+)
+from cord.models.base import PromptBatch
+
+RUN_JSON = "run.json"
+SKIP_LONG_AUDIO = "audio longer than model.max_audio_seconds (model.long_audio=skip)"
+SKIP_NO_TEXT_FORM = "the question is about the audio clip: there is no text-only form"
+
+
+# --- benchmarks -----------------------------------------------------------------------------
+
+
+def _mmau_location(name: str) -> Path | None:
+    """A local MMAU copy given as its JSON file or a folder holding it (and no manifest)."""
+    p = Path(name)
+    if p.is_file() and p.name.endswith(".json"):
+        return p
+    if p.is_dir() and not (p / MANIFEST).is_file() and (p / MMAU_JSON).is_file():
+        return p
+    return None
+
+
+def check_benchmark(name: str) -> None:
+    """Fail fast (before any model loads) on a benchmark that cannot be loaded."""
+    if name in HUB_BENCHMARKS:
+        if name != "mmau-test-mini" and importlib.util.find_spec("datasets") is None:
+            raise CordError(f"benchmark {name!r} loads from the Hugging Face hub and needs `datasets`: pip install 'cord[hub]'")
+        if name == "mmau-test-mini":
+            load_benchmark(name)  # raises with the download instructions: it has no hub copy
+        return
+    if _mmau_location(name) is not None:
+        return
+    path = Path(name)
+    if not path.exists() and (os.sep in name or name.startswith(".")):
+        raise CordError(f"benchmark folder not found: {path} (a local benchmark is a folder with {MANIFEST} + audio)")
+    load_benchmark(name, with_audio=False)  # validates the manifest; unknown names get a hint
+
+
+def open_benchmark(name: str, limit: int | None = None, with_audio: bool = True) -> Benchmark:
+    """:func:`load_benchmark`, plus a local MMAU copy given by path."""
+    mmau = _mmau_location(name)
+    if mmau is not None:
+        return load_benchmark("mmau-test-mini", limit, data_dir=mmau, with_audio=with_audio)
+    return load_benchmark(name, limit, with_audio=with_audio)
+
+
+# --- prompts --------------------------------------------------------------------------------
+
+
+def _merge_prompts(batches: list[tuple[PromptBatch, list[int]]], pad_id: int, modality: str) -> PromptBatch:
+    """Concatenate left-padded prompt batches (``keep`` mapped through each batch's item
+    indices); modality tensors are zero-padded on their trailing dimensions."""
+    batches = [(b, idx) for b, idx in batches if len(b)]
+    if not batches:
+        empty = torch.zeros((0, 1), dtype=torch.long)
+        return PromptBatch(empty, empty.clone(), modality, {}, [])
+    if len(batches) == 1:
+        b, idx = batches[0]
+        return PromptBatch(b.input_ids, b.attention_mask, modality, dict(b.extra), [idx[k] for k in (b.keep or range(len(b)))])
+    width = max(b.input_ids.shape[1] for b, _ in batches)
+    ids, masks, keep = [], [], []
+    for b, idx in batches:
+        pad = width - b.input_ids.shape[1]
+        ids.append(torch.nn.functional.pad(b.input_ids, (pad, 0), value=pad_id))
+        masks.append(torch.nn.functional.pad(b.attention_mask, (pad, 0), value=0))
+        keep.extend(idx[k] for k in (b.keep or range(len(b))))
+    extra = {}
+    for key in batches[0][0].extra:
+        ts = [b.extra[key] for b, _ in batches]
+        shape = [max(t.shape[d] for t in ts) for d in range(ts[0].dim())]
+        padded = []
+        for t in ts:
+            spec = []
+            for d in reversed(range(1, t.dim())):
+                spec += [0, shape[d] - t.shape[d]]
+            padded.append(torch.nn.functional.pad(t, spec) if any(spec) else t)
+        extra[key] = torch.cat(padded)
+    return PromptBatch(torch.cat(ids), torch.cat(masks), modality, extra, keep)
+
+
+def build_prompts(adapter, items: list[PairedExample], modality: str) -> PromptBatch:
+    """Prompts for ``items``; ``keep`` = indices into ``items`` of the rows. Audio items whose
+    question is about the clip (``meta["text_with_audio"]``) get the question text after the
+    audio, before the instruction."""
+    if modality == "text":
+        p = adapter.text_prompts(items)
+        return PromptBatch(p.input_ids, p.attention_mask, "text", dict(p.extra), list(range(len(items))))
+    plain = [i for i, it in enumerate(items) if not it.meta.get("text_with_audio")]
+    parts = [(adapter.audio_prompts([items[i] for i in plain]), plain)] if plain else []
+    for i, it in enumerate(items):
+        if it.meta.get("text_with_audio"):
+            if not hasattr(adapter, "instruction"):
+                raise CordError(
+                    f"item {it.id!r} asks a question about its audio, but the {getattr(adapter, 'family', '?')} "
+                    "adapter takes no text with an audio prompt"
+                )
+            saved = adapter.instruction
+            adapter.instruction = f"{it.question_text}\n{saved}".strip()
+            try:
+                parts.append((adapter.audio_prompts([it]), [i]))
+            finally:
+                adapter.instruction = saved
+    return _merge_prompts(parts, adapter.pad_token_id, "audio")
+
+
+# --- one benchmark × modality ---------------------------------------------------------------
+
+
+def _item_length(it: PairedExample, modality: str) -> int:
+    if modality == "audio" and it.audio is not None:
+        return int(len(it.audio))
+    return len(it.question_text)
+
+
+def answer_batch(bench: Benchmark, items: list[PairedExample], modality: str, adapter, engine, max_new_tokens: int) -> list[dict]:
+    """Ask ``items`` in one batch (greedy) and judge them; one record per item."""
+    records: dict[int, dict[str, Any]] = {}
+    askable = list(range(len(items)))
+    if modality == "text":
+        askable = [i for i, it in enumerate(items) if not it.meta.get("text_with_audio")]
+        for i in set(range(len(items))) - set(askable):
+            records[i] = _skipped(items[i], modality, SKIP_NO_TEXT_FORM)
+    sub = [items[i] for i in askable]
+    prompts = build_prompts(adapter, sub, modality) if sub else None
+    kept = list(prompts.keep) if prompts is not None else []
+    for j in set(range(len(sub))) - set(kept):
+        records[askable[j]] = _skipped(sub[j], modality, SKIP_LONG_AUDIO)
+    if kept:
+        ro = engine.generate(prompts, n=1, greedy=True, max_new_tokens=max_new_tokens)
+        for row, j in enumerate(kept):
+            it = sub[j]
+            text = ro.text[row]
+            res = bench.score(it, text)
+            records[askable[j]] = {
+                "id": it.id,
+                "modality": modality,
+                "status": "answered",
+                "response": text,
+                "answer": res.candidate_answer,
+                "reference": it.answer,
+                "reference_answer": res.reference_answer,
+                "correct": int(res.score),
+                "judge": res.kind,
+                "note": res.note,
+                "category": str(it.meta.get("category", "")),
+                "finished": bool(ro.finished[row]) if ro.finished else None,
+                "tokens": int(ro.mask[row].sum()),
+            }
+    return [records[i] for i in sorted(records)]
+
+
+def _skipped(it: PairedExample, modality: str, reason: str) -> dict[str, Any]:
+    return {"id": it.id, "modality": modality, "status": "skipped", "reason": reason, "correct": None,
+            "reference": it.answer, "category": str(it.meta.get("category", ""))}
+
+
+def run_modality(
+    bench: Benchmark,
+    modality: str,
+    adapter,
+    engine,
+    path: str | Path,
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int = 512,
+    progress: bool = True,
+    key: str | None = None,
+) -> int:
+    """Answer every item of ``bench`` that ``path`` holds no record of; returns how many
+    were asked. Longest prompts first (less padding per batch, memory trouble shows early)."""
+    from tqdm.auto import tqdm
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done = read_records(path, repair=True)
+    pending = [it for it in bench.items if it.id not in done]
+    if not pending:
+        return 0
+    pending.sort(key=lambda it: -_item_length(it, modality))
+    with open(path, "a", encoding="utf-8") as f, tqdm(
+        total=len(pending), desc=f"{key or bench.name} [{modality}]", unit="item", disable=not progress,
+        initial=0, dynamic_ncols=True,
+    ) as bar:
+        for start in range(0, len(pending), batch_size):
+            batch = pending[start : start + batch_size]
+            recs = answer_batch(bench, batch, modality, adapter, engine, max_new_tokens)
+            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+            f.flush()
+            os.fsync(f.fileno())
+            bar.update(len(batch))
+    return len(pending)
+
+
+# --- the whole evaluation -------------------------------------------------------------------
+
+
+def run_fingerprint(cfg, adapter) -> dict[str, Any]:
+    """What determines the answers; a resumed run must match it."""
+    return {
+        "model": cfg.model.name_or_path,
+        "family": getattr(adapter, "family", cfg.model.family),
+        "system_prompt": getattr(adapter, "system_prompt", None),
+        "instruction": getattr(adapter, "instruction", None),
+        "long_audio": cfg.model.long_audio,
+        "max_audio_seconds": cfg.model.max_audio_seconds,
+        "max_new_tokens": cfg.eval.max_new_tokens,
+        "decoding": "greedy",
+    }
+
+
+def _check_resume(out: Path, fingerprint: dict[str, Any]) -> None:
+    has_answers = out.is_dir() and any(out.glob("*/*.jsonl"))
+    run_json = out / RUN_JSON
+    if not has_answers or not run_json.is_file():
+        return
+    try:
+        old = json.loads(run_json.read_text(encoding="utf-8")).get("fingerprint", {})
+    except (json.JSONDecodeError, AttributeError):
+        return
+    for k, v in fingerprint.items():
+        if k in old and old[k] != v:
+            raise CordError(
+                f"{out} holds answers from another run ({k}: {old[k]!r}, now {v!r}); "
+                "use another --out, or delete that folder to start over"
+            )
+
+
+def evaluate(cfg, adapter=None, progress: bool = True, *, engine=None) -> dict[str, dict[str, Any]]:
+    """Run ``cfg.eval`` (benchmarks × modalities) and write the report; returns it.
+
+    ``adapter``: an already-loaded adapter (default: ``load_adapter(cfg.model)``).
+    ``engine``: anything with the :class:`cord.rollout.Engine` ``generate`` signature
+    (default: :class:`cord.rollout.HFEngine` on the adapter). Resumes from ``cfg.eval.out``.
+    Returns ``{benchmark: {audio_acc, text_acc, gap, n, fail_rate, ...}, "average": {...}}``.
+    """
+    ev = cfg.eval
+    names = [b for b in ev.benchmarks if str(b).strip()]
+    if not names:
+        raise CordError("no benchmarks given: pass --benchmarks NAME_OR_DIR[,...]")
+    modalities = list(dict.fromkeys(ev.modalities))
+    if not modalities:
+        raise CordError("no modalities given: pass --modalities audio,text")
+    for name in names:
+        check_benchmark(name)
+    baseline = load_report(ev.baseline) if ev.baseline else None
+    if adapter is None:
+        from cord.models import load_adapter
+
+        adapter = load_adapter(cfg.model)
+    if engine is None:
+        from cord.rollout import HFEngine
+
+        engine = HFEngine(adapter, batch_size=ev.batch_size)
+    out = Path(ev.out)
+    fingerprint = run_fingerprint(cfg, adapter)
+    _check_resume(out, fingerprint)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / RUN_JSON, dump_json({"fingerprint": fingerprint, "benchmarks": names, "modalities": modalities}))
+
+    ids: dict[str, list[str]] = {}
+    sources: dict[str, str] = {}
+    for name in names:
+        bench = open_benchmark(name, ev.limit, with_audio="audio" in modalities)
+        key = bench.name
+        if key == AVERAGE or key.startswith("."):
+            raise CordError(f"benchmark name {key!r} is reserved; rename the folder")
+        if key in ids:
+            raise CordError(f"two benchmarks are both named {key!r} (results would share {out / key}); rename one folder")
+        ids[key] = [it.id for it in bench.items]
+        sources[key] = bench.source
+        for mod in modalities:
+            run_modality(bench, mod, adapter, engine, out / key / f"{mod}.jsonl", batch_size=ev.batch_size,
+                         max_new_tokens=ev.max_new_tokens, progress=progress, key=key)
+        del bench
+
+    report = report_from_items(out, list(ids), ids, modalities)
+    if baseline is not None:
+        add_gap_reduction(report, baseline)
+    write_report(out, report, title=f"cord eval — {cfg.model.name_or_path}")
+    return report
