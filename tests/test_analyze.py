@@ -1,0 +1,167 @@
+"""`cord analyze`: per-token KL diagnostics that agree with an independent float64
+recomputation on the same rollouts, and valid PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from cord.cli import main
+from cord.config import CordConfig, ModelConfig
+from cord.eval import analyze, kl_diagnostics, plot_kl_comparison
+from cord.models import load_adapter
+
+MODEL = dict(family="qwen2-audio", name_or_path="tiny", dtype="float32", device="cpu", long_audio="skip",
+             max_audio_seconds=1.5)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Toy-sized matmuls: a thread pool only adds barriers (30x slower on a loaded CPU)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def paired_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("paired")
+    (d / "audio").mkdir()
+    rows = []
+    for i, sec in enumerate([0.4, 0.7, 1.0, 2.0, 0.55]):  # the 2.0 s clip is skipped (window 1.5 s)
+        x = 0.2 * np.random.default_rng(i).standard_normal(int(16000 * sec))
+        sf.write(d / "audio" / f"p{i}.wav", x.astype(np.float32), 16000)
+        rows.append({"id": f"p{i}", "question": f"What is {i} plus {i + 2}?", "answer": str(2 * i + 2),
+                     "audio": f"audio/p{i}.wav"})
+    (d / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return d
+
+
+@pytest.fixture(scope="module")
+def sharp_adapter():
+    """The tiny model with a scaled lm_head: its near-uniform predictions become peaked, so
+    the audio/text KL is far from rounding level and the comparison below means something."""
+    a = load_adapter(ModelConfig(**MODEL))
+    with torch.no_grad():
+        a.lm_head().weight.mul_(40.0)
+    return a
+
+
+def _rollouts(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+
+
+def _naive_kl(adapter, example, ids: list[int]) -> np.ndarray:
+    """float64, full logits, one example at a time: sum_v p_a (log p_a - log p_t)."""
+    y = torch.tensor([ids])
+    m = torch.ones_like(y, dtype=torch.bool)
+    with torch.no_grad():
+        ha = adapter.completion_hidden(adapter.audio_prompts([example]), y, m)[0].double()
+        ht = adapter.completion_hidden(adapter.text_prompts([example]), y, m)[0].double()
+    w = adapter.lm_head().weight.detach().double()
+    la, lt = torch.log_softmax(ha @ w.T, -1), torch.log_softmax(ht @ w.T, -1)
+    return (la.exp() * (la - lt)).sum(-1).numpy()
+
+
+def test_analysis_matches_a_naive_float64_recomputation(tmp_path, paired_dir, sharp_adapter):
+    from cord.data.paired import load_paired
+
+    cfg = CordConfig(model=ModelConfig(**MODEL))
+    res = analyze(cfg, sharp_adapter, out=tmp_path, data=paired_dir, max_new_tokens=12, batch_size=2, seed=5,
+                  progress=False)
+    on_disk = json.loads((tmp_path / "analysis.json").read_text())
+    assert on_disk["n_tokens"] == res["n_tokens"] and on_disk["kl"] == pytest.approx(res["kl"])
+
+    rolls = _rollouts(tmp_path)
+    assert res["n_examples"] == 5 and res["n_skipped"] == 1 and res["n_rollouts"] == 4 == len(rolls)
+    assert [r["id"] for r in rolls] == ["p0", "p1", "p2", "p4"]
+    assert res["n_tokens"] == sum(len(r["ids"]) for r in rolls) == sum(len(r["kl"]) for r in rolls)
+
+    examples = {ex.id: ex for ex in load_paired(paired_dir)}
+    naive = [_naive_kl(sharp_adapter, examples[r["id"]], r["ids"]) for r in rolls]
+    flat = np.concatenate(naive)
+    assert flat.mean() > 1e-3  # a real divergence, not rounding noise
+    np.testing.assert_allclose(np.concatenate([r["kl"] for r in rolls]), flat, rtol=1e-3, atol=1e-6)
+    assert res["kl"]["mean"] == pytest.approx(flat.mean(), rel=1e-4)
+
+    # the statistics, recomputed by hand from the naive values
+    kl = res["kl"]
+    assert kl["min"] <= kl["p50"] <= kl["p80"] <= kl["p90"] <= kl["p99"] <= kl["max"]
+    assert kl["p80"] == pytest.approx(np.percentile(flat, 80), rel=1e-3)
+    c = flat - flat.mean()
+    assert kl["skewness"] == pytest.approx((c**3).mean() / (c**2).mean() ** 1.5, rel=1e-2)
+    pos = np.concatenate([np.arange(len(n)) for n in naive])
+    assert res["pearson_position"] == pytest.approx(np.corrcoef(pos, flat)[0, 1], abs=1e-3)
+    by_pos = res["kl_by_position"]
+    assert sum(by_pos["count"]) == res["n_tokens"]
+    assert by_pos["mean_kl"][0] == pytest.approx(np.mean([n[0] for n in naive]), rel=1e-3)
+    top = res["top_tokens"]
+    assert top and all(t["count_top"] <= t["count"] for t in top)
+    n_top = sum(v >= res["top_tokens_threshold"] for r in rolls for v in r["kl"])
+    assert sum(t["count_top"] for t in top) == n_top  # fewer than 30 distinct tokens here
+    assert [t["count_top"] for t in top] == sorted((t["count_top"] for t in top), reverse=True)
+    assert all(isinstance(t["token"], str) for t in top)
+
+    # seeded: the same seed gives the same rollouts, another seed others
+    again = analyze(cfg, sharp_adapter, out=tmp_path / "again", data=paired_dir, max_new_tokens=12, batch_size=2,
+                    seed=5, plots=False, progress=False)
+    other = analyze(cfg, sharp_adapter, out=tmp_path / "other", data=paired_dir, max_new_tokens=12, batch_size=2,
+                    seed=6, plots=False, progress=False)
+    assert _rollouts(tmp_path / "again") == rolls and again["kl"] == res["kl"]
+    assert [r["ids"] for r in _rollouts(tmp_path / "other")] != [r["ids"] for r in rolls]
+
+    # before/after comparison plot from two results
+    png = plot_kl_comparison({"seed 5": res, "seed 6": other}, tmp_path / "cmp.png")
+    assert png.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_cli_writes_json_and_valid_pngs(tmp_path, paired_dir, capsys):
+    import matplotlib.image
+
+    out = tmp_path / "an"
+    argv = ["analyze", "--model", "tiny", "--family", "qwen2-audio", "--data", str(paired_dir), "--out", str(out),
+            "--limit", "3", "--set", "model.dtype=float32", "--set", "model.device=cpu",
+            "--set", "rollout.max_new_tokens=8"]
+    assert main(argv) == 0
+    assert "rollouts" in capsys.readouterr().out
+    res = json.loads((out / "analysis.json").read_text())
+    assert res["n_rollouts"] == 3 and res["max_new_tokens"] == 8
+    assert res["n_tokens"] == sum(len(r["ids"]) for r in _rollouts(out)) and res["mean_length"] <= 8
+    for name in ("kl_hist.png", "kl_by_position.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == PNG_MAGIC
+        img = matplotlib.image.imread(out / name)
+        assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+    assert res["files"] == {"rollouts": "rollouts.jsonl", "histogram": "kl_hist.png", "by_position": "kl_by_position.png"}
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    code = main(["analyze", "--model", "tiny", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "missing" in err
+    code = main(["analyze", "--model", "tiny", "--data", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--out" in err
+
+
+def test_kl_diagnostics_on_handmade_values():
+    res = kl_diagnostics([[1.0, 2.0, 3.0], [4.0]], [[5, 6, 5], [7]], decode=lambda i: f"<{i}>", top_fraction=0.25)
+    assert res["n_tokens"] == 4 and res["n_rollouts"] == 2 and res["mean_length"] == 2.0
+    assert res["kl"]["mean"] == 2.5 and res["kl"]["p50"] == 2.5 and res["kl"]["max"] == 4.0
+    assert res["kl"]["top25pct_share"] == pytest.approx(0.4)
+    assert res["kl_by_position"] == {"position": [0, 1, 2], "mean_kl": [2.5, 2.0, 3.0], "count": [2, 1, 1]}
+    assert res["top_tokens"] == [{"id": 7, "token": "<7>", "count_top": 1, "count": 1, "mean_kl": 4.0,
+                                  "mean_kl_top": 4.0}]
+    assert res["kl"]["skewness"] == pytest.approx(0.0)
+    assert res["pearson_position"] == pytest.approx(np.corrcoef([0, 1, 2, 0], [1, 2, 3, 4])[0, 1])
+    # constant input: undefined statistics are None, not NaN
+    flat = kl_diagnostics([[0.5, 0.5]], [[1, 2]])
+    assert flat["kl"]["skewness"] is None and flat["pearson_position"] is None
+    assert kl_diagnostics([[0.5]], [[1]])["pearson_position"] is None

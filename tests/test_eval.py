@@ -1,0 +1,292 @@
+"""`cord eval`: per-item JSONL, report recomputed from it, resume, baseline, CLI errors.
+
+Accuracies are checked against numbers known by construction (an engine whose answers the
+test controls) and, for the real tiny model, against an independent one-by-one greedy
+generation judged in the test.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from cord import CordError
+from cord.cli import main
+from cord.config import CordConfig, EvalConfig, ModelConfig
+from cord.eval import add_gap_reduction, evaluate, load_benchmark, read_records, report_from_items
+from cord.judges import judge
+from cord.models import load_adapter
+from cord.rollout import Rollouts
+
+MODEL = dict(family="qwen2-audio", name_or_path="tiny", dtype="float32", device="cpu", long_audio="skip",
+             max_audio_seconds=1.5)
+
+# id, question, answer, seconds; the last one is longer than the 1.5 s window → skipped as audio
+SPOKEN = [
+    ("m0", "What is 2 + 3?", "5", 0.30),
+    ("m1", "What is 6 times 7?", "42", 0.40),
+    ("m2", "What is 10 - 4?", "6", 0.50),
+    ("m3", "What is half of 18?", "9", 0.60),
+    ("long", "What is 1 + 1?", "2", 2.00),
+]
+# audio answers: m0, m1 right, m2 wrong, m3 no answer at all (a fail); text answers all right
+AUDIO_RESPONSES = {"m0": "The answer is 5.", "m1": "So 6*7 = 42. The answer is 42.", "m2": "The answer is 7.",
+                   "m3": "I could not hear the question."}
+# questions about a sound (MMAU-style): no text-only form
+SOUNDS = [
+    ("s0", "Which animal makes this sound?", "dog", ["cat", "dog", "cow"], 0.70),
+    ("s1", "What instrument is playing?", "piano", ["violin", "piano", "drums"], 0.80),
+]
+SOUND_RESPONSES = {"s0": "The answer is (B) dog.", "s1": "It sounds like a violin."}
+
+
+def _write_wav(path: Path, seconds: float, seed: int, rate: int = 16000) -> None:
+    x = 0.1 * np.random.default_rng(seed).standard_normal(int(rate * seconds))
+    sf.write(path, x.astype(np.float32), rate)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Toy-sized matmuls: a thread pool only adds barriers (30x slower on a loaded CPU)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def bench_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("benchmarks")
+    spoken, sounds = root / "spoken", root / "sounds"
+    for d in (spoken, sounds):
+        (d / "audio").mkdir(parents=True)
+    rows = []
+    for i, (rid, q, a, sec) in enumerate(SPOKEN):
+        _write_wav(spoken / "audio" / f"{rid}.wav", sec, i, rate=22050 if i == 1 else 16000)  # one resampled
+        rows.append({"id": rid, "question": q, "answer": a, "audio": f"audio/{rid}.wav", "category": f"c{i % 2}"})
+    (spoken / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rows = []
+    for i, (rid, q, a, choices, sec) in enumerate(SOUNDS):
+        _write_wav(sounds / "audio" / f"{rid}.wav", sec, 10 + i)
+        rows.append({"id": rid, "question": q, "answer": a, "choices": choices, "audio": f"audio/{rid}.wav",
+                     "judge": "mmau", "text_with_audio": True})
+    (sounds / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return spoken, sounds
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    return load_adapter(ModelConfig(**MODEL))
+
+
+class ScriptedEngine:
+    """Answers each prompt with a text the test chooses, identified by the prompt itself
+    (text prompts by their tokens, audio prompts by their number of mel frames); records
+    what was asked."""
+
+    def __init__(self, adapter, items, audio_answers, text_answer):
+        self.adapter = adapter
+        self.audio_answers, self.text_answer = audio_answers, text_answer
+        self.by_frames, self.by_tokens, self.ref = {}, {}, {}
+        for it in items:
+            self.ref[it.id] = it.answer
+            p = adapter.text_prompts([it])
+            self.by_tokens[tuple(p.input_ids[0].tolist())] = it.id
+            if it.audio is not None and len(it.audio) <= 1.5 * 16000:
+                frames = int(adapter.audio_prompts([it]).extra["feature_attention_mask"][0].sum())
+                assert frames not in self.by_frames
+                self.by_frames[frames] = it.id
+        self.asked: list[tuple[str, str]] = []
+        self.prompt_texts: dict[str, str] = {}
+
+    def generate(self, prompts, *, n=1, temperature=1.0, top_p=1.0, max_new_tokens=200, greedy=False, seed=None):
+        assert n == 1 and greedy
+        texts = []
+        for r in range(len(prompts)):
+            if prompts.modality == "audio":
+                rid = self.by_frames[int(prompts.extra["feature_attention_mask"][r].sum())]
+                texts.append(self.audio_answers[rid])
+            else:
+                valid = prompts.input_ids[r][prompts.attention_mask[r].bool()]
+                rid = self.by_tokens[tuple(valid.tolist())]
+                texts.append(self.text_answer(rid))
+            self.asked.append((prompts.modality, rid))
+            self.prompt_texts[f"{prompts.modality}:{rid}"] = self.adapter.tokenizer.decode(
+                prompts.input_ids[r][prompts.attention_mask[r].bool()].tolist())
+        R = len(texts)
+        return Rollouts(ids=torch.zeros((R, 1), dtype=torch.long), mask=torch.ones((R, 1), dtype=torch.bool),
+                        text=texts, prompt_index=list(range(R)), n=1, finished=[True] * R)
+
+
+def _engine(adapter, bench_dirs):
+    spoken, sounds = bench_dirs
+    items = load_benchmark(spoken).items + load_benchmark(sounds).items
+    answers = {**AUDIO_RESPONSES, **SOUND_RESPONSES}
+    return ScriptedEngine(adapter, items, answers, lambda rid: f"Let me think. The answer is {dict((s[0], s[2]) for s in SPOKEN)[rid]}.")
+
+
+def _cfg(out, benchmarks, **ev) -> CordConfig:
+    return CordConfig(model=ModelConfig(**MODEL),
+                      eval=EvalConfig(benchmarks=[str(b) for b in benchmarks], out=str(out), **ev))
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_scripted_accuracies_skips_and_report_from_jsonl(tmp_path, adapter, bench_dirs):
+    spoken, sounds = bench_dirs
+    engine = _engine(adapter, bench_dirs)
+    report = evaluate(_cfg(tmp_path, [spoken, sounds], batch_size=2), adapter, progress=False, engine=engine)
+
+    s = report["spoken"]
+    # known by construction: audio 2 right of 4 answered (long audio skipped, not wrong), text 5 of 5
+    assert (s["audio_acc"], s["text_acc"], s["gap"], s["n"]) == (0.5, 1.0, 0.5, 5)
+    assert (s["audio_n"], s["audio_skipped"], s["text_n"], s["text_skipped"]) == (4, 1, 5, 0)
+    assert s["audio_fail_rate"] == 0.25 and s["text_fail_rate"] == 0.0 and s["fail_rate"] == pytest.approx(1 / 9)
+    assert s["by_category"] == {"c0": {"audio_acc": 0.5, "text_acc": 1.0, "n": 3},
+                                "c1": {"audio_acc": 0.5, "text_acc": 1.0, "n": 2}}
+    q = report["sounds"]  # MMAU-style: option text vs "(B) dog"; no text-only form
+    assert (q["audio_acc"], q["text_acc"], q["gap"], q["text_skipped"]) == (0.5, None, None, 2)
+    assert report["average"]["gap"] == 0.5 and report["average"]["audio_acc"] == 0.5
+
+    # the long clip never reached the engine; sound questions were asked with their text
+    assert ("audio", "long") not in engine.asked and ("text", "s0") not in engine.asked
+    assert "Which animal makes this sound?" in engine.prompt_texts["audio:s0"]
+    assert "What is 2 + 3?" not in engine.prompt_texts["audio:m0"]
+
+    # independent recomputation from the JSONL, by hand
+    for mod in ("audio", "text"):
+        recs = _lines(tmp_path / "spoken" / f"{mod}.jsonl")
+        assert sorted(r["id"] for r in recs) == sorted(x[0] for x in SPOKEN)
+        answered = [r for r in recs if r["status"] == "answered"]
+        assert s[f"{mod}_acc"] == sum(r["correct"] for r in answered) / len(answered)
+        for r in answered:  # each record: response, extracted answer, reference, 0/1
+            assert r["reference"] == dict((x[0], x[2]) for x in SPOKEN)[r["id"]]
+            assert r["correct"] == judge(r["response"], r["reference"], "math").score
+    audio = {r["id"]: r for r in _lines(tmp_path / "spoken" / "audio.jsonl")}
+    assert audio["long"]["status"] == "skipped" and audio["long"]["correct"] is None
+    assert audio["m0"]["answer"] == "5" and audio["m2"]["answer"] == "7" and audio["m3"]["answer"] is None
+
+    on_disk = json.loads((tmp_path / "report.json").read_text())
+    assert on_disk == json.loads(json.dumps(report))
+    assert on_disk == json.loads(json.dumps(report_from_items(tmp_path)))
+    md = (tmp_path / "report.md").read_text()
+    assert "| spoken | 5 | 50.0% | 100.0% | +50.0 pts |" in md and "1 audio item(s) skipped" in md
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_resume_after_a_killed_run_asks_only_missing_items(tmp_path, adapter, bench_dirs):
+    spoken, _ = bench_dirs
+    cfg = _cfg(tmp_path, [spoken], batch_size=2)
+    first = evaluate(cfg, adapter, progress=False, engine=_engine(adapter, bench_dirs))
+
+    path = tmp_path / "spoken" / "audio.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    kept = json.loads(lines[0])["id"]
+    path.write_text(lines[0] + lines[1][: len(lines[1]) // 2])  # killed mid-write of line 2
+    (tmp_path / "spoken" / "text.jsonl").unlink()
+    (tmp_path / "report.json").unlink()
+
+    engine = _engine(adapter, bench_dirs)
+    second = evaluate(cfg, adapter, progress=False, engine=engine)
+    audio_asked = sorted(rid for mod, rid in engine.asked if mod == "audio")
+    assert audio_asked == sorted({"m0", "m1", "m2", "m3"} - {kept})
+    assert sorted(rid for mod, rid in engine.asked if mod == "text") == sorted(x[0] for x in SPOKEN)
+    recs = _lines(path)  # every line parses, each id once
+    assert sorted(r["id"] for r in recs) == sorted(x[0] for x in SPOKEN)
+    assert second == first
+
+    engine = _engine(adapter, bench_dirs)
+    assert evaluate(cfg, adapter, progress=False, engine=engine) == first and engine.asked == []
+
+    # answers from other generation settings are not mixed in
+    with pytest.raises(CordError, match="another run"):
+        evaluate(_cfg(tmp_path, [spoken], max_new_tokens=7), adapter, progress=False, engine=engine)
+
+
+def test_read_records_torn_tail_and_corrupt_middle(tmp_path):
+    path = tmp_path / "audio.jsonl"
+    path.write_text('{"id": "a", "correct": 1}\n{"id": "b", "correct": 0}')  # complete, lacks newline
+    assert sorted(read_records(path)) == ["a", "b"]
+    path.write_text('{"id": "a", "correct": 1}\n{"id": "b", "corr')
+    assert list(read_records(path, repair=True)) == ["a"]
+    assert path.read_text() == '{"id": "a", "correct": 1}\n'
+    path.write_text('{"id": "a"}\nnot json\n{"id": "c"}\n')
+    with pytest.raises(CordError, match=r"audio.jsonl:2"):
+        read_records(path)
+
+
+def test_gap_reduction_and_its_guards():
+    report = {"a": {"gap": 0.2}, "b": {"gap": 0.1}, "c": {"gap": 0.3}, "d": {"gap": None}}
+    base = {"a": {"gap": 0.4}, "b": {"gap": 0.0}, "d": {"gap": 0.5}, "average": {"gap": 0.3}}
+    add_gap_reduction(report, base)
+    assert report["a"]["gap_reduction"] == pytest.approx(0.5)
+    assert report["b"]["gap_reduction"] is None and "<= 0" in report["b"]["gap_reduction_note"]
+    assert report["c"]["gap_reduction"] is None and "not in the baseline" in report["c"]["gap_reduction_note"]
+    assert report["d"]["gap_reduction"] is None
+    assert report["average"]["gap_reduction"] == pytest.approx(0.5)
+    assert report["average"]["gap_reduction_benchmarks"] == 1
+
+
+def test_cli_tiny_model_matches_independent_greedy_and_baseline(tmp_path, adapter, bench_dirs, capsys):
+    spoken, _ = bench_dirs
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({"spoken": {"gap": 0.5}}))
+    out = tmp_path / "out"
+    argv = ["eval", "--model", "tiny", "--family", "qwen2-audio", "--benchmarks", str(spoken), "--out", str(out),
+            "--max-new-tokens", "6", "--batch-size", "3", "--baseline", str(base), "--set", "model.dtype=float32",
+            "--set", "model.device=cpu", "--set", "model.long_audio=skip", "--set", "model.max_audio_seconds=1.5"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert "| spoken | 5 |" in printed and "gap reduction" in (out / "report.md").read_text()
+
+    # independent: each item alone, HF greedy straight through the adapter, judged here
+    from transformers import GenerationConfig
+
+    gen = GenerationConfig(do_sample=False, max_new_tokens=6, eos_token_id=adapter.eos_token_ids,
+                           pad_token_id=adapter.pad_token_id, suppress_tokens=adapter.placeholder_token_ids)
+    bench = load_benchmark(spoken)
+    for mod in ("audio", "text"):
+        recs = {r["id"]: r for r in _lines(out / "spoken" / f"{mod}.jsonl")}
+        correct = []
+        for it in bench.items:
+            if mod == "audio" and it.id == "long":
+                assert recs[it.id]["status"] == "skipped"
+                continue
+            prompts = adapter.audio_prompts([it]) if mod == "audio" else adapter.text_prompts([it])
+            with torch.no_grad():
+                new = adapter.generate(prompts, generation_config=gen)[0].tolist()
+            cut = next((k + 1 for k, t in enumerate(new) if t in adapter.eos_token_ids), len(new))
+            text = adapter.tokenizer.decode(new[:cut], skip_special_tokens=True)
+            assert recs[it.id]["response"] == text
+            correct.append(judge(text, it.answer, "math").score)
+        assert report["spoken"][f"{mod}_acc"] == sum(correct) / len(correct)
+    gap = report["spoken"]["gap"]
+    assert report["spoken"]["gap_reduction"] == pytest.approx((0.5 - gap) / 0.5)
+
+
+def test_cli_one_line_errors(tmp_path, bench_dirs, capsys):
+    code = main(["eval", "--model", "tiny", "--benchmarks", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "benchmark folder not found" in err and "nope" in err
+    assert not (tmp_path / "o").exists()
+
+    code = main(["eval", "--benchmarks", "voicebench-mmsuu", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "voicebench-mmsu" in err
+
+    code = main(["eval", "--benchmarks", str(tmp_path), "--modalities", "audio,video", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--modalities" in err
+
+    code = main(["eval", "--benchmarks", str(bench_dirs[0]), "--baseline", str(tmp_path / "none.json"),
+                 "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "baseline report not found" in err
