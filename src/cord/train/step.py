@@ -131,7 +131,7 @@ def run_micro_step(ctx: StepContext, examples: list, step: int, micro: int) -> t
     weight, bias = _head(adapter)
     kl = kl_mask = seq_lp = seq_mask = rewards = None
     n_completion_tokens = 0
-    extra: dict[str, float] = {}
+    extra: dict[str, float] = {"skipped_long_audio": float(len(examples) - len(kept))}
 
     # ---- sequence level: a group of N rollouts at temperature 1.5, judged ------------------
     seq_roll: Rollouts | None = None
