@@ -153,7 +153,7 @@ def test_scripted_accuracies_skips_and_report_from_jsonl(tmp_path, adapter, benc
                                 "c1": {"audio_acc": 0.5, "text_acc": 1.0, "n": 2}}
     q = report["sounds"]  # MMAU-style: option text vs "(B) dog"; no text-only form
     assert (q["audio_acc"], q["text_acc"], q["gap"], q["text_skipped"]) == (0.5, None, None, 2)
-    assert report["average"]["gap"] == 0.5 and report["average"]["audio_acc"] == 0.5
+    assert report["average"]["gap"] == 0.5 and report["average"]["averaged_over"] == ["spoken"]
 
     # the long clip never reached the engine; sound questions were asked with their text
     assert ("audio", "long") not in engine.asked and ("text", "s0") not in engine.asked
@@ -214,6 +214,8 @@ def test_read_records_torn_tail_and_corrupt_middle(tmp_path):
     path = tmp_path / "audio.jsonl"
     path.write_text('{"id": "a", "correct": 1}\n{"id": "b", "correct": 0}')  # complete, lacks newline
     assert sorted(read_records(path)) == ["a", "b"]
+    assert sorted(read_records(path, repair=True)) == ["a", "b"]
+    assert path.read_text().endswith('"correct": 0}\n')  # appending continues on a new line
     path.write_text('{"id": "a", "correct": 1}\n{"id": "b", "corr')
     assert list(read_records(path, repair=True)) == ["a"]
     assert path.read_text() == '{"id": "a", "correct": 1}\n'

@@ -73,10 +73,11 @@ def read_records(path: str | Path, repair: bool = False) -> dict[str, dict[str, 
                 good_bytes += len(tail)
         except json.JSONDecodeError:
             pass
-    if repair and good_bytes != len(data):
+    needs_newline = good_bytes > 0 and not data[:good_bytes].endswith(b"\n")
+    if repair and (good_bytes != len(data) or needs_newline):
         with open(path, "r+b") as f:
             f.truncate(good_bytes)
-            if good_bytes and not data[:good_bytes].endswith(b"\n"):
+            if needs_newline:
                 f.seek(good_bytes)
                 f.write(b"\n")
     return records
@@ -146,11 +147,19 @@ def benchmark_metrics(
 
 
 def average_entry(report: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """Macro average over benchmarks (each benchmark counts once, whatever its size)."""
-    rows = [v for k, v in report.items() if k != AVERAGE]
-    out: dict[str, Any] = {"n": sum(int(r.get("n") or 0) for r in rows), "benchmarks": len(rows)}
-    for key in ("audio_acc", "text_acc", "gap", "fail_rate"):
-        out[key] = _mean(r[key] for r in rows if r.get(key) is not None)
+    """Macro average over benchmarks (each benchmark counts once, whatever its size).
+
+    Where some benchmarks have both modalities, audio_acc, text_acc and gap are averaged
+    over those only (``averaged_over``), so the row stays consistent: gap = text − audio.
+    """
+    rows = {k: v for k, v in report.items() if k != AVERAGE}
+    paired = {k: v for k, v in rows.items() if v.get("gap") is not None}
+    pool = paired or rows
+    out: dict[str, Any] = {"n": sum(int(r.get("n") or 0) for r in rows.values()), "benchmarks": len(rows)}
+    for key in ("audio_acc", "text_acc", "gap"):
+        out[key] = _mean(r[key] for r in pool.values() if r.get(key) is not None)
+    out["fail_rate"] = _mean(r["fail_rate"] for r in rows.values() if r.get("fail_rate") is not None)
+    out["averaged_over"] = sorted(pool)
     return out
 
 
@@ -309,7 +318,8 @@ def format_markdown(report: Mapping[str, Mapping[str, Any]], title: str | None =
             notes.append(f"{name}: no gap reduction — {e['gap_reduction_note']}")
     lines.append("")
     lines.append("Accuracy = correct / answered; gap = text acc − audio acc; fail rate = responses with no "
-                 "extractable answer (counted wrong); average = mean over benchmarks.")
+                 "extractable answer (counted wrong); average = mean over benchmarks "
+                 "(accuracies and gap over those with both modalities).")
     if notes:
         lines += [""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
