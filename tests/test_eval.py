@@ -292,3 +292,18 @@ def test_cli_one_line_errors(tmp_path, bench_dirs, capsys):
                  "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "baseline report not found" in err
+
+
+def test_local_mmau_copy_is_found_by_path(tmp_path):
+    from cord.eval.runner import check_benchmark, open_benchmark
+
+    _write_wav(tmp_path / "a.wav", 0.3, 0)
+    row = {"id": "x1", "audio_id": "a.wav", "question": "What is heard?", "choices": ["rain", "wind"],
+           "answer": "wind", "task": "sound"}
+    (tmp_path / "mmau-test-mini.json").write_text(json.dumps([row]))
+    for given in (tmp_path, tmp_path / "mmau-test-mini.json"):
+        check_benchmark(str(given))
+        bench = open_benchmark(str(given))
+        assert bench.name == "mmau-test-mini" and bench.items[0].meta["text_with_audio"]
+    with pytest.raises(CordError, match="no hub copy"):
+        check_benchmark("mmau-test-mini")

@@ -69,7 +69,11 @@ def check_benchmark(name: str) -> None:
         if name != "mmau-test-mini" and importlib.util.find_spec("datasets") is None:
             raise CordError(f"benchmark {name!r} loads from the Hugging Face hub and needs `datasets`: pip install 'cord[hub]'")
         if name == "mmau-test-mini":
-            load_benchmark(name)  # raises with the download instructions: it has no hub copy
+            raise CordError(
+                "mmau-test-mini has no hub copy: download mmau-test-mini.json and test-mini-audios.tar.gz "
+                "(github.com/Sakshi113/MMAU), extract the tarball next to the JSON and pass that folder "
+                "(or the JSON file) in --benchmarks"
+            )
         return
     if _mmau_location(name) is not None:
         return
