@@ -181,10 +181,29 @@ def test_server_down_is_one_clear_error_naming_the_url():
     assert j.stats["requests"] == 2
 
 
-def test_missing_key_variable_is_a_clear_error(monkeypatch):
+def test_unset_key_variable_sends_no_key_and_a_refusal_names_it(monkeypatch):
     monkeypatch.delenv("NO_SUCH_JUDGE_KEY", raising=False)
-    with pytest.raises(CordError, match="NO_SUCH_JUDGE_KEY"):
-        LLMJudge("http://127.0.0.1:1", "m", api_key_env="NO_SUCH_JUDGE_KEY")
+    with FakeChatServer() as srv:  # a local server that needs no key
+        assert _client(srv.url, api_key_env="NO_SUCH_JUDGE_KEY").agree("", "1", "1").agree is True
+        assert "Authorization" not in srv.headers[0]
+    with FakeChatServer(status=[401]) as srv:
+        with pytest.raises(CordError, match="NO_SUCH_JUDGE_KEY with the API key is not set"):
+            _client(srv.url, api_key_env="NO_SUCH_JUDGE_KEY").agree("", "1", "1")
+
+
+def test_from_config(tmp_path):
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(kind="llm", base_url=None, model=None, api_key_env="K", timeout=3.0, max_retries=1,
+                          concurrency=2, cache_dir=str(tmp_path))  # fmt: skip
+    with pytest.raises(CordError, match="base_url and judge.model"):
+        LLMJudge.from_config(cfg)
+    with FakeChatServer() as srv:
+        cfg.base_url, cfg.model = srv.url, "m"
+        j = LLMJudge.from_config(cfg)
+        assert (j.timeout, j.max_retries, j.concurrency) == (3.0, 1, 2)
+        j.agree("", "1", "1")
+    assert (tmp_path / "llm_judge.jsonl").is_file()
 
 
 def test_batch_runs_concurrently_within_the_limit_and_dedupes():

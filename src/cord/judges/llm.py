@@ -11,8 +11,9 @@ the reward counts as disagreement and the caller can report.
 timeouts, refused connections, HTTP 408/409/425/429 and 5xx; other HTTP errors fail at
 once. Replies are cached on disk (JSON lines keyed by sha256 of model + messages), so a
 question asked once is never asked again, across runs too. The API key is read from the
-environment variable whose *name* is configured (``api_key_env``); ``None`` sends no key
-(local vLLM / llama.cpp servers). An unreachable server raises one ``CordError`` line
+environment variable whose *name* is configured (``api_key_env``); when that variable is
+unset (or ``api_key_env`` is None) no key is sent, which local vLLM / llama.cpp servers
+accept — a 401/403 then names the unset variable. An unreachable server raises one ``CordError`` line
 naming the URL.
 """
 
@@ -98,7 +99,7 @@ class LLMJudge:
 
     ``base_url``: server root, ``…/v1`` or the full completions URL. ``model``: the model
     name the server expects. ``api_key_env``: NAME of the environment variable holding the
-    key (None: no key). ``timeout``: seconds per request. ``max_retries``: retries after the
+    key (None or unset: no key sent). ``timeout``: seconds per request. ``max_retries``: retries after the
     first attempt; the wait before retry k (k = 0, 1, …) is ``backoff · 2^k`` seconds.
     ``concurrency``: parallel requests in :meth:`agree_batch`. ``cache_path``: JSON-lines
     cache file (None: in-memory only). ``max_tokens``: reply budget (None: server default).
@@ -123,14 +124,10 @@ class LLMJudge:
         if not model:
             raise CordError("judge model name is empty; set the model the server serves")
         self.model = model
-        self.api_key: str | None = None
-        if api_key_env:
-            self.api_key = os.environ.get(api_key_env)
-            if not self.api_key:
-                raise CordError(
-                    f"environment variable {api_key_env} (the judge API key) is not set; export it, "
-                    "or set api_key_env to null for a server that needs no key"
-                )
+        # An unset variable sends no key (local servers need none); if the server then
+        # refuses with 401/403 the error names the variable.
+        self.api_key_env = api_key_env
+        self.api_key: str | None = os.environ.get(api_key_env) if api_key_env else None
         if timeout <= 0 or max_retries < 0 or backoff < 0 or concurrency < 1:
             raise CordError("judge needs timeout > 0, max_retries >= 0, backoff >= 0 and concurrency >= 1")
         self.timeout = float(timeout)
@@ -146,6 +143,18 @@ class LLMJudge:
         self.stats = {"requests": 0, "retries": 0, "cache_hits": 0}
         if self.cache_path is not None:
             self._load_cache()
+
+    @classmethod
+    def from_config(cls, cfg) -> "LLMJudge":
+        """Build from a judge config section (attributes ``base_url``, ``model``,
+        ``api_key_env``, ``timeout``, ``max_retries``, ``concurrency`` and ``cache_dir`` —
+        the cache file is ``cache_dir/llm_judge.jsonl``)."""
+        base_url, model = getattr(cfg, "base_url", None), getattr(cfg, "model", None)
+        if not base_url or not model:
+            raise CordError("judge kind 'llm' needs judge.base_url and judge.model (an OpenAI-compatible server)")
+        cache_dir = getattr(cfg, "cache_dir", None)
+        kwargs = {k: getattr(cfg, k) for k in ("api_key_env", "timeout", "max_retries", "concurrency") if getattr(cfg, k, None) is not None}
+        return cls(base_url, model, cache_path=Path(cache_dir) / "llm_judge.jsonl" if cache_dir else None, **kwargs)
 
     # --- cache ---------------------------------------------------------------------------
 
@@ -218,7 +227,12 @@ class LLMJudge:
                     last_error = f"HTTP {e.code}"
                     continue
                 detail = e.read()[:160].decode("utf-8", "replace").replace("\n", " ") if e.fp else ""
-                hint = " (check the API key variable)" if e.code in (401, 403) else ""
+                hint = ""
+                if e.code in (401, 403):
+                    if self.api_key_env and not self.api_key:
+                        hint = f" (environment variable {self.api_key_env} with the API key is not set)"
+                    else:
+                        hint = f" (check the API key in {self.api_key_env or 'api_key_env'})"
                 raise CordError(f"LLM judge at {self.url} answered HTTP {e.code}{hint}: {detail}") from None
             except urllib.error.URLError as e:
                 reason = e.reason
