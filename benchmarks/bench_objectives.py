@@ -149,10 +149,13 @@ def main() -> None:
     for case, variants in cases.items():
         for v in variants:
             mem[case, HEADLINE_N, v] = run_child("memory", v, case, HEADLINE_N, *shape)
+            print(f"  memory {case} N={HEADLINE_N} {v}: {mem[case, HEADLINE_N, v]['peak_extra_mb']:.0f} MB", flush=True)
         tim[case] = run_child("time", variants, case, HEADLINE_N, *shape, a.rounds)
+        print(f"  timing {case} N={HEADLINE_N}: {json.dumps(tim[case]['wall'])}", flush=True)
     for n in a.growth:
         for v in cases["frozen"]:
             mem["frozen", n, v] = run_child("memory", v, "frozen", n, *shape)
+            print(f"  memory frozen N={n} {v}: {mem['frozen', n, v]['peak_extra_mb']:.0f} MB", flush=True)
 
     med = statistics.median
     print(f"\n{'case':<10} {'N':>5} {'variant':<13} {'peak extra MB':>13} {'wall s (median)':>16} "

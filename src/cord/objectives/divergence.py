@@ -153,6 +153,7 @@ class _ChunkedHead(torch.autograd.Function):
             vals, g = _chunk_values_and_grad(kind, hs[s:e], ws, bs, target[s:e], wt, bt, inv_temp, cdtype)
             out[s:e] = vals
             if not (need_h or use_hint):
+                del g
                 continue
             if inv_temp != 1.0:
                 g.mul_(inv_temp)  # d/d(logits) = d/d(logits/temperature) / temperature
@@ -166,6 +167,9 @@ class _ChunkedHead(torch.autograd.Function):
                     _mm_into(pre_w, g.t(), hs[s:e])
                 if pre_b is not None:
                     pre_b.add_(g.sum(0))
+            # free this chunk's (c, V) buffer before the next chunk allocates two more:
+            # holding it across the loop would make the peak three buffers, not two
+            del g
         ctx.kind, ctx.inv_temp, ctx.chunk, ctx.cdtype = kind, inv_temp, chunk, cdtype
         ctx.flags = (need_h, need_w, need_b)
         ctx.hs_dtype = hs.dtype
@@ -212,6 +216,7 @@ class _ChunkedHead(torch.autograd.Function):
                     _mm_into(grad_w, d.t(), h_i)
                 if grad_b is not None:
                     grad_b.add_(d.sum(0))
+                del d  # as in forward: at most two (c, V) buffers alive
             grad_w = grad_w.to(ws.dtype) if grad_w is not None else None
             grad_b = grad_b.to(bs.dtype) if grad_b is not None else None
         return None, None, None, None, None, None, grad_h, grad_w, grad_b, None, None, None, None
