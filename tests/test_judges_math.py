@@ -100,6 +100,9 @@ def test_math_table_is_large_enough():
         ("So 3 + 4 = 7 and 7 * 2 = 14 apples in all, leaving her happy.", "14"),
         ("\\frac{1}{2}", "\\frac{1}{2}"),  # raw answer kept whole
         ("5-3=2", "2"),
+        ("The answer is: $\\frac{3}{4}$ of the pie.", "\\frac{3}{4}"),
+        ("The answer is $3.50.", "$3.50"),
+        ("The answer is 3.5 hours, since she walks.", "3.5 hours"),
         ("No numbers here, sorry.", None),
         ("", None),
         ("   ", None),

@@ -174,6 +174,9 @@ def is_short_answer(s: str, max_words: int = 2, max_chars: int = 80) -> bool:
     return 0 < len(s) <= max_chars and "\n" not in s and word_count(s) <= max_words
 
 
+_FUNCTION_WORDS = frozenset("a an the of in on at to for from by with and or is are was were so as per which that".split())
+
+
 def _answer_span(text: str) -> str | None:
     """Text after the last answer cue, up to the end of its sentence."""
     content_end = len(text.rstrip())
@@ -195,8 +198,8 @@ def _answer_span(text: str) -> str | None:
     if close != -1:
         span = rest[: close + 1]
         # allow a unit word right after the closing $ ("$5$ dollars")
-        tail = re.match(r"\s*[A-Za-z]+", rest[close + 1 :])
-        if tail and word_count(tail.group(0)) <= 1:
+        tail = re.match(r"\s*([A-Za-z]+)", rest[close + 1 :])
+        if tail and tail.group(1).lower() not in _FUNCTION_WORDS:
             span += tail.group(0)
     else:
         m = _SPAN_END.search(rest)
