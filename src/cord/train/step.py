@@ -79,11 +79,33 @@ class StepContext:
     #: (audio rollout texts, reference texts) -> 0/1 rewards; default: the configured judge
     reward_fn: Any = None
 
-    def rewards(self, candidates: list[str], references: list[str]) -> torch.Tensor:
+    def rewards(self, candidates: list[str], references: list[str], questions: list[str]) -> torch.Tensor:
         if self.reward_fn is not None:
             return torch.as_tensor(self.reward_fn(candidates, references), dtype=torch.float32)
-        results = judge_batch(candidates, references, self.cfg.judge.kind)
+        kind = self.cfg.judge.kind
+        ctx: dict[str, Any] = {}
+        if kind == "llm":
+            if self._llm is None:
+                from cord.judges import LLMJudge
+
+                self._llm = LLMJudge.from_config(self.cfg.judge)
+            ctx["client"] = self._llm
+        elif kind == "self":
+            ctx["generate_text"] = self.self_generate
+        contexts = [{"question": q} for q in questions] if kind in ("llm", "self") else None
+        results = judge_batch(candidates, references, kind, contexts=contexts, **ctx)
         return torch.tensor([float(r.score) for r in results])
+
+    _llm: Any = None
+
+    def self_generate(self, prompts: list[str]) -> list[str]:
+        """The "self" judge: the teacher (the policy under a text prompt) answers ``prompts``."""
+        from cord.data.paired import PairedExample
+
+        examples = [PairedExample(f"judge-{i}", p, None) for i, p in enumerate(prompts)]
+        with self.teacher.scope() as t_adapter:
+            engine = HFEngine(t_adapter, batch_size=self.engine.batch_size)
+            return engine.generate(t_adapter.text_prompts(examples), greedy=True, max_new_tokens=16).text
 
 
 def _head(adapter):
@@ -148,7 +170,8 @@ def run_micro_step(ctx: StepContext, examples: list, step: int, micro: int) -> t
         else:
             refs = [ex.answer for ex in kept]
         timings["rollout"] += time.perf_counter() - t0
-        rewards = ctx.rewards(seq_roll.text, [refs[i] for i in seq_roll.prompt_index])
+        rewards = ctx.rewards(seq_roll.text, [refs[i] for i in seq_roll.prompt_index],
+                              [kept[i].question_text for i in seq_roll.prompt_index])
         extra["agreement"] = float(rewards.mean())
         t0 = time.perf_counter()
         with ctx.autocast():

@@ -207,7 +207,9 @@ class Trainer:
             self.bad_steps += 1
             warnings.warn(f"step {self.step + 1}: non-finite loss or gradient; step skipped "
                           f"({self.bad_steps}/{cfg.train.max_bad_steps} allowed)", stacklevel=2)
-        self.scheduler.step()
+        with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         metrics["time_backward"] += time.perf_counter() - t0  # optimizer step counts with backward
         self.step += 1
