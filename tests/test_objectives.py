@@ -71,9 +71,9 @@ KL_FNS = {"reverse": reverse_kl_per_token, "forward": forward_kl_per_token}
 # ---------------------------------------------------------------- chunked KL
 
 @pytest.mark.parametrize("kind", ["reverse", "forward"])
-@pytest.mark.parametrize("chunk_size,temperature", [(1, 1.0), (4, 0.7), (5, 1.0), (6, 1.6), (512, 1.0)])
+@pytest.mark.parametrize("chunk_size,temperature", [(1, 1.0), (4, 0.7), (5, 1.0), (7, 1.6), (512, 1.0)])
 def test_kl_values_and_grads_match_reference(kind, chunk_size, temperature):
-    hs, ws, bs, ht, wt, bt, mask = make_inputs(seed=chunk_size)  # 16 valid positions
+    hs, ws, bs, ht, wt, bt, mask = make_inputs(seed=chunk_size)  # 12 valid positions: 5, 7 and 512 do not divide it
     out = KL_FNS[kind](hs, ws, ht, wt, mask, student_bias=bs, teacher_bias=bt,
                        temperature=temperature, chunk_size=chunk_size)
     ref = ref_kl(kind, hs, ws, bs, ht, wt, bt, mask, temperature)
@@ -112,6 +112,19 @@ def test_grad_hint_never_changes_the_gradient(kind, hint):
     want = torch.autograd.grad(loss_ref, (hs, ws, bs))
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_second_backward_is_exact_without_hint_and_refused_with_hint():
+    hs, ws, bs, ht, wt, bt, mask = make_inputs(seed=12, dtype=torch.float64)
+    out = reverse_kl_per_token(hs, ws, ht, wt, mask, chunk_size=5)
+    first = torch.autograd.grad(out.sum(), (hs, ws), retain_graph=True)
+    second = torch.autograd.grad(out.sum(), (hs, ws))
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    out = reverse_kl_per_token(hs, ws, ht, wt, mask, grad_hint=torch.ones(B, T))
+    torch.autograd.grad(out.sum(), ws, retain_graph=True)
+    with pytest.raises(RuntimeError, match="grad_hint=None"):
+        torch.autograd.grad(out.sum(), ws)
 
 
 def test_kl_float64_gradcheck():

@@ -172,6 +172,7 @@ class _ChunkedHead(torch.autograd.Function):
             del g
         ctx.kind, ctx.inv_temp, ctx.chunk, ctx.cdtype = kind, inv_temp, chunk, cdtype
         ctx.flags = (need_h, need_w, need_b)
+        ctx.use_hint, ctx.hint_used = use_hint, False
         ctx.hs_dtype = hs.dtype
         ctx.save_for_backward(
             hs if (need_w or need_b) else None,
@@ -184,6 +185,16 @@ class _ChunkedHead(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
+        if ctx.use_hint:
+            # The forward's lm_head accumulation is reused in place (no second (V, H)
+            # buffer), so it can serve one backward only; say so before autograd's
+            # version check fails with a less helpful message.
+            if ctx.hint_used:
+                raise RuntimeError(
+                    "a second backward through a chunked divergence computed with grad_hint is not "
+                    "supported (its lm_head gradient buffer is reused); pass grad_hint=None"
+                )
+            ctx.hint_used = True
         hs, target, ws, bs, wt, bt, gh, hint, pre_w, pre_b = ctx.saved_tensors
         need_h, need_w, need_b = ctx.flags
         cdtype = ctx.cdtype
