@@ -29,7 +29,8 @@ Precision: logits are computed by a matmul in the promoted dtype of hidden and w
 bf16 stays on the fast bf16 path), then cast per chunk to float32 (float64 if any input is
 float64); softmax, KL and the gradient with respect to the logits are computed in that
 dtype. Returned values are float32 (float64 for float64 inputs); gradients come back in
-each input's dtype.
+each input's dtype. Under autocast the matmuls follow autocast's dtype like any other
+matmul; the softmax/KL arithmetic stays in float32.
 """
 
 from __future__ import annotations
