@@ -23,6 +23,7 @@ from cord.models.base import PromptBatch
 from cord.objectives import (
     cord_loss,
     forward_kl_per_token,
+    position_decay_weights,
     reverse_kl_per_token,
     token_logprobs,
 )
@@ -227,11 +228,17 @@ def run_micro_step(ctx: StepContext, examples: list, step: int, micro: int) -> t
         t0 = time.perf_counter()
         kl_fn = reverse_kl_per_token if spec.token == "reverse_kl" else forward_kl_per_token
         kl_mask = roll.mask.to(device)
+        # With a trainable lm_head, a guess of the incoming gradient (the position weights)
+        # lets the chunked KL build the head's gradient in its forward pass instead of
+        # recomputing every chunk in backward; exact whatever the guess.
+        hint = None
+        if weight.requires_grad and obj.normalization != "sequences":
+            hint = position_decay_weights(kl_mask, obj.beta if spec.weighted else 1.0)
         with ctx.autocast():
             s_hidden = adapter.completion_hidden(a_rep, roll.ids, roll.mask)
             kl = kl_fn(s_hidden, weight, t_hidden, t_weight.detach(), kl_mask, student_bias=bias,
                        teacher_bias=None if t_bias is None else t_bias.detach(),
-                       temperature=obj.temperature, chunk_size=obj.chunk_size)
+                       temperature=obj.temperature, chunk_size=obj.chunk_size, grad_hint=hint)
         timings["student"] += time.perf_counter() - t0
         n_completion_tokens += int(roll.mask.sum())
         lengths = roll.mask.sum(-1).float()
