@@ -110,9 +110,9 @@ def split_problems(
     Test and dev problems are drawn round-robin over templates (so two-step problems make up
     their template share of the held-out sets); every other problem is in the train pool.
     """
-    by_template: dict[str, list[Problem]] = {}
+    by_template: dict[str, list[Problem]] = {t: [] for t in spec.templates}
     for p in all_problems(spec):
-        by_template.setdefault(p.template, []).append(p)
+        by_template[p.template].append(p)
     rng = random.Random(f"cord-mini-split-{seed}")
     for t in spec.templates:
         rng.shuffle(by_template[t])
@@ -138,13 +138,19 @@ def split_problems(
 def make_rows(problems: Iterable[Problem], seed: int, prefix: str, repeat_to: int | None = None) -> list[dict]:
     """PairedExample-compatible rows {id, question, answer, solution, meta} for ``problems``.
 
-    ``repeat_to``: draw that many rows uniformly from ``problems`` (with surface variation);
-    None: one row per problem, in order.
+    ``repeat_to``: draw that many rows from ``problems`` — a template uniformly, then one of
+    its problems — with fresh surface variation; None: one row per problem, in order.
+    (Uniform over problems would starve the one-step templates, which have ~8× fewer
+    problems than the two-step ones.)
     """
     problems = list(problems)
     rng = random.Random(f"cord-mini-rows-{prefix}-{seed}")
     if repeat_to is not None:
-        problems = [rng.choice(problems) for _ in range(repeat_to)]
+        by_template: dict[str, list[Problem]] = {}
+        for p in problems:
+            by_template.setdefault(p.template, []).append(p)
+        templates = sorted(by_template)
+        problems = [rng.choice(by_template[rng.choice(templates)]) for _ in range(repeat_to)]
     rows = []
     for i, p in enumerate(problems):
         name, item = rng.choice(NAMES), rng.choice(ITEMS)

@@ -1,0 +1,170 @@
+"""Spoken datasets for the miniature: the task's rows read aloud by espeak-ng.
+
+Training clips use many voices (accent × variant), speeds and pitches; the dev and test
+clips use one voice that training never hears — an accent *and* a variant absent from the
+training set — so the audio-text gap is measured on unseen speech.
+
+Each split is a paired dataset directory (``manifest.jsonl`` + ``audio/*.wav``, 16 kHz mono
+PCM16) in the format of :mod:`cord.data.paired`, so the trainer, ``cord eval`` and
+``cord analyze`` read it directly. A directory is built in a temporary sibling and renamed
+into place when complete; it is reused as is when its ``mini_data.json`` records the same
+settings (a settings change rebuilds it).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cord.data.audio import SAMPLE_RATE, to_16k_mono
+from cord.data.paired import MANIFEST, PairedExample, load_paired
+from cord.data.tts import EspeakTTS, draw_voice
+from cord.mini.task import TaskSpec, make_task
+
+#: training voices: 5 accents × 5 variants (espeak-ng without MBROLA; see cord.data.tts)
+TRAIN_ACCENTS = ("en-us", "en", "en-gb-x-rp", "en-029", "en-us-nyc")
+TRAIN_VARIANTS = ("m1", "m3", "m7", "f2", "f3")
+TRAIN_VOICES = tuple(f"{a}+{v}" for a in TRAIN_ACCENTS for v in TRAIN_VARIANTS)
+#: the held-out voice: neither its accent nor its variant occurs in training
+HELD_OUT_VOICE = "en-gb-scotland+f4"
+SETTINGS_FILE = "mini_data.json"
+SOURCE = "cord-mini"
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Everything that determines the spoken datasets (the cache key)."""
+
+    seed: int = 0
+    n_train: int = 2000
+    n_dev: int = 200
+    n_test: int = 400
+    train_voices: tuple[str, ...] = TRAIN_VOICES
+    train_speed: tuple[int, int] = (170, 250)
+    train_pitch: tuple[int, int] = (25, 75)
+    test_voice: str = HELD_OUT_VOICE
+    test_speed: tuple[int, int] = (190, 220)
+    test_pitch: tuple[int, int] = (40, 60)
+    trim_db: float = 40.0  # leading/trailing silence below peak − trim_db is cut
+    version: int = 1
+
+    def voices_for(self, split: str) -> tuple[list[str], tuple[int, int], tuple[int, int]]:
+        if split == "train":
+            return list(self.train_voices), self.train_speed, self.train_pitch
+        return [self.test_voice], self.test_speed, self.test_pitch
+
+
+def trim_silence(audio: np.ndarray, db: float, margin_s: float = 0.05) -> np.ndarray:
+    """Cut leading/trailing samples quieter than ``db`` below the peak (keeping a margin):
+    espeak-ng pads every utterance with silence that would only lengthen the prompt."""
+    if audio.size == 0:
+        return audio
+    level = np.abs(audio)
+    loud = np.nonzero(level > level.max() * 10 ** (-db / 20))[0]
+    if loud.size == 0:
+        return audio
+    margin = int(margin_s * SAMPLE_RATE)
+    return audio[max(0, loud[0] - margin) : loud[-1] + 1 + margin]
+
+
+def _speak(tts: EspeakTTS, row: dict, split: str, settings: DataSettings, out: Path) -> dict:
+    import soundfile as sf
+
+    voices, speed, pitch = settings.voices_for(split)
+    choice = draw_voice(voices, settings.seed, row["id"], speed, pitch)
+    samples, rate = tts.synthesize(row["question"], choice.voice, choice.speed, choice.pitch)
+    audio = trim_silence(to_16k_mono(samples, rate), settings.trim_db)
+    rel = f"audio/{row['id']}.wav"
+    sf.write(str(out / rel), audio, SAMPLE_RATE, subtype="PCM_16")
+    return {
+        "id": row["id"],
+        "question": row["question"],
+        "answer": row["answer"],
+        "solution": row["solution"],
+        "source": SOURCE,
+        "audio": rel,
+        "duration": round(audio.shape[0] / SAMPLE_RATE, 3),
+        "tts": tts.version,
+        "voice": choice.label,
+        "voice_name": choice.voice,
+        "split": split,
+        "problem": row["problem"],
+        "steps": row["steps"],
+    }
+
+
+def _is_complete(directory: Path, key: dict) -> bool:
+    try:
+        recorded = json.loads((directory / SETTINGS_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return recorded.get("settings") == key and (directory / MANIFEST).is_file()
+
+
+def build_split(
+    split: str, rows: list[dict], directory: str | Path, settings: DataSettings, workers: int = 2
+) -> Path:
+    """Speak ``rows`` into the paired dataset ``directory`` (reused when already complete)."""
+    directory = Path(directory)
+    key = {**json.loads(json.dumps(asdict(settings))), "split": split}
+    if _is_complete(directory, key):
+        return directory
+    tmp = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "audio").mkdir(parents=True)
+    tts = EspeakTTS(voices=settings.voices_for(split)[0])
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cord-mini-tts") as pool:
+        # the work is in espeak-ng subprocesses, so threads run in parallel; map keeps row order
+        out_rows = list(pool.map(lambda r: _speak(tts, r, split, settings, tmp), rows))
+    with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
+        for r in out_rows:
+            f.write(json.dumps(r) + "\n")
+    info = {
+        "settings": key,
+        "items": len(out_rows),
+        "audio_seconds": round(sum(r["duration"] for r in out_rows), 1),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    (tmp / SETTINGS_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    if directory.exists():
+        shutil.rmtree(directory)
+    tmp.rename(directory)
+    return directory
+
+
+def build_datasets(
+    out_dir: str | Path, settings: DataSettings = DataSettings(), spec: TaskSpec = TaskSpec(), workers: int = 2
+) -> dict[str, Path]:
+    """Write ``out_dir/{train,dev,test}`` and return their paths (see the module docstring)."""
+    out_dir = Path(out_dir)
+    task = make_task(settings.seed, settings.n_train, settings.n_dev, settings.n_test, spec)
+    return {
+        split: build_split(split, task[split], out_dir / split, settings, workers)
+        for split in ("train", "dev", "test")
+    }
+
+
+def text_examples(
+    n: int, settings: DataSettings = DataSettings(), spec: TaskSpec = TaskSpec()
+) -> list[PairedExample]:
+    """``n`` text-only training examples from the train problem pool (for Stage A: text is
+    cheap, so the LM sees more problems than the spoken training set holds)."""
+    from cord.mini.task import make_rows, split_problems
+
+    pools = split_problems(settings.seed, n_test=settings.n_test, n_dev=settings.n_dev, spec=spec)
+    rows = make_rows(pools["train"], settings.seed, "text", repeat_to=n)
+    return [
+        PairedExample(r["id"], r["question"], None, r["answer"], r["solution"], {"problem": r["problem"]})
+        for r in rows
+    ]
+
+
+def load_split(directory: str | Path, with_audio: bool = True) -> list[PairedExample]:
+    return load_paired(directory, with_audio=with_audio)

@@ -1,0 +1,473 @@
+"""The miniature LALM: a word-level Qwen2 decoder, a small log-mel audio encoder, a projector.
+
+Same shape as the real families (encoder → projector → placeholder tokens in the decoder's
+input embeddings), at a size that trains from scratch on two CPU cores:
+
+- ``language_model``: ``transformers.Qwen2ForCausalLM`` (hidden 128, 2 layers by default)
+  over a word-level vocabulary built in code from the task (numbers are single tokens).
+- ``audio_encoder``: 80-bin log-mel at 50 frames per second → two stride-2 convolutions
+  (12.5 encoder frames per second) → 2 pre-norm transformer layers; plus ``ctc_head``, a linear
+  CTC readout over the same vocabulary used only by Stage B's auxiliary loss (it stands in
+  for the ASR pretraining Whisper brings to real LALMs).
+- ``projector``: two-layer MLP into the decoder's embedding space.
+
+Prompts are minimal because the model is trained from scratch on one task:
+text ``question words <sep>``, audio ``<audio>×n <sep>`` with n = encoder frames of that clip.
+Clips are padded to the batch's longest clip (no 30 s window) with a feature mask; every
+layer of the encoder zeroes padded frames, so a clip's encoding does not depend on what it
+is batched with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cord import CordError
+from cord.data.audio import SAMPLE_RATE, apply_length_policy
+from cord.models.base import PromptBatch
+
+PAD, EOS, UNK, SEP, AUDIO = "<pad>", "<eos>", "<unk>", "<sep>", "<audio>"
+SPECIAL_TOKENS = [PAD, EOS, UNK, SEP, AUDIO]  # PAD is id 0 and doubles as the CTC blank
+CONFIG_NAME = "mini_config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+# ---------------------------------------------------------------------------- tokenizer
+def build_word_tokenizer(words: list[str]):
+    """A word-level ``PreTrainedTokenizerFast``: special tokens, then ``words`` (numbers are
+    whole words). Decoding joins words with spaces and re-attaches punctuation, so a worked
+    solution round-trips: ``"7 + 5 = 12. The answer is 12."``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    for w in words:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()  # \w+|[^\w\s]+
+    # WordPiece's decoder with cleanup: "12 ." -> "12.", "now ?" -> "now?", "17 ," -> "17,"
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK)
+    fast.add_special_tokens({"additional_special_tokens": [SEP, AUDIO]})
+    fast.padding_side = "left"
+    return fast
+
+
+# ------------------------------------------------------------------------------ config
+@dataclass
+class MiniConfig:
+    """Sizes of the miniature. ``vocab_size`` is filled from the tokenizer."""
+
+    vocab_size: int = 0
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 256
+    n_mels: int = 80
+    hop_length: int = 320  # mel hop in samples: 20 ms, 50 frames per second
+    #: eager attention: on sequences this short it is faster on CPU than sdpa
+    attn_implementation: str = "eager"
+    encoder_dim: int = 128
+    encoder_layers: int = 2
+    encoder_heads: int = 4
+    encoder_ffn: int = 256
+    encoder_convs: int = 2  # each halves the frame rate: 50 Hz -> 12.5 Hz
+    pad_token_id: int = 0
+    eos_token_id: int = 1
+    audio_token_id: int = 4
+    extra: dict = field(default_factory=dict)
+
+    def qwen2_config(self):
+        from transformers import Qwen2Config
+
+        return Qwen2Config(
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            num_key_value_heads=self.num_kv_heads,
+            max_position_embeddings=512,
+            tie_word_embeddings=False,  # lm_head is its own trainable part
+            pad_token_id=self.pad_token_id,
+            eos_token_id=self.eos_token_id,
+            bos_token_id=None,
+            attention_dropout=0.0,
+            attn_implementation=self.attn_implementation,
+        )
+
+
+def encoder_output_length(n_frames: int | torch.Tensor, n_convs: int):
+    """Encoder frames for ``n_frames`` mel frames (each conv: kernel 3, stride 2, padding 1)."""
+    for _ in range(n_convs):
+        n_frames = (n_frames - 1) // 2 + 1
+    return n_frames
+
+
+# ----------------------------------------------------------------------------- modules
+class _EncoderBlock(nn.Module):
+    """Pre-norm self-attention + MLP with a key padding mask (written out rather than
+    ``nn.TransformerEncoderLayer`` so eval mode takes no nested-tensor fast path: batched and
+    one-by-one encodings then agree to float precision)."""
+
+    def __init__(self, dim: int, heads: int, ffn: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, ffn), nn.GELU(), nn.Linear(ffn, dim))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :].bool())
+        x = x + self.out(attn.transpose(1, 2).reshape(b, n, d))
+        return x + self.mlp(self.norm2(x))
+
+
+class MiniAudioEncoder(nn.Module):
+    """(B, mel, F) log-mel + (B, F) mask → (B, N, D) frames + (B, N) mask, N = F / 2^convs."""
+
+    def __init__(self, cfg: MiniConfig) -> None:
+        super().__init__()
+        self.n_convs = cfg.encoder_convs
+        dims = [cfg.n_mels] + [cfg.encoder_dim] * cfg.encoder_convs
+        self.convs = nn.ModuleList(nn.Conv1d(i, o, 3, stride=2, padding=1) for i, o in zip(dims[:-1], dims[1:]))
+        self.blocks = nn.ModuleList(
+            _EncoderBlock(cfg.encoder_dim, cfg.encoder_heads, cfg.encoder_ffn) for _ in range(cfg.encoder_layers)
+        )
+        self.norm = nn.LayerNorm(cfg.encoder_dim)
+        self.ctc_head = nn.Linear(cfg.encoder_dim, cfg.vocab_size)
+
+    def output_lengths(self, n_frames):
+        return encoder_output_length(n_frames, self.n_convs)
+
+    def forward(self, features: torch.Tensor, feature_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lengths = feature_mask.long().sum(-1)
+        x = features * feature_mask[:, None, :].to(features.dtype)
+        for conv in self.convs:
+            lengths = (lengths - 1) // 2 + 1
+            x = F.gelu(conv(x))
+            # zero the frames past each clip's end, so the next conv sees the same zeros
+            # (its own padding) whether or not the clip was padded to a longer batch
+            valid = torch.arange(x.shape[-1], device=x.device)[None, :] < lengths[:, None]
+            x = x * valid[:, None, :].to(x.dtype)
+        x = x.transpose(1, 2)  # (B, N, D)
+        x = x + _sinusoids(x.shape[1], x.shape[2], x.device, x.dtype)
+        for block in self.blocks:
+            x = block(x, valid)
+        return self.norm(x), valid
+
+    def ctc_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.ctc_head(hidden)
+
+
+def _sinusoids(length: int, dim: int, device, dtype) -> torch.Tensor:
+    pos = torch.arange(length, device=device, dtype=torch.float32)[:, None]
+    inv = torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim)
+    out = torch.zeros(length, dim, device=device)
+    out[:, 0::2] = torch.sin(pos * inv)
+    out[:, 1::2] = torch.cos(pos * inv)
+    return out.to(dtype)
+
+
+class MiniLALM(nn.Module):
+    """All parameters of the miniature, under the names the trainer selects by:
+    ``audio_encoder``, ``projector``, ``language_model`` (whose ``lm_head`` is untied)."""
+
+    def __init__(self, cfg: MiniConfig) -> None:
+        super().__init__()
+        from transformers import Qwen2ForCausalLM
+
+        self.config = cfg
+        self.audio_encoder = MiniAudioEncoder(cfg)
+        self.projector = nn.Sequential(
+            nn.Linear(cfg.encoder_dim, cfg.hidden_size), nn.GELU(), nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        )
+        self.language_model = Qwen2ForCausalLM(cfg.qwen2_config())
+        gc = self.language_model.generation_config
+        gc.eos_token_id, gc.pad_token_id, gc.bos_token_id = cfg.eos_token_id, cfg.pad_token_id, None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def generation_config(self):
+        return self.language_model.generation_config
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.language_model.get_input_embeddings()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.language_model.get_output_embeddings()
+
+    def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
+        self.language_model.gradient_checkpointing_enable(**kwargs)
+
+    def embed(self, input_ids: torch.Tensor, extra: dict[str, torch.Tensor], return_encoder: bool = False):
+        """Decoder input embeddings (B, L, H) with each clip's projected encoder frames written
+        over its ``<audio>`` placeholders (placeholders of a row are consecutive, in order).
+        With ``return_encoder``: also the encoder output ``(frames (B, N, D), mask (B, N))``
+        (None for text prompts), for losses on the encoder itself (Stage B's CTC)."""
+        embeds = self.get_input_embeddings()(input_ids)
+        if "input_features" not in extra:
+            return (embeds, None) if return_encoder else embeds
+        hidden, valid = self.audio_encoder(extra["input_features"].to(embeds.dtype), extra["feature_attention_mask"])
+        audio = self.projector(hidden)[valid]  # (sum of frames, H), row-major
+        is_audio = input_ids == self.config.audio_token_id
+        if int(is_audio.sum()) != audio.shape[0]:
+            raise CordError(
+                f"audio placeholders ({int(is_audio.sum())}) do not match encoder frames ({audio.shape[0]}); "
+                "build audio prompts with the mini adapter's audio_prompts"
+            )
+        embeds = embeds.masked_scatter(is_audio[..., None], audio.to(embeds.dtype))
+        return (embeds, (hidden, valid)) if return_encoder else embeds
+
+
+def build_mini(cfg: MiniConfig | None = None, seed: int = 0, words: list[str] | None = None):
+    """(model, tokenizer) for a freshly initialised miniature over the task vocabulary."""
+    from cord.mini.task import vocabulary
+
+    tokenizer = build_word_tokenizer(words if words is not None else vocabulary())
+    cfg = MiniConfig(**asdict(cfg)) if cfg is not None else MiniConfig()
+    cfg.vocab_size = len(tokenizer)
+    cfg.pad_token_id = tokenizer.pad_token_id
+    cfg.eos_token_id = tokenizer.eos_token_id
+    cfg.audio_token_id = tokenizer.convert_tokens_to_ids(AUDIO)
+    torch.manual_seed(seed)
+    return MiniLALM(cfg).eval(), tokenizer
+
+
+def load_mini(directory: str | Path):
+    """(model, tokenizer) from a directory written by :meth:`MiniAdapter.save_pretrained`."""
+    from safetensors.torch import load_file
+    from transformers import PreTrainedTokenizerFast
+
+    directory = Path(directory)
+    cfg_path = directory / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise CordError(
+            f"no mini model at {directory}: {CONFIG_NAME} not found (use name_or_path: tiny, or a directory "
+            "written by the mini adapter's save_pretrained)"
+        )
+    cfg = MiniConfig(**json.loads(cfg_path.read_text())["model"])
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory))
+    tokenizer.padding_side = "left"
+    model = MiniLALM(cfg)
+    model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)))
+    return model.eval(), tokenizer
+
+
+# ----------------------------------------------------------------------------- adapter
+class MiniAdapter:
+    """The adapter contract (cord.models.base) for the miniature.
+
+    ``system_prompt`` and ``instruction`` are not used: the model is trained from scratch on a
+    single task with the fixed prompts described in the module docstring.
+    """
+
+    family = "mini"
+
+    def __init__(
+        self,
+        model: MiniLALM,
+        tokenizer: Any,
+        *,
+        long_audio: str = "error",
+        max_audio_seconds: float = 30.0,
+        feature_cache_size: int = 50_000,
+    ) -> None:
+        from transformers import WhisperFeatureExtractor
+
+        self.model = model
+        self.tokenizer = tokenizer
+        # Whisper's own log-mel recipe (80 bins, 25 ms window, log10, clamp to max − 8, scaled)
+        # from a maintained class instead of a hand-written STFT, with a 20 ms hop (half
+        # Whisper's frame rate: the encoder's first conv is its most expensive layer on CPU).
+        # It runs on one clip at a time (no padding), so a clip's features never depend on its
+        # batch; audio_prompts pads afterwards and masks the padding.
+        self.feature_extractor = WhisperFeatureExtractor(
+            feature_size=model.config.n_mels, hop_length=model.config.hop_length
+        )
+        self.long_audio = long_audio
+        self.max_audio_seconds = max_audio_seconds
+        self.sep_token_id = tokenizer.convert_tokens_to_ids(SEP)
+        self.audio_token_id = tokenizer.convert_tokens_to_ids(AUDIO)
+        self.skipped_long_audio = 0
+        self._features: dict[bytes, torch.Tensor] = {}
+        self._cache_size = feature_cache_size
+
+    def _core(self) -> MiniLALM:
+        m = self.model
+        return m.get_base_model() if hasattr(m, "get_base_model") else m
+
+    # ----------------------------------------------------------------- tokens
+    @property
+    def eos_token_ids(self) -> list[int]:
+        return [self.tokenizer.eos_token_id]
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def lm_head(self) -> nn.Linear:
+        return self._core().get_output_embeddings()
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _left_pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s) :] = 1
+        return ids, mask
+
+    # ---------------------------------------------------------------- prompts
+    def text_prompts(self, examples: list) -> PromptBatch:
+        seqs = [self.encode(ex.question_text) + [self.sep_token_id] for ex in examples]
+        ids, mask = self._left_pad(seqs)
+        return PromptBatch(ids, mask, "text", {}, list(range(len(examples))))
+
+    def clip_features(self, audio: np.ndarray) -> torch.Tensor:
+        """(mel, frames) log-mel of one 16 kHz clip; cached by content (Stage B and the trainer
+        see the same clips every epoch)."""
+        key = hashlib.blake2b(np.ascontiguousarray(audio).view(np.uint8), digest_size=16).digest()
+        hit = self._features.get(key)
+        if hit is not None:
+            return hit
+        feats = self.feature_extractor(
+            audio, sampling_rate=SAMPLE_RATE, padding="longest", return_tensors="pt", device="cpu"
+        )["input_features"][0]
+        if len(self._features) >= self._cache_size:
+            self._features.pop(next(iter(self._features)))
+        self._features[key] = feats
+        return feats
+
+    def audio_prompts(self, examples: list) -> PromptBatch:
+        arrays, keep = [], []
+        for i, ex in enumerate(examples):
+            if ex.audio is None:
+                raise CordError(f"example {ex.id!r} has no audio; an audio prompt needs 16 kHz mono audio")
+            audio = np.asarray(ex.audio, dtype=np.float32)
+            if audio.ndim != 1:
+                raise CordError(f"example {ex.id!r}: audio must be mono (samples,), got shape {audio.shape}")
+            kept = apply_length_policy(audio, self.max_audio_seconds, self.long_audio, name=f"audio of {ex.id!r}")
+            if kept is None:
+                self.skipped_long_audio += 1
+                continue
+            arrays.append(kept)
+            keep.append(i)
+        if not arrays:
+            empty = torch.zeros((0, 1), dtype=torch.long)
+            return PromptBatch(empty, empty.clone(), "audio", {}, [])
+        feats = [self.clip_features(a) for a in arrays]
+        n_frames = max(f.shape[1] for f in feats)
+        features = torch.zeros(len(feats), feats[0].shape[0], n_frames)
+        fmask = torch.zeros(len(feats), n_frames, dtype=torch.long)
+        seqs = []
+        for i, f in enumerate(feats):
+            features[i, :, : f.shape[1]] = f
+            fmask[i, : f.shape[1]] = 1
+            n_audio = int(self._core().audio_encoder.output_lengths(f.shape[1]))
+            seqs.append([self.audio_token_id] * n_audio + [self.sep_token_id])
+        ids, mask = self._left_pad(seqs)
+        extra = {"input_features": features.to(self._core().dtype), "feature_attention_mask": fmask}
+        return PromptBatch(ids, mask, "audio", extra, keep)
+
+    # ----------------------------------------------------------------- hidden
+    def decoder_hidden(self, input_ids, attention_mask, extra, inputs_embeds=None) -> torch.Tensor:
+        """(B, L, H) last-layer hidden states of the decoder for a left-padded batch
+        (``inputs_embeds``: precomputed :meth:`MiniLALM.embed` output)."""
+        embeds = self._core().embed(input_ids, extra) if inputs_embeds is None else inputs_embeds
+        # positions count only attended tokens, so left padding does not shift them
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        out = self._language_model().model(
+            inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        )
+        return out.last_hidden_state
+
+    def _language_model(self):
+        # through the (possibly peft-wrapped) model, so LoRA layers are used when present
+        return self.model.language_model
+
+    def completion_hidden(
+        self, prompts: PromptBatch, completion_ids: torch.Tensor, completion_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, T, H) hidden states predicting each completion token (see cord.models.base)."""
+        ids, attn, extra = self.joined(prompts, completion_ids, completion_mask)
+        hidden = self.decoder_hidden(ids, attn, extra)
+        return self.completion_slice(hidden, prompts, completion_ids.shape[1])
+
+    def joined(self, prompts: PromptBatch, completion_ids: torch.Tensor, completion_mask: torch.Tensor):
+        """(ids, attention_mask, extra) of ``prompt ⊕ completion`` on the model's device."""
+        device = self.device
+        prompts = prompts.to(device)
+        completion_ids = completion_ids.to(device)
+        completion_mask = completion_mask.to(device).bool()
+        ids = torch.cat([prompts.input_ids, completion_ids.masked_fill(~completion_mask, self.pad_token_id)], dim=1)
+        attn = torch.cat([prompts.attention_mask, completion_mask.long()], dim=1)
+        return ids, attn, prompts.extra
+
+    @staticmethod
+    def completion_slice(hidden: torch.Tensor, prompts: PromptBatch, n_completion: int) -> torch.Tensor:
+        # position width-1+t (the <sep>, then completion tokens) predicts completion token t
+        width = prompts.input_ids.shape[1]
+        return hidden[:, width - 1 : width - 1 + n_completion]
+
+    # --------------------------------------------------------------- generate
+    def generate(self, prompts: PromptBatch, **kwargs: Any) -> torch.Tensor:
+        """Qwen2 ``generate`` with a KV cache from the merged input embeddings; returns only the
+        new tokens (B, T_new). Positions come from the attention mask (left padding safe)."""
+        prompts = prompts.to(self.device)
+        embeds = self._core().embed(prompts.input_ids, prompts.extra)
+        out = self._language_model().generate(
+            input_ids=prompts.input_ids, inputs_embeds=embeds, attention_mask=prompts.attention_mask, **kwargs
+        )
+        sequences = out.sequences if hasattr(out, "sequences") else out
+        return sequences[:, prompts.input_ids.shape[1] :]
+
+    # ------------------------------------------------------------------- save
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write weights (safetensors), ``mini_config.json`` and the tokenizer to ``directory``
+        (via a temporary sibling, renamed into place). Load back with family ``mini`` and
+        ``name_or_path: <directory>``."""
+        import shutil
+
+        from safetensors.torch import save_file
+
+        if hasattr(self.model, "get_base_model"):
+            raise CordError("save_pretrained of a LoRA-wrapped mini model is not supported; merge the adapter first")
+        directory = Path(directory)
+        tmp = directory.with_name(directory.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        core = self._core()
+        state = {k: v.detach().contiguous().cpu() for k, v in core.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_NAME))
+        (tmp / CONFIG_NAME).write_text(json.dumps({"family": "mini", "model": asdict(core.config)}, indent=2))
+        self.tokenizer.save_pretrained(str(tmp))
+        if directory.exists():
+            shutil.rmtree(directory)
+        tmp.rename(directory)
+        return directory

@@ -1,0 +1,253 @@
+"""The CPU miniature: task splits, the mini model family's adapter contract, save/load,
+and the datasets' held-out voice. (Stage A/B learning: tests/test_mini_stages.py.)"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from transformers import GenerationConfig
+
+from cord.config import ModelConfig
+from cord.data.paired import PairedExample, load_paired
+from cord.mini.task import TEMPLATES, TaskSpec, all_problems, make_task, parse_answer, split_problems, vocabulary
+from cord.models import families, load_adapter
+from cord.models.base import PromptBatch
+
+
+def mini_cfg(path: str = "tiny", seed: int = 0) -> ModelConfig:
+    return ModelConfig(family="mini", name_or_path=path, dtype="float32", device="cpu", tiny_seed=seed)
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    return load_adapter(mini_cfg())
+
+
+def examples(seed: int = 0) -> list[PairedExample]:
+    """Task questions with clips of very different lengths (so prompts pad differently)."""
+    rng = np.random.default_rng(seed)
+    rows = make_task(seed, n_train=4, n_dev=1, n_test=8)["test"][:4]
+    out = []
+    for i, r in enumerate(rows):
+        seconds = [0.6, 2.9, 1.37, 4.1][i]
+        audio = (0.1 * rng.standard_normal(int(16000 * seconds))).astype(np.float32)
+        out.append(PairedExample(r["id"], r["question"], audio, r["answer"], r["solution"]))
+    return out
+
+
+def completions(adapter, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded random completions of different lengths, some ending in EOS."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = [5, 11, 1, 8][:n]
+    ids = torch.full((n, max(lengths)), adapter.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((n, max(lengths)), dtype=torch.bool)
+    for i, length in enumerate(lengths):
+        ids[i, :length] = torch.randint(5, len(adapter.tokenizer), (length,), generator=g)
+        ids[i, length - 1] = adapter.eos_token_ids[0] if i % 2 else ids[i, length - 1]
+        mask[i, :length] = True
+    return ids, mask
+
+
+def unpadded(prompts: PromptBatch, row: int) -> PromptBatch:
+    """Row ``row`` alone, with its left padding and its feature padding removed."""
+    one = prompts.select([row])
+    n = int(one.attention_mask.sum())
+    extra = dict(one.extra)
+    if "feature_attention_mask" in extra:
+        f = int(extra["feature_attention_mask"].sum())
+        extra = {"input_features": extra["input_features"][..., :f], "feature_attention_mask": extra["feature_attention_mask"][:, :f]}
+    return PromptBatch(one.input_ids[:, -n:], one.attention_mask[:, -n:], one.modality, extra, one.keep)
+
+
+# ------------------------------------------------------------------------------- task
+
+
+def test_task_split_is_by_problem_and_deterministic():
+    a = make_task(3, n_train=3000, n_dev=150, n_test=400)
+    b = make_task(3, n_train=3000, n_dev=150, n_test=400)
+    assert a == b
+    keys = {s: {r["problem"] for r in rows} for s, rows in a.items()}
+    assert not keys["train"] & keys["test"]
+    assert not keys["train"] & keys["dev"]
+    assert not keys["dev"] & keys["test"]
+    assert len(keys["test"]) == 400 and len(keys["dev"]) == 150  # one row per held-out problem
+    # held-out sets cover every template, so two-step problems are half of the test set
+    assert {k.split(":")[0] for k in keys["test"]} == set(TEMPLATES)
+    assert make_task(4, n_train=50, n_dev=10, n_test=10)["test"] != a["test"][:10]
+
+
+def test_solutions_are_correct_worked_arithmetic():
+    for p in all_problems():
+        sol = p.solution()
+        # recompute every line from the text itself
+        for line in sol.split(". ")[:-1]:
+            left, right = line.split(" = ")
+            x, op, y = left.split()
+            assert int(right.rstrip(".")) == (int(x) + int(y) if op == "+" else int(x) - int(y)) >= 1
+        assert parse_answer(sol) == str(p.answer)
+        assert sol.count("=") == len(p.numbers) - 1
+    assert parse_answer("no final answer") is None
+    assert parse_answer("The answer is 3. The answer is 12.") == "12"
+
+
+def test_split_refuses_more_held_out_than_exists():
+    with pytest.raises(ValueError):
+        split_problems(0, n_test=5000, n_dev=0, spec=TaskSpec(first=(2, 4), other=(2, 3)))
+
+
+def test_word_tokenizer_round_trips_every_question_and_solution(adapter):
+    tok = adapter.tokenizer
+    rows = [r for rows in make_task(0, n_train=300, n_dev=20, n_test=50).values() for r in rows]
+    for r in rows:
+        for text in (r["question"], r["solution"]):
+            ids = adapter.encode(text)
+            assert tok.unk_token_id not in ids
+            assert tok.decode(ids) == text
+    # numbers are single tokens
+    assert len(adapter.encode("37")) == 1 and str(TaskSpec().max_number) in vocabulary()
+
+
+# ------------------------------------------------------------------------ the adapter
+
+
+def test_mini_is_a_registered_family(adapter):
+    assert "mini" in families()
+    assert adapter.family == "mini"
+    names = {n for n, _ in adapter.model.named_children()}
+    assert {"audio_encoder", "projector", "language_model"} <= names
+    assert adapter.lm_head() is adapter.model.language_model.lm_head
+
+
+@pytest.mark.parametrize("modality", ["text", "audio"])
+def test_completion_hidden_batched_equals_one_by_one(adapter, modality):
+    exs = examples()
+    prompts = adapter.text_prompts(exs) if modality == "text" else adapter.audio_prompts(exs)
+    lengths = prompts.attention_mask.sum(-1)
+    assert len(set(lengths.tolist())) == len(exs)  # mixed prompt lengths, so left padding differs
+    ids, mask = completions(adapter, len(exs))
+    with torch.no_grad():
+        batched = adapter.completion_hidden(prompts, ids, mask)
+        assert batched.shape == (len(exs), ids.shape[1], adapter.model.config.hidden_size)
+        for i in range(len(exs)):
+            t = int(mask[i].sum())
+            single = adapter.completion_hidden(unpadded(prompts, i), ids[i : i + 1, :t], mask[i : i + 1, :t])
+            torch.testing.assert_close(batched[i, :t], single[0], atol=1e-5, rtol=1e-5)
+
+
+def test_completion_logprobs_equal_a_plain_full_forward(adapter):
+    exs = examples()
+    prompts = adapter.audio_prompts(exs)
+    ids, mask = completions(adapter, len(exs))
+    core = adapter.model
+    with torch.no_grad():
+        logp = adapter.lm_head()(adapter.completion_hidden(prompts, ids, mask)).log_softmax(-1)
+        got = logp.gather(-1, ids[..., None])[..., 0]
+        for i in range(len(exs)):
+            one = unpadded(prompts, i)
+            t = int(mask[i].sum())
+            seq = torch.cat([one.input_ids, ids[i : i + 1, :t]], dim=1)
+            embeds = core.embed(seq, one.extra)
+            logits = core.language_model(inputs_embeds=embeds).logits  # no mask, no padding
+            p = one.input_ids.shape[1]
+            ref = logits[0, p - 1 : p - 1 + t].log_softmax(-1).gather(-1, ids[i, :t, None])[:, 0]
+            torch.testing.assert_close(got[i, :t], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_audio_placeholders_match_encoder_output_length(adapter):
+    exs = examples()
+    prompts = adapter.audio_prompts(exs)
+    audio_id = adapter.tokenizer.convert_tokens_to_ids("<audio>")
+    counts = (prompts.input_ids == audio_id).sum(-1)
+    with torch.no_grad():
+        _, valid = adapter.model.audio_encoder(
+            prompts.extra["input_features"], prompts.extra["feature_attention_mask"]
+        )
+    assert counts.tolist() == valid.sum(-1).tolist()
+    # 50 mel frames per second, two stride-2 convolutions: 12.5 frames per second
+    frames = [len(ex.audio) // 320 for ex in exs]
+    assert counts.tolist() == [(((f - 1) // 2 + 1) - 1) // 2 + 1 for f in frames]
+    assert all(abs(c - len(ex.audio) / 16000 * 12.5) <= 1 for c, ex in zip(counts.tolist(), exs))
+    # no 30 s padding: features are as long as the longest clip in the batch
+    assert prompts.extra["input_features"].shape[-1] == max(frames)
+    # each prompt: placeholders, then <sep>
+    sep = adapter.tokenizer.convert_tokens_to_ids("<sep>")
+    assert (prompts.input_ids[:, -1] == sep).all()
+    with pytest.raises(Exception, match="placeholders"):
+        adapter.model.embed(prompts.input_ids[:, 1:], prompts.extra)
+
+
+def test_generate_returns_new_tokens_consistent_with_teacher_forcing(adapter):
+    """Greedy tokens from the KV-cached generate are the argmax of the teacher-forced
+    completion logits for every row, with mixed left padding."""
+    exs = examples()
+    cfg = GenerationConfig(do_sample=False, max_new_tokens=7, eos_token_id=[], pad_token_id=adapter.pad_token_id)
+    for prompts in (adapter.text_prompts(exs), adapter.audio_prompts(exs)):
+        with torch.no_grad():
+            new = adapter.generate(prompts, generation_config=cfg)
+            assert new.shape == (len(exs), 7)
+            hidden = adapter.completion_hidden(prompts, new, torch.ones_like(new, dtype=torch.bool))
+        assert torch.equal(adapter.lm_head()(hidden).argmax(-1), new)
+
+
+def test_save_pretrained_then_load_through_registry(tmp_path):
+    adapter = load_adapter(mini_cfg())
+    model = adapter.model
+    with torch.no_grad():  # make the weights differ from any fresh init
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    adapter.save_pretrained(tmp_path / "ckpt")
+    loaded = load_adapter(mini_cfg(str(tmp_path / "ckpt"), seed=123))
+    assert loaded.tokenizer.get_vocab() == adapter.tokenizer.get_vocab()
+    exs = examples()
+    ids, mask = completions(adapter, len(exs))
+    with torch.no_grad():
+        for build in ("text_prompts", "audio_prompts"):
+            a = getattr(adapter, build)(exs)
+            b = getattr(loaded, build)(exs)
+            assert torch.equal(a.input_ids, b.input_ids)
+            assert torch.equal(adapter.completion_hidden(a, ids, mask), loaded.completion_hidden(b, ids, mask))
+    # a fresh "tiny" model with another seed differs (so the equality above means something)
+    other = load_adapter(mini_cfg(seed=123))
+    p = adapter.text_prompts(exs)
+    with torch.no_grad():
+        assert not torch.allclose(adapter.completion_hidden(p, ids, mask), other.completion_hidden(p, ids, mask))
+
+
+def test_loading_a_missing_directory_is_one_clear_error(tmp_path):
+    from cord import CordError
+
+    with pytest.raises(CordError, match="no mini model"):
+        load_adapter(mini_cfg(str(tmp_path / "nope")))
+
+
+# ----------------------------------------------------------------------- spoken data
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+def test_spoken_datasets_hold_out_the_test_voice(tmp_path):
+    from cord.mini.data import HELD_OUT_VOICE, DataSettings, build_datasets
+
+    settings = DataSettings(seed=1, n_train=24, n_dev=4, n_test=8)
+    dirs = build_datasets(tmp_path / "data", settings)
+    manifests = {s: load_paired(d) for s, d in dirs.items()}
+    train_voices = {ex.meta["voice_name"] for ex in manifests["train"]}
+    assert len(train_voices) > 5
+    accent, variant = HELD_OUT_VOICE.split("+")
+    assert all(v.split("+")[0] != accent and v.split("+")[1] != variant for v in train_voices)
+    for split in ("dev", "test"):
+        assert {ex.meta["voice_name"] for ex in manifests[split]} == {HELD_OUT_VOICE}
+    train_problems = {ex.meta["problem"] for ex in manifests["train"]}
+    assert not train_problems & {ex.meta["problem"] for ex in manifests["test"]}
+    for ex in manifests["test"]:
+        assert ex.audio.dtype == np.float32 and 1.0 < len(ex.audio) / 16000 < 6.0
+        assert ex.solution and ex.answer == parse_answer(ex.solution)
+        assert {"duration", "tts", "voice"} <= set(ex.meta)
+    # complete directories are reused as they are; a settings change rebuilds
+    stamp = (dirs["test"] / "manifest.jsonl").stat().st_mtime_ns
+    assert build_datasets(tmp_path / "data", settings)["test"] == dirs["test"]
+    assert (dirs["test"] / "manifest.jsonl").stat().st_mtime_ns == stamp
+    rebuilt = build_datasets(tmp_path / "data", DataSettings(seed=1, n_train=24, n_dev=4, n_test=6))
+    assert len(load_paired(rebuilt["test"])) == 6
