@@ -32,8 +32,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--methods", default="sft,forward_kl,opd,opd_weighted,grpo,grpo_opd,cord")
     ap.add_argument("--families", default="qwen2-audio,qwen2.5-omni")
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     rows = []
     for family in args.families.split(","):
         for method in args.methods.split(","):
@@ -50,7 +51,7 @@ def main() -> None:
             rows.append(dict(family=family, method=method, **med,
                              share_rollout=med["time_rollout"] / total, share_teacher=med["time_teacher"] / total,
                              share_student=med["time_student"] / total, share_update=med["time_backward"] / total))
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads 2")
+    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {args.threads}")
     print("| family | method | step s | rollout | teacher | student | update | tokens/s |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
