@@ -12,6 +12,7 @@ from transformers import GenerationConfig
 
 from cord.config import ModelConfig
 from cord.data.paired import PairedExample, load_paired
+from cord.mini.model import stack_frames
 from cord.mini.task import TEMPLATES, TaskSpec, all_problems, make_task, parse_answer, split_problems, vocabulary
 from cord.models import families, load_adapter
 from cord.models.base import PromptBatch
@@ -161,22 +162,25 @@ def test_audio_placeholders_match_encoder_output_length(adapter):
     prompts = adapter.audio_prompts(exs)
     audio_id = adapter.tokenizer.convert_tokens_to_ids("<audio>")
     counts = (prompts.input_ids == audio_id).sum(-1)
+    model = adapter.model
     with torch.no_grad():
-        _, valid = adapter.model.audio_encoder(
-            prompts.extra["input_features"], prompts.extra["feature_attention_mask"]
-        )
-    assert counts.tolist() == valid.sum(-1).tolist()
-    # 50 mel frames per second, two stride-2 convolutions: 12.5 frames per second
-    frames = [len(ex.audio) // 320 for ex in exs]
-    assert counts.tolist() == [(((f - 1) // 2 + 1) - 1) // 2 + 1 for f in frames]
-    assert all(abs(c - len(ex.audio) / 16000 * 12.5) <= 1 for c, ex in zip(counts.tolist(), exs))
+        hidden, valid = model.audio_encoder(prompts.extra["input_features"], prompts.extra["feature_attention_mask"])
+        _, stacked_valid = stack_frames(hidden, valid, model.config.projector_stack)
+    assert counts.tolist() == stacked_valid.sum(-1).tolist()
+    # 100 mel frames per second, three stride-2 convolutions (12.5 encoder frames per second),
+    # then pairs of frames stacked: 6.25 decoder audio tokens per second
+    frames = [len(ex.audio) // 160 for ex in exs]
+    encoder = [((((f - 1) // 2 + 1) - 1) // 2 + 1 - 1) // 2 + 1 for f in frames]
+    assert valid.sum(-1).tolist() == encoder
+    assert counts.tolist() == [(n + 1) // 2 for n in encoder]
+    assert all(abs(c - len(ex.audio) / 16000 * 6.25) <= 1 for c, ex in zip(counts.tolist(), exs))
     # no 30 s padding: features are as long as the longest clip in the batch
     assert prompts.extra["input_features"].shape[-1] == max(frames)
     # each prompt: placeholders, then <sep>
     sep = adapter.tokenizer.convert_tokens_to_ids("<sep>")
     assert (prompts.input_ids[:, -1] == sep).all()
     with pytest.raises(Exception, match="placeholders"):
-        adapter.model.embed(prompts.input_ids[:, 1:], prompts.extra)
+        model.embed(prompts.input_ids[:, 1:], prompts.extra)
 
 
 def test_generate_returns_new_tokens_consistent_with_teacher_forcing(adapter):

@@ -5,11 +5,14 @@ input embeddings), at a size that trains from scratch on two CPU cores:
 
 - ``language_model``: ``transformers.Qwen2ForCausalLM`` (hidden 128, 2 layers by default)
   over a word-level vocabulary built in code from the task (numbers are single tokens).
-- ``audio_encoder``: 80-bin log-mel at 50 frames per second → two stride-2 convolutions
+- ``audio_encoder``: 80-bin log-mel at 100 frames per second → three stride-2 convolutions
   (12.5 encoder frames per second) → 2 pre-norm transformer layers; plus ``ctc_head``, a linear
   CTC readout over the same vocabulary used only by Stage B's auxiliary loss (it stands in
   for the ASR pretraining Whisper brings to real LALMs).
-- ``projector``: two-layer MLP into the decoder's embedding space.
+- ``projector``: stacks ``projector_stack`` (2) consecutive encoder frames — the decoder sees
+  6.25 audio tokens per second, like the pooling after Qwen2-Audio's encoder, so an audio
+  prompt is about as long as the question's text — then a two-layer MLP into the decoder's
+  embedding space. The CTC readout stays at the encoder's 12.5 frames per second.
 
 Prompts are minimal because the model is trained from scratch on one task:
 text ``question words <sep>``, audio ``<audio>×n <sep>`` with n = encoder frames of that clip.
@@ -75,14 +78,15 @@ class MiniConfig:
     num_kv_heads: int = 2
     intermediate_size: int = 256
     n_mels: int = 80
-    hop_length: int = 320  # mel hop in samples: 20 ms, 50 frames per second
+    hop_length: int = 160  # mel hop in samples: 10 ms, 100 frames per second
     #: eager attention: on sequences this short it is faster on CPU than sdpa
     attn_implementation: str = "eager"
     encoder_dim: int = 128
     encoder_layers: int = 2
     encoder_heads: int = 4
     encoder_ffn: int = 256
-    encoder_convs: int = 2  # each halves the frame rate: 50 Hz -> 12.5 Hz
+    encoder_convs: int = 3  # each halves the frame rate: 100 Hz -> 12.5 Hz
+    projector_stack: int = 2  # encoder frames per decoder audio token: 12.5 Hz -> 6.25 Hz
     pad_token_id: int = 0
     eos_token_id: int = 1
     audio_token_id: int = 4
@@ -175,6 +179,21 @@ class MiniAudioEncoder(nn.Module):
         return self.ctc_head(hidden)
 
 
+def stack_frames(hidden: torch.Tensor, valid: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, N, D), (B, N) → (B, ⌈N/k⌉, k·D), (B, ⌈N/k⌉): each group of k consecutive frames
+    concatenated; frames past a clip's end are zeroed first, so a clip's last (partial)
+    group is the same whether or not the clip was padded to a longer batch."""
+    if k == 1:
+        return hidden, valid
+    b, n, d = hidden.shape
+    pad = (-n) % k
+    hidden = F.pad(hidden * valid[..., None].to(hidden.dtype), (0, 0, 0, pad))
+    lengths = valid.long().sum(-1)
+    groups = (lengths + k - 1) // k
+    out_valid = torch.arange((n + pad) // k, device=valid.device)[None, :] < groups[:, None]
+    return hidden.reshape(b, (n + pad) // k, k * d), out_valid
+
+
 def _sinusoids(length: int, dim: int, device, dtype) -> torch.Tensor:
     pos = torch.arange(length, device=device, dtype=torch.float32)[:, None]
     inv = torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim)
@@ -195,7 +214,7 @@ class MiniLALM(nn.Module):
         self.config = cfg
         self.audio_encoder = MiniAudioEncoder(cfg)
         self.projector = nn.Sequential(
-            nn.Linear(cfg.encoder_dim, cfg.hidden_size), nn.GELU(), nn.Linear(cfg.hidden_size, cfg.hidden_size)
+            nn.Linear(cfg.encoder_dim * cfg.projector_stack, cfg.hidden_size), nn.GELU(), nn.Linear(cfg.hidden_size, cfg.hidden_size)
         )
         self.language_model = Qwen2ForCausalLM(cfg.qwen2_config())
         gc = self.language_model.generation_config
@@ -204,6 +223,11 @@ class MiniLALM(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
+
+    def audio_token_count(self, n_frames: int) -> int:
+        """Decoder audio tokens for a clip of ``n_frames`` mel frames."""
+        k = self.config.projector_stack
+        return -(-int(self.audio_encoder.output_lengths(n_frames)) // k)
 
     @property
     def generation_config(self):
@@ -218,6 +242,13 @@ class MiniLALM(nn.Module):
     def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
         self.language_model.gradient_checkpointing_enable(**kwargs)
 
+    def encode_audio(self, features: torch.Tensor, feature_mask: torch.Tensor):
+        """(B, mel, F) features → decoder audio tokens (B, M, H) with mask (B, M), and the
+        encoder output ``(frames (B, N, D), mask (B, N))`` they were stacked from."""
+        hidden, valid = self.audio_encoder(features, feature_mask)
+        stacked, stacked_valid = stack_frames(hidden, valid, self.config.projector_stack)
+        return self.projector(stacked), stacked_valid, (hidden, valid)
+
     def embed(self, input_ids: torch.Tensor, extra: dict[str, torch.Tensor], return_encoder: bool = False):
         """Decoder input embeddings (B, L, H) with each clip's projected encoder frames written
         over its ``<audio>`` placeholders (placeholders of a row are consecutive, in order).
@@ -226,8 +257,10 @@ class MiniLALM(nn.Module):
         embeds = self.get_input_embeddings()(input_ids)
         if "input_features" not in extra:
             return (embeds, None) if return_encoder else embeds
-        hidden, valid = self.audio_encoder(extra["input_features"].to(embeds.dtype), extra["feature_attention_mask"])
-        audio = self.projector(hidden)[valid]  # (sum of frames, H), row-major
+        tokens, token_valid, (hidden, valid) = self.encode_audio(
+            extra["input_features"].to(embeds.dtype), extra["feature_attention_mask"]
+        )
+        audio = tokens[token_valid]  # (sum of audio tokens, H), row-major
         is_audio = input_ids == self.config.audio_token_id
         if int(is_audio.sum()) != audio.shape[0]:
             raise CordError(
@@ -296,9 +329,8 @@ class MiniAdapter:
         self.model = model
         self.tokenizer = tokenizer
         # Whisper's own log-mel recipe (80 bins, 25 ms window, log10, clamp to max − 8, scaled)
-        # from a maintained class instead of a hand-written STFT, with a 20 ms hop (half
-        # Whisper's frame rate: the encoder's first conv is its most expensive layer on CPU).
-        # It runs on one clip at a time (no padding), so a clip's features never depend on its
+        # from a maintained class instead of a hand-written STFT (a 20 ms hop was tried to
+        # halve the first conv's cost: the encoder then learned far more slowly). It runs on one clip at a time (no padding), so a clip's features never depend on its
         # batch; audio_prompts pads afterwards and masks the padding.
         self.feature_extractor = WhisperFeatureExtractor(
             feature_size=model.config.n_mels, hop_length=model.config.hop_length
@@ -389,7 +421,7 @@ class MiniAdapter:
         for i, f in enumerate(feats):
             features[i, :, : f.shape[1]] = f
             fmask[i, : f.shape[1]] = 1
-            n_audio = int(self._core().audio_encoder.output_lengths(f.shape[1]))
+            n_audio = self._core().audio_token_count(f.shape[1])
             seqs.append([self.audio_token_id] * n_audio + [self.sep_token_id])
         ids, mask = self._left_pad(seqs)
         extra = {"input_features": features.to(self._core().dtype), "feature_attention_mask": fmask}

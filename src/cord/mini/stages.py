@@ -1,0 +1,500 @@
+"""The miniature's staged recipe before CORD: Stage A (text LM) and Stage B (audio alignment).
+
+Stage A trains the language model on text prompts (teacher-forced cross-entropy on the
+worked solution) until greedy dev accuracy reaches ``a_target``. Stage B freezes the
+language model and trains the audio encoder and projector from audio prompts with
+
+    L_B = CE(solution | audio prompt) + ctc_weight · CTC(question words | encoder frames)
+
+(the CTC term stands in for the ASR pretraining a real LALM's Whisper encoder brings). Stage
+B is evaluated on the held-out-voice dev set every ``b_eval_every`` steps and its checkpoint
+is *chosen by measured gap* (text accuracy − audio accuracy, both greedy on dev), because
+accuracy moves in jumps and a fixed step count lands anywhere:
+
+    among evaluations with audio_acc ≥ b_min_audio and gap ≥ b_min_gap, take the one whose
+    gap is closest to b_gap_target (ties: the later one); if none qualifies, the one with
+    the highest audio_acc among gap ≥ b_min_gap; if no evaluation keeps gap ≥ b_min_gap,
+    the one with the largest gap. Training stops early once the gap has stayed below
+    b_min_gap for ``b_patience`` evaluations (it only closes further from there).
+
+Both stages are plain seeded loops. The chosen checkpoints are written with
+``MiniAdapter.save_pretrained`` to ``OUT/stage_a`` and ``OUT/stage_b``; load them with
+``ModelConfig(family="mini", name_or_path="OUT/stage_b", dtype="float32", device="cpu")``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import random
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from cord.data.paired import PairedExample
+from cord.mini.data import DataSettings, build_datasets, load_split, text_examples
+from cord.mini.model import MiniAdapter, build_mini
+from cord.mini.task import parse_answer
+
+# ------------------------------------------------------------------------------ config
+
+
+@dataclass
+class RecipeConfig:
+    """Every knob of data, Stage A and Stage B. :meth:`quick` is the test-sized variant."""
+
+    seed: int = 0
+    data: DataSettings = field(default_factory=DataSettings)
+    threads: int = 2
+    verbose: bool = False
+    eval_batch_size: int = 200
+    max_new_tokens: int = 24
+    # Stage A: text LM
+    a_text_examples: int = 8000
+    a_max_steps: int = 350
+    a_batch_size: int = 64
+    a_lr: float = 3e-3
+    a_warmup: int = 30
+    a_eval_every: int = 50
+    a_min_steps: int = 300
+    a_target: float = 0.99
+    # Stage B: audio alignment, language model frozen
+    b_max_steps: int = 600
+    b_batch_size: int = 32
+    b_lr: float = 3e-3
+    b_warmup: int = 30
+    b_ctc_weight: float = 1.0
+    b_match_scale: bool = True
+    #: first evaluation step (before it the gap is ~1 and evaluations only cost time)
+    b_eval_start: int = 150
+    #: SpecAugment-style masks on training features (frequency bands, time spans): the test
+    #: voice is unseen, and masking keeps the encoder from leaning on one voice's spectrum
+    b_freq_masks: int = 2
+    b_freq_width: int = 10
+    b_time_masks: int = 2
+    b_time_width: int = 12
+    b_eval_every: int = 50
+    b_min_steps: int = 100
+    b_gap_target: float = 0.35
+    b_min_gap: float = 0.25
+    b_min_audio: float = 0.30
+    b_patience: int = 2
+
+    @classmethod
+    def quick(cls, seed: int = 0) -> "RecipeConfig":
+        return cls(
+            seed=seed,
+            data=DataSettings(seed=seed, n_train=600, n_dev=100, n_test=100),
+            a_text_examples=4000,
+            a_max_steps=300,
+            a_min_steps=100,
+            a_eval_every=50,
+            a_target=0.95,
+            b_max_steps=500,
+            b_eval_every=50,
+            b_min_steps=50,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def greedy_accuracy(
+    adapter: MiniAdapter,
+    examples: list[PairedExample],
+    modality: str,
+    *,
+    batch_size: int = 200,
+    max_new_tokens: int = 24,
+) -> tuple[float, list[dict[str, Any]]]:
+    """Greedy exact-final-answer accuracy through :class:`cord.rollout.HFEngine`.
+
+    Returns (accuracy, per-item [{id, modality, question, output, predicted, answer, correct}]);
+    ``predicted`` is the number after the last "The answer is", or None."""
+    from cord.rollout import HFEngine
+
+    engine = HFEngine(adapter, batch_size=batch_size)
+    items: list[dict[str, Any]] = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        prompts = adapter.text_prompts(chunk) if modality == "text" else adapter.audio_prompts(chunk)
+        rollouts = engine.generate(prompts, greedy=True, max_new_tokens=max_new_tokens)
+        for row, text in zip(prompts.keep, rollouts.text):
+            ex = chunk[row]
+            pred = parse_answer(text)
+            items.append(
+                {
+                    "id": ex.id,
+                    "modality": modality,
+                    "question": ex.question_text,
+                    "output": text,
+                    "predicted": pred,
+                    "answer": ex.answer,
+                    "correct": pred is not None and pred == str(ex.answer).strip(),
+                }
+            )
+    acc = sum(i["correct"] for i in items) / max(1, len(examples))
+    return acc, items
+
+
+def solution_targets(adapter: MiniAdapter, examples: list[PairedExample]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (B, T) ids of ``solution + <eos>`` and their mask."""
+    seqs = [adapter.encode(ex.solution) + adapter.eos_token_ids[:1] for ex in examples]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), adapter.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = True
+    return ids, mask
+
+
+def transcript_targets(adapter: MiniAdapter, examples: list[PairedExample]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenated CTC targets (the question's words, punctuation dropped) and lengths."""
+    words = [[t for t in adapter.encode(" ".join(_spoken_words(ex.question_text)))] for ex in examples]
+    flat = torch.tensor([t for w in words for t in w], dtype=torch.long)
+    return flat, torch.tensor([len(w) for w in words], dtype=torch.long)
+
+
+def _spoken_words(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"\w+", text)
+
+
+def _masked_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
+    return (loss * mask.flatten()).sum() / mask.sum().clamp(min=1)
+
+
+def _lr_lambda(warmup: int, total: int, floor: float = 0.1):
+    """Linear warmup, then cosine decay to ``floor`` × lr at ``total`` steps (an early stop
+    simply ends on the way down)."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def _batches(n: int, batch_size: int, rng: random.Random):
+    """Endless shuffled epochs of index batches (drop the ragged tail of each epoch)."""
+    while True:
+        order = list(range(n))
+        rng.shuffle(order)
+        for s in range(0, n - batch_size + 1, batch_size):
+            yield order[s : s + batch_size]
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------- Stage A
+
+
+def stage_a(
+    adapter: MiniAdapter,
+    train: list[PairedExample],
+    dev: list[PairedExample],
+    cfg: RecipeConfig,
+    log: list[dict] | None = None,
+) -> dict[str, Any]:
+    """Train the language model on text prompts until greedy dev text accuracy ≥ a_target
+    (checked every a_eval_every steps after a_min_steps) or a_max_steps. In place."""
+    _seed_all(cfg.seed)
+    rng = random.Random(cfg.seed)
+    model = adapter.model
+    lm = model.language_model
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in lm.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(lm.parameters(), lr=cfg.a_lr, weight_decay=0.01, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.a_warmup, cfg.a_max_steps))
+    t0, c0 = time.perf_counter(), time.process_time()
+    history: list[dict] = []
+    batches = _batches(len(train), cfg.a_batch_size, rng)
+    dev_acc, step = 0.0, 0
+    first_loss = None
+    model.train()
+    for step in range(1, cfg.a_max_steps + 1):
+        batch = [train[i] for i in next(batches)]
+        prompts = adapter.text_prompts(batch)
+        y, ym = solution_targets(adapter, batch)
+        hidden = adapter.completion_hidden(prompts, y, ym)
+        loss = _masked_ce(adapter.lm_head()(hidden), y, ym)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        first_loss = loss.item() if first_loss is None else first_loss
+        if step % cfg.a_eval_every == 0 or step == cfg.a_max_steps:
+            dev_acc, _ = greedy_accuracy(
+                adapter, dev, "text", batch_size=cfg.eval_batch_size, max_new_tokens=cfg.max_new_tokens
+            )
+            model.train()
+            rec = {"stage": "A", "step": step, "loss": loss.item(), "dev_text_acc": dev_acc,
+                   "seconds": round(time.perf_counter() - t0, 2),
+                   "cpu_seconds": round(time.process_time() - c0, 2)}
+            history.append(rec)
+            if cfg.verbose:
+                print(f"[mini] A {rec}", flush=True)
+            if log is not None:
+                log.append(rec)
+            if step >= cfg.a_min_steps and dev_acc >= cfg.a_target:
+                break
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return {
+        "steps": step,
+        "first_loss": first_loss,
+        "final_loss": loss.item(),
+        "dev_text_acc": dev_acc,
+        "reached_target": dev_acc >= cfg.a_target,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "history": history,
+    }
+
+
+# ---------------------------------------------------------------------------- Stage B
+
+
+def spec_augment(features: torch.Tensor, mask: torch.Tensor, cfg: RecipeConfig, gen: torch.Generator) -> torch.Tensor:
+    """Zero random mel bands and time spans (within each clip's valid frames); a new tensor."""
+    out = features.clone()
+    b, n_mels, _ = out.shape
+    lengths = mask.sum(-1)
+    fill = 0.0  # Whisper-normalised log-mel: 0 is mid-range
+    for i in range(b):
+        for _ in range(cfg.b_freq_masks):
+            w = int(torch.randint(0, cfg.b_freq_width + 1, (1,), generator=gen))
+            f0 = int(torch.randint(0, max(1, n_mels - w), (1,), generator=gen))
+            out[i, f0 : f0 + w, :] = fill
+        for _ in range(cfg.b_time_masks):
+            w = int(torch.randint(0, cfg.b_time_width + 1, (1,), generator=gen))
+            t0 = int(torch.randint(0, max(1, int(lengths[i]) - w), (1,), generator=gen))
+            out[i, :, t0 : t0 + w] = fill
+    return out * mask[:, None, :].to(out.dtype)
+
+
+@torch.no_grad()
+def match_projector_scale(adapter: MiniAdapter, examples: list[PairedExample]) -> float:
+    """Rescale the projector's last layer so projected audio frames have the RMS of the
+    language model's token embeddings (a fresh projector's output is several times larger,
+    which swamps the frozen decoder's residual stream). Returns the factor applied."""
+    model = adapter.model
+    prompts = adapter.audio_prompts(examples)
+    tokens, valid, _ = model.encode_audio(prompts.extra["input_features"], prompts.extra["feature_attention_mask"])
+    out_rms = tokens[valid].pow(2).mean(-1).sqrt().mean()
+    emb_rms = model.get_input_embeddings().weight.pow(2).mean(-1).sqrt().mean()
+    factor = float(emb_rms / out_rms)
+    last = model.projector[-1]
+    last.weight.mul_(factor)
+    last.bias.mul_(factor)
+    return factor
+
+
+def _audio_parts(adapter: MiniAdapter) -> list[torch.nn.Module]:
+    core = adapter.model
+    return [core.audio_encoder, core.projector]
+
+
+def choose_checkpoint(evals: list[dict], cfg: RecipeConfig) -> tuple[int, str]:
+    """Index into ``evals`` (dicts with audio_acc and gap) by the rule in the module doc."""
+    ok = [i for i, e in enumerate(evals) if e["audio_acc"] >= cfg.b_min_audio and e["gap"] >= cfg.b_min_gap]
+    if ok:
+        best = min(ok, key=lambda i: (abs(evals[i]["gap"] - cfg.b_gap_target), -i))
+        return best, f"gap closest to {cfg.b_gap_target} with audio_acc >= {cfg.b_min_audio} and gap >= {cfg.b_min_gap}"
+    gapped = [i for i, e in enumerate(evals) if e["gap"] >= cfg.b_min_gap]
+    if gapped:
+        best = max(gapped, key=lambda i: (evals[i]["audio_acc"], i))
+        return best, f"no evaluation had audio_acc >= {cfg.b_min_audio}: highest audio_acc with gap >= {cfg.b_min_gap}"
+    best = max(range(len(evals)), key=lambda i: (evals[i]["gap"], -i))
+    return best, f"no evaluation kept gap >= {cfg.b_min_gap}: the largest gap"
+
+
+def stage_b(
+    adapter: MiniAdapter,
+    train: list[PairedExample],
+    dev: list[PairedExample],
+    cfg: RecipeConfig,
+    dev_text_acc: float | None = None,
+    log: list[dict] | None = None,
+) -> dict[str, Any]:
+    """Align audio encoder + projector with the language model frozen; leaves the chosen
+    checkpoint's weights in ``adapter.model`` and returns metrics (see the module doc)."""
+    _seed_all(cfg.seed + 1)
+    rng = random.Random(cfg.seed + 1)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    model = adapter.model
+    if dev_text_acc is None:  # the LM is frozen, so text accuracy is fixed for the stage
+        dev_text_acc, _ = greedy_accuracy(adapter, dev, "text", batch_size=cfg.eval_batch_size,
+                                          max_new_tokens=cfg.max_new_tokens)
+    params = [p for m in _audio_parts(adapter) for p in m.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=cfg.b_lr, weight_decay=0.01, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.b_warmup, cfg.b_max_steps))
+    t0 = time.perf_counter()
+    # features once up front (cached by the adapter for every later epoch)
+    for ex in train:
+        adapter.clip_features(ex.audio)
+    feature_seconds = time.perf_counter() - t0
+    scale = match_projector_scale(adapter, train[:64]) if cfg.b_match_scale else 1.0
+    evals: list[dict] = []
+    snapshots: list[dict[str, torch.Tensor]] = []
+    below = 0
+    batches = _batches(len(train), cfg.b_batch_size, rng)
+    model.train()
+    model.language_model.eval()  # frozen: no dropout either
+    step = 0
+    for step in range(1, cfg.b_max_steps + 1):
+        batch = [train[i] for i in next(batches)]
+        prompts = adapter.audio_prompts(batch)
+        prompts.extra["input_features"] = spec_augment(
+            prompts.extra["input_features"], prompts.extra["feature_attention_mask"], cfg, gen
+        )
+        y, ym = solution_targets(adapter, batch)
+        ids, attn, extra = adapter.joined(prompts, y, ym)
+        embeds, (enc, enc_valid) = model.embed(ids, extra, return_encoder=True)
+        hidden = adapter.decoder_hidden(ids, attn, extra, inputs_embeds=embeds)
+        hidden = adapter.completion_slice(hidden, prompts, y.shape[1])
+        ce = _masked_ce(adapter.lm_head()(hidden), y, ym)
+        targets, target_lengths = transcript_targets(adapter, batch)
+        log_probs = model.audio_encoder.ctc_logits(enc).float().log_softmax(-1).transpose(0, 1)
+        ctc = F.ctc_loss(log_probs, targets, enc_valid.sum(-1), target_lengths,
+                         blank=adapter.pad_token_id, zero_infinity=True)
+        loss = ce + cfg.b_ctc_weight * ctc
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if (step >= cfg.b_eval_start and step % cfg.b_eval_every == 0) or step == cfg.b_max_steps:
+            audio_acc, _ = greedy_accuracy(adapter, dev, "audio", batch_size=cfg.eval_batch_size,
+                                           max_new_tokens=cfg.max_new_tokens)
+            model.train()
+            model.language_model.eval()
+            rec = {"stage": "B", "step": step, "ce": ce.item(), "ctc": ctc.item(), "audio_acc": audio_acc,
+                   "text_acc": dev_text_acc, "gap": dev_text_acc - audio_acc,
+                   "seconds": round(time.perf_counter() - t0, 2)}
+            evals.append(rec)
+            if cfg.verbose:
+                print(f"[mini] B {rec}", flush=True)
+            snapshots.append({k: v.detach().clone() for m in ("audio_encoder", "projector")
+                              for k, v in _prefixed_state(model, m).items()})
+            if log is not None:
+                log.append(rec)
+            below = below + 1 if rec["gap"] < cfg.b_min_gap else 0
+            if step >= cfg.b_min_steps and below >= cfg.b_patience:
+                break
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    chosen, reason = choose_checkpoint(evals, cfg)
+    model.load_state_dict(snapshots[chosen], strict=False)
+    return {
+        "steps": step,
+        "chosen_step": evals[chosen]["step"],
+        "chosen": evals[chosen],
+        "rule": reason,
+        "feature_seconds": round(feature_seconds, 2),
+        "projector_scale": scale,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "history": evals,
+    }
+
+
+def _prefixed_state(model: torch.nn.Module, name: str) -> dict[str, torch.Tensor]:
+    return {f"{name}.{k}": v for k, v in getattr(model, name).state_dict().items()}
+
+
+# ---------------------------------------------------------------------------- driver
+
+
+def run_stages(out_dir: str | Path, cfg: RecipeConfig | None = None, progress: bool = False) -> dict[str, Any]:
+    """Data → Stage A → Stage B → held-out evaluation, writing under ``out_dir``:
+
+    ``data/{train,dev,test}`` (paired datasets), ``stage_a/`` and ``stage_b/`` (checkpoints
+    loadable as family ``mini``), ``stages.json`` (the returned metrics, timings and config).
+    Test accuracies are greedy on the held-out voice, ``test`` split."""
+    cfg = cfg or RecipeConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    timings: dict[str, float] = {}
+    log: list[dict] = []
+
+    def say(msg: str) -> None:
+        if progress:
+            print(f"[mini] {msg}", flush=True)
+
+    t = time.perf_counter()
+    data_cfg = replace(cfg.data, seed=cfg.seed) if cfg.data.seed != cfg.seed else cfg.data
+    dirs = build_datasets(out / "data", data_cfg)
+    train, dev, test = (load_split(dirs[s]) for s in ("train", "dev", "test"))
+    text_train = text_examples(cfg.a_text_examples, data_cfg)
+    timings["data"] = round(time.perf_counter() - t, 2)
+    say(f"data: {len(train)} train / {len(dev)} dev / {len(test)} test clips in {timings['data']} s")
+
+    model, tokenizer = build_mini(seed=cfg.seed)
+    adapter = MiniAdapter(model, tokenizer)
+
+    t = time.perf_counter()
+    a = stage_a(adapter, text_train, dev, cfg, log)
+    a_test_text, _ = greedy_accuracy(adapter, test, "text", batch_size=cfg.eval_batch_size,
+                                     max_new_tokens=cfg.max_new_tokens)
+    adapter.save_pretrained(out / "stage_a")
+    timings["stage_a"] = round(time.perf_counter() - t, 2)
+    say(f"stage A: {a['steps']} steps, dev text acc {a['dev_text_acc']:.3f}, test text acc {a_test_text:.3f} "
+        f"({timings['stage_a']} s)")
+
+    t = time.perf_counter()
+    b = stage_b(adapter, train, dev, cfg, dev_text_acc=a["dev_text_acc"], log=log)
+    timings["stage_b"] = round(time.perf_counter() - t, 2)
+    adapter.save_pretrained(out / "stage_b")
+    t = time.perf_counter()
+    test_text, text_items = greedy_accuracy(adapter, test, "text", batch_size=cfg.eval_batch_size,
+                                            max_new_tokens=cfg.max_new_tokens)
+    test_audio, audio_items = greedy_accuracy(adapter, test, "audio", batch_size=cfg.eval_batch_size,
+                                              max_new_tokens=cfg.max_new_tokens)
+    timings["test_eval"] = round(time.perf_counter() - t, 2)
+    say(f"stage B: chose step {b['chosen_step']} of {b['steps']} (dev gap {b['chosen']['gap']:.3f}); "
+        f"test text {test_text:.3f} audio {test_audio:.3f} gap {test_text - test_audio:.3f} "
+        f"({timings['stage_b']} s)")
+
+    result = {
+        "config": cfg.to_dict(),
+        "paths": {"data": {k: str(v) for k, v in dirs.items()}, "stage_a": str(out / "stage_a"),
+                  "stage_b": str(out / "stage_b")},
+        "stage_a": {**{k: v for k, v in a.items() if k != "history"}, "test_text_acc": a_test_text},
+        "stage_b": {k: v for k, v in b.items() if k != "history"},
+        "test": {"text_acc": test_text, "audio_acc": test_audio, "gap": test_text - test_audio,
+                 "n": len(test)},
+        "timings": timings,
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "torch_threads": torch.get_num_threads()},
+        "log": log,
+    }
+    (out / "stages.json").write_text(json.dumps(result, indent=2) + "\n")
+    with open(out / "stage_b_test_items.jsonl", "w") as f:
+        for item in text_items + audio_items:
+            f.write(json.dumps(item) + "\n")
+    return result
