@@ -357,6 +357,11 @@ class MiniAdapter:
         return self.tokenizer.pad_token_id
 
     @property
+    def placeholder_token_ids(self) -> list[int]:
+        """Never sampled: a sampled <audio> would be taken for an audio slot."""
+        return [self.audio_token_id]
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
