@@ -86,19 +86,21 @@ class RecipeConfig:
     b_patience: int = 2
 
     @classmethod
-    def quick(cls, seed: int = 0) -> "RecipeConfig":
-        return cls(
+    def quick(cls, seed: int = 0, **overrides: Any) -> "RecipeConfig":
+        """Test-sized: 600/100/100 clips, Stage A ≤ 250 steps, Stage B ≤ 250 steps."""
+        base = cls(
             seed=seed,
             data=DataSettings(seed=seed, n_train=600, n_dev=100, n_test=100),
             a_text_examples=4000,
-            a_max_steps=300,
-            a_min_steps=100,
-            a_eval_every=50,
+            a_max_steps=250,
+            a_min_steps=200,
             a_target=0.95,
-            b_max_steps=500,
-            b_eval_every=50,
-            b_min_steps=50,
+            b_max_steps=250,
+            b_lr=4e-3,
+            b_eval_start=100,
+            b_min_steps=100,
         )
+        return replace(base, **overrides)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
