@@ -40,7 +40,8 @@ def examples(seed: int = 0) -> list[PairedExample]:
 
 
 def completions(adapter, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded random completions of different lengths, some ending in EOS."""
+    """Right-padded random completions of different lengths, some ending in EOS; one holds
+    an ``<audio>`` token (an ordinary token there, not a placeholder)."""
     g = torch.Generator().manual_seed(seed)
     lengths = [5, 11, 1, 8][:n]
     ids = torch.full((n, max(lengths)), adapter.pad_token_id, dtype=torch.long)
@@ -49,6 +50,7 @@ def completions(adapter, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Ten
         ids[i, :length] = torch.randint(5, len(adapter.tokenizer), (length,), generator=g)
         ids[i, length - 1] = adapter.eos_token_ids[0] if i % 2 else ids[i, length - 1]
         mask[i, :length] = True
+    ids[1, 2] = adapter.audio_token_id
     return ids, mask
 
 
@@ -150,7 +152,7 @@ def test_completion_logprobs_equal_a_plain_full_forward(adapter):
             one = unpadded(prompts, i)
             t = int(mask[i].sum())
             seq = torch.cat([one.input_ids, ids[i : i + 1, :t]], dim=1)
-            embeds = core.embed(seq, one.extra)
+            embeds = core.embed(seq, one.extra, n_prompt=one.input_ids.shape[1])
             logits = core.language_model(inputs_embeds=embeds).logits  # no mask, no padding
             p = one.input_ids.shape[1]
             ref = logits[0, p - 1 : p - 1 + t].log_softmax(-1).gather(-1, ids[i, :t, None])[:, 0]

@@ -249,11 +249,19 @@ class MiniLALM(nn.Module):
         stacked, stacked_valid = stack_frames(hidden, valid, self.config.projector_stack)
         return self.projector(stacked), stacked_valid, (hidden, valid)
 
-    def embed(self, input_ids: torch.Tensor, extra: dict[str, torch.Tensor], return_encoder: bool = False):
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        extra: dict[str, torch.Tensor],
+        return_encoder: bool = False,
+        n_prompt: int | None = None,
+    ):
         """Decoder input embeddings (B, L, H) with each clip's projected encoder frames written
         over its ``<audio>`` placeholders (placeholders of a row are consecutive, in order).
-        With ``return_encoder``: also the encoder output ``(frames (B, N, D), mask (B, N))``
-        (None for text prompts), for losses on the encoder itself (Stage B's CTC)."""
+        ``n_prompt``: only the first n_prompt columns hold placeholders (an ``<audio>`` in a
+        completion after them is an ordinary token). With ``return_encoder``: also the encoder
+        output ``(frames (B, N, D), mask (B, N))`` (None for text prompts), for losses on the
+        encoder itself (Stage B's CTC)."""
         embeds = self.get_input_embeddings()(input_ids)
         if "input_features" not in extra:
             return (embeds, None) if return_encoder else embeds
@@ -262,6 +270,8 @@ class MiniLALM(nn.Module):
         )
         audio = tokens[token_valid]  # (sum of audio tokens, H), row-major
         is_audio = input_ids == self.config.audio_token_id
+        if n_prompt is not None:
+            is_audio[:, n_prompt:] = False
         if int(is_audio.sum()) != audio.shape[0]:
             raise CordError(
                 f"audio placeholders ({int(is_audio.sum())}) do not match encoder frames ({audio.shape[0]}); "
@@ -433,10 +443,13 @@ class MiniAdapter:
         return PromptBatch(ids, mask, "audio", extra, keep)
 
     # ----------------------------------------------------------------- hidden
-    def decoder_hidden(self, input_ids, attention_mask, extra, inputs_embeds=None) -> torch.Tensor:
+    def decoder_hidden(self, input_ids, attention_mask, extra, inputs_embeds=None, n_prompt=None) -> torch.Tensor:
         """(B, L, H) last-layer hidden states of the decoder for a left-padded batch
-        (``inputs_embeds``: precomputed :meth:`MiniLALM.embed` output)."""
-        embeds = self._core().embed(input_ids, extra) if inputs_embeds is None else inputs_embeds
+        (``inputs_embeds``: precomputed :meth:`MiniLALM.embed` output; ``n_prompt``: prompt
+        columns, the only ones that hold audio placeholders)."""
+        if inputs_embeds is None:
+            inputs_embeds = self._core().embed(input_ids, extra, n_prompt=n_prompt)
+        embeds = inputs_embeds
         # positions count only attended tokens, so left padding does not shift them
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         out = self._language_model().model(
@@ -453,7 +466,7 @@ class MiniAdapter:
     ) -> torch.Tensor:
         """(B, T, H) hidden states predicting each completion token (see cord.models.base)."""
         ids, attn, extra = self.joined(prompts, completion_ids, completion_mask)
-        hidden = self.decoder_hidden(ids, attn, extra)
+        hidden = self.decoder_hidden(ids, attn, extra, n_prompt=prompts.input_ids.shape[1])
         return self.completion_slice(hidden, prompts, completion_ids.shape[1])
 
     def joined(self, prompts: PromptBatch, completion_ids: torch.Tensor, completion_mask: torch.Tensor):

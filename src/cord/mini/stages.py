@@ -375,7 +375,7 @@ def stage_b(
         )
         y, ym = solution_targets(adapter, batch)
         ids, attn, extra = adapter.joined(prompts, y, ym)
-        embeds, (enc, enc_valid) = model.embed(ids, extra, return_encoder=True)
+        embeds, (enc, enc_valid) = model.embed(ids, extra, return_encoder=True, n_prompt=prompts.input_ids.shape[1])
         hidden = adapter.decoder_hidden(ids, attn, extra, inputs_embeds=embeds)
         hidden = adapter.completion_slice(hidden, prompts, y.shape[1])
         ce = _masked_ce(adapter.lm_head()(hidden), y, ym)
