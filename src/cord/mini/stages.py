@@ -50,7 +50,9 @@ class RecipeConfig:
 
     seed: int = 0
     data: DataSettings = field(default_factory=DataSettings)
-    threads: int = 2
+    #: torch CPU threads; None = 2 on an idle machine with ≥ 2 cores, else 1 (on a shared
+    #: machine two threads spin on each other: a 5–10× slowdown was measured, one is safer)
+    threads: int | None = None
     verbose: bool = False
     eval_batch_size: int = 200
     max_new_tokens: int = 24
@@ -170,6 +172,18 @@ def _spoken_words(text: str) -> list[str]:
     import re
 
     return re.findall(r"\w+", text)
+
+
+def auto_threads() -> int:
+    """2 when at least two cores are idle (1-minute load average < 0.5), else 1."""
+    import os
+
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = 0.0
+    return 2 if cores >= 2 and load < cores - 1.5 else 1
 
 
 def _masked_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -431,53 +445,93 @@ def _prefixed_state(model: torch.nn.Module, name: str) -> dict[str, torch.Tensor
 # ---------------------------------------------------------------------------- driver
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _load() -> float | None:
+    import os
+
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def machine_info(load_at_start: float | None = None) -> dict[str, Any]:
+    """What the timings were measured on (the load average says whether the CPU was shared)."""
+    import os
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "load_avg_1min_start": load_at_start,
+        "load_avg_1min_end": _load(),
+    }
+
+
+
 def run_stages(out_dir: str | Path, cfg: RecipeConfig | None = None, progress: bool = False) -> dict[str, Any]:
     """Data → Stage A → Stage B → held-out evaluation, writing under ``out_dir``:
 
-    ``data/{train,dev,test}`` (paired datasets), ``stage_a/`` and ``stage_b/`` (checkpoints
-    loadable as family ``mini``), ``stages.json`` (the returned metrics, timings and config).
-    Test accuracies are greedy on the held-out voice, ``test`` split."""
+    ``data/{train,dev,test}`` (paired datasets; reused when complete for the same settings),
+    ``stage_a/`` and ``stage_b/`` (checkpoints loadable as family ``mini``),
+    ``stage_b_test_items.jsonl`` (per-item greedy outputs of the Stage B model on the test
+    split, text and audio) and ``stages.json`` (the returned metrics: config, paths, stage
+    metrics, test accuracies, wall and CPU timings, machine, and the evaluation log).
+    Test accuracies are greedy exact final answers on the held-out voice."""
     cfg = cfg or RecipeConfig()
+    load_at_start = _load()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(cfg.threads)
-    timings: dict[str, float] = {}
+    torch.set_num_threads(cfg.threads or auto_threads())
+    timings: dict[str, float] = {}  # wall seconds per stage
+    cpu_timings: dict[str, float] = {}  # this process's CPU seconds (all threads; espeak-ng not counted)
     log: list[dict] = []
 
     def say(msg: str) -> None:
         if progress:
             print(f"[mini] {msg}", flush=True)
 
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     data_cfg = replace(cfg.data, seed=cfg.seed) if cfg.data.seed != cfg.seed else cfg.data
     dirs = build_datasets(out / "data", data_cfg)
     train, dev, test = (load_split(dirs[s]) for s in ("train", "dev", "test"))
     text_train = text_examples(cfg.a_text_examples, data_cfg)
     timings["data"] = round(time.perf_counter() - t, 2)
+    cpu_timings["data"] = round(time.process_time() - c, 2)
     say(f"data: {len(train)} train / {len(dev)} dev / {len(test)} test clips in {timings['data']} s")
 
     model, tokenizer = build_mini(seed=cfg.seed)
     adapter = MiniAdapter(model, tokenizer)
 
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     a = stage_a(adapter, text_train, dev, cfg, log)
     a_test_text, _ = greedy_accuracy(adapter, test, "text", batch_size=cfg.eval_batch_size,
                                      max_new_tokens=cfg.max_new_tokens)
     adapter.save_pretrained(out / "stage_a")
     timings["stage_a"] = round(time.perf_counter() - t, 2)
+    cpu_timings["stage_a"] = round(time.process_time() - c, 2)
     say(f"stage A: {a['steps']} steps, dev text acc {a['dev_text_acc']:.3f}, test text acc {a_test_text:.3f} "
         f"({timings['stage_a']} s)")
 
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     b = stage_b(adapter, train, dev, cfg, dev_text_acc=a["dev_text_acc"], log=log)
     timings["stage_b"] = round(time.perf_counter() - t, 2)
+    cpu_timings["stage_b"] = round(time.process_time() - c, 2)
     adapter.save_pretrained(out / "stage_b")
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     test_text, text_items = greedy_accuracy(adapter, test, "text", batch_size=cfg.eval_batch_size,
                                             max_new_tokens=cfg.max_new_tokens)
     test_audio, audio_items = greedy_accuracy(adapter, test, "audio", batch_size=cfg.eval_batch_size,
                                               max_new_tokens=cfg.max_new_tokens)
     timings["test_eval"] = round(time.perf_counter() - t, 2)
+    cpu_timings["test_eval"] = round(time.process_time() - c, 2)
     say(f"stage B: chose step {b['chosen_step']} of {b['steps']} (dev gap {b['chosen']['gap']:.3f}); "
         f"test text {test_text:.3f} audio {test_audio:.3f} gap {test_text - test_audio:.3f} "
         f"({timings['stage_b']} s)")
@@ -491,12 +545,12 @@ def run_stages(out_dir: str | Path, cfg: RecipeConfig | None = None, progress: b
         "test": {"text_acc": test_text, "audio_acc": test_audio, "gap": test_text - test_audio,
                  "n": len(test)},
         "timings": timings,
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "torch_threads": torch.get_num_threads()},
+        "cpu_timings": cpu_timings,
+        "machine": machine_info(load_at_start),
         "log": log,
     }
-    (out / "stages.json").write_text(json.dumps(result, indent=2) + "\n")
-    with open(out / "stage_b_test_items.jsonl", "w") as f:
-        for item in text_items + audio_items:
-            f.write(json.dumps(item) + "\n")
+    # per-item outputs first, then stages.json (its presence marks a finished run), each
+    # written to a temporary name and renamed
+    _write_atomic(out / "stage_b_test_items.jsonl", "".join(json.dumps(i) + "\n" for i in text_items + audio_items))
+    _write_atomic(out / "stages.json", json.dumps(result, indent=2) + "\n")
     return result
