@@ -1,0 +1,12 @@
+"""The CPU miniature behind ``cord demo``: a tiny audio LLM trained from scratch in minutes.
+
+- :mod:`cord.mini.task` — templated spoken maths word problems (one- and two-step) with
+  worked solutions, split by problem (template + numbers) into train / dev / test.
+- :mod:`cord.mini.data` — the questions spoken by espeak-ng: many voices for training, one
+  held-out voice (accent and variant both unseen) for dev and test; paired dataset dirs.
+- :mod:`cord.mini.model` — the ``mini`` model family: word-level Qwen2 decoder, log-mel
+  audio encoder with a CTC readout, frame-stacking projector; the adapter contract.
+- :mod:`cord.mini.family` — registers ``mini`` with :mod:`cord.models.registry`.
+- :mod:`cord.mini.stages` — Stage A (text LM) and Stage B (audio alignment, checkpoint
+  chosen by measured gap), ``greedy_accuracy`` and ``run_stages``.
+"""
