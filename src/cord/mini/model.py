@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cord import CordError
-from cord.data.audio import SAMPLE_RATE, apply_length_policy
-from cord.models.base import PromptBatch
+from cord.data.audio import SAMPLE_RATE
+from cord.models.base import PromptBatch, left_pad, policy_audio
 
 PAD, EOS, UNK, SEP, AUDIO = "<pad>", "<eos>", "<unk>", "<sep>", "<audio>"
 SPECIAL_TOKENS = [PAD, EOS, UNK, SEP, AUDIO]  # PAD is id 0 and doubles as the CTC blank
@@ -382,13 +382,7 @@ class MiniAdapter:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _left_pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-            mask[i, width - len(s) :] = 1
-        return ids, mask
+        return left_pad(seqs, self.pad_token_id)
 
     # ---------------------------------------------------------------- prompts
     def text_prompts(self, examples: list) -> PromptBatch:
@@ -412,19 +406,8 @@ class MiniAdapter:
         return feats
 
     def audio_prompts(self, examples: list) -> PromptBatch:
-        arrays, keep = [], []
-        for i, ex in enumerate(examples):
-            if ex.audio is None:
-                raise CordError(f"example {ex.id!r} has no audio; an audio prompt needs 16 kHz mono audio")
-            audio = np.asarray(ex.audio, dtype=np.float32)
-            if audio.ndim != 1:
-                raise CordError(f"example {ex.id!r}: audio must be mono (samples,), got shape {audio.shape}")
-            kept = apply_length_policy(audio, self.max_audio_seconds, self.long_audio, name=f"audio of {ex.id!r}")
-            if kept is None:
-                self.skipped_long_audio += 1
-                continue
-            arrays.append(kept)
-            keep.append(i)
+        arrays, keep = policy_audio(examples, self.max_audio_seconds, self.long_audio)
+        self.skipped_long_audio += len(examples) - len(keep)
         if not arrays:
             empty = torch.zeros((0, 1), dtype=torch.long)
             return PromptBatch(empty, empty.clone(), "audio", {}, [])

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from cord.data.paired import PairedExample
 from cord.mini.data import DataSettings, build_datasets, load_split, text_examples
 from cord.mini.model import MiniAdapter, build_mini
+from cord.models.base import right_pad
 from cord.mini.task import parse_answer
 
 # ------------------------------------------------------------------------------ config
@@ -152,13 +153,7 @@ def greedy_accuracy(
 def solution_targets(adapter: MiniAdapter, examples: list[PairedExample]) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded (B, T) ids of ``solution + <eos>`` and their mask."""
     seqs = [adapter.encode(ex.solution) + adapter.eos_token_ids[:1] for ex in examples]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), adapter.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = True
-    return ids, mask
+    return right_pad(seqs, adapter.pad_token_id)
 
 
 def transcript_targets(adapter: MiniAdapter, examples: list[PairedExample]) -> tuple[torch.Tensor, torch.Tensor]:

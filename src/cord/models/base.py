@@ -96,3 +96,48 @@ class LALMAdapter(Protocol):
 
     def generate(self, prompts: PromptBatch, **generate_kwargs: Any) -> torch.Tensor:
         """HF ``generate`` on the prompts; returns only the new tokens (B, T_new)."""
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts: (B, P) ids and 0/1 mask, padded on the left."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s) :] = 1
+    return ids, mask
+
+
+def right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Completions / targets: (B, T) ids and bool mask, padded on the right."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = True
+    return ids, mask
+
+
+def policy_audio(examples: list, max_seconds: float, policy: str) -> tuple[list, list[int]]:
+    """Validate each example's audio (16 kHz mono) and apply the long-audio policy.
+    Returns the kept arrays and the indices of their examples."""
+    import numpy as np
+
+    from cord import CordError
+    from cord.data.audio import apply_length_policy
+
+    arrays, keep = [], []
+    for i, ex in enumerate(examples):
+        if ex.audio is None:
+            raise CordError(f"example {ex.id!r} has no audio; an audio prompt needs 16 kHz mono audio")
+        audio = np.asarray(ex.audio, dtype=np.float32)
+        if audio.ndim != 1:
+            raise CordError(f"example {ex.id!r}: audio must be mono (samples,), got shape {audio.shape}")
+        kept = apply_length_policy(audio, max_seconds, policy, name=f"audio of {ex.id!r}")
+        if kept is not None:
+            arrays.append(kept)
+            keep.append(i)
+    return arrays, keep

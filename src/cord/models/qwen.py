@@ -14,10 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from cord import CordError
-from cord.data.audio import SAMPLE_RATE, apply_length_policy
+from cord.data.audio import SAMPLE_RATE
 from cord.data.paired import PairedExample
-from cord.models.base import PromptBatch
+from cord.models.base import PromptBatch, left_pad, policy_audio
 
 AUDIO_ITEM = "<|audio_bos|><|AUDIO|><|audio_eos|>"
 
@@ -119,14 +118,7 @@ class QwenAudioAdapter:
         return f"{question}\n{self.instruction}".rstrip()
 
     def _left_pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            if s:
-                ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-                mask[i, width - len(s) :] = 1
-        return ids, mask
+        return left_pad(seqs, self.pad_token_id)
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -138,19 +130,8 @@ class QwenAudioAdapter:
 
     def prepare_audio(self, examples: list[PairedExample]) -> tuple[list[np.ndarray], list[int]]:
         """Apply the long-audio policy; returns the kept audio arrays and their example indices."""
-        arrays, keep = [], []
-        for i, ex in enumerate(examples):
-            if ex.audio is None:
-                raise CordError(f"example {ex.id!r} has no audio; an audio prompt needs 16 kHz mono audio")
-            audio = np.asarray(ex.audio, dtype=np.float32)
-            if audio.ndim != 1:
-                raise CordError(f"example {ex.id!r}: audio must be mono (samples,), got shape {audio.shape}")
-            kept = apply_length_policy(audio, self.max_audio_seconds, self.long_audio, name=f"audio of {ex.id!r}")
-            if kept is None:
-                self.skipped_long_audio += 1
-                continue
-            arrays.append(kept)
-            keep.append(i)
+        arrays, keep = policy_audio(examples, self.max_audio_seconds, self.long_audio)
+        self.skipped_long_audio += len(examples) - len(keep)
         return arrays, keep
 
     def audio_features(self, arrays: list[np.ndarray]) -> dict[str, torch.Tensor]:

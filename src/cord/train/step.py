@@ -19,7 +19,7 @@ import torch
 
 from cord.config import CordConfig
 from cord.judges import judge_batch
-from cord.models.base import PromptBatch
+from cord.models.base import PromptBatch, right_pad
 from cord.objectives import (
     cord_loss,
     forward_kl_per_token,
@@ -128,13 +128,7 @@ def _targets(adapter, examples, max_len: int) -> tuple[torch.Tensor, torch.Tenso
         text = ex.solution or ex.answer
         ids = adapter.tokenizer(text, add_special_tokens=False)["input_ids"][: max_len - 1] + [eos]
         seqs.append(ids)
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), adapter.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = True
-    return ids, mask
+    return right_pad(seqs, adapter.pad_token_id)
 
 
 def run_micro_step(ctx: StepContext, examples: list, step: int, micro: int) -> tuple[torch.Tensor, dict[str, float]]:
