@@ -14,8 +14,9 @@ accuracy moves in jumps and a fixed step count lands anywhere:
     among evaluations with audio_acc ≥ b_min_audio and gap ≥ b_min_gap, take the one whose
     gap is closest to b_gap_target (ties: the later one); if none qualifies, the one with
     the highest audio_acc among gap ≥ b_min_gap; if no evaluation keeps gap ≥ b_min_gap,
-    the one with the largest gap. Training stops early once the gap has stayed below
-    b_min_gap for ``b_patience`` evaluations (it only closes further from there).
+    the one with the largest gap. Training stops early at the first evaluation whose gap is
+    below b_stop_gap (just past the target), or once it has stayed below b_min_gap for
+    ``b_patience`` evaluations (it only closes further from there).
 
 Both stages are plain seeded loops. The chosen checkpoints are written with
 ``MiniAdapter.save_pretrained`` to ``OUT/stage_a`` and ``OUT/stage_b``; load them with
@@ -67,14 +68,14 @@ class RecipeConfig:
     a_min_steps: int = 300
     a_target: float = 0.99
     # Stage B: audio alignment, language model frozen
-    b_max_steps: int = 600
+    b_max_steps: int = 700
     b_batch_size: int = 32
     b_lr: float = 3e-3
     b_warmup: int = 30
     b_ctc_weight: float = 1.0
     b_match_scale: bool = True
     #: first evaluation step (before it the gap is ~1 and evaluations only cost time)
-    b_eval_start: int = 150
+    b_eval_start: int = 250
     #: SpecAugment-style masks on training features (frequency bands, time spans): the test
     #: voice is unseen, and masking keeps the encoder from leaning on one voice's spectrum
     b_freq_masks: int = 2
@@ -85,6 +86,8 @@ class RecipeConfig:
     b_min_steps: int = 100
     b_gap_target: float = 0.35
     b_min_gap: float = 0.25
+    #: stop once the dev gap is below this (past the target: it only closes further)
+    b_stop_gap: float = 0.30
     b_min_audio: float = 0.30
     b_patience: int = 2
 
@@ -414,7 +417,7 @@ def stage_b(
             if log is not None:
                 log.append(rec)
             below = below + 1 if rec["gap"] < cfg.b_min_gap else 0
-            if step >= cfg.b_min_steps and below >= cfg.b_patience:
+            if step >= cfg.b_min_steps and (below >= cfg.b_patience or rec["gap"] < cfg.b_stop_gap):
                 break
     model.eval()
     for p in model.parameters():
