@@ -52,9 +52,11 @@ class RecipeConfig:
 
     seed: int = 0
     data: DataSettings = field(default_factory=DataSettings)
-    #: torch CPU threads; None = 2 on an idle machine with ≥ 2 cores, else 1 (on a shared
-    #: machine two threads spin on each other: a 5–10× slowdown was measured, one is safer)
-    threads: int | None = None
+    #: torch CPU threads. Fixed by default because the thread count changes float reduction
+    #: order and so the trajectory: the same seed reproduces only at the same count. 0 = auto:
+    #: 2 on an idle machine, else 1 (on a busy shared CPU two threads spin on each other; a
+    #: 5–10× slowdown was measured there) — faster there, but the result then depends on load.
+    threads: int = 2
     verbose: bool = False
     eval_batch_size: int = 200
     max_new_tokens: int = 24
