@@ -40,6 +40,24 @@ class PairedExample:
 MANIFEST = "manifest.jsonl"
 
 
+def read_jsonl(path: str | Path):
+    """Yield (line number, object) for each non-blank line of a JSON-lines file; one clear
+    error naming the line for malformed JSON or a non-object line."""
+    path = Path(path)
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise CordError(f"{path}:{lineno}: malformed JSON ({e.msg}); fix or remove that line") from None
+            if not isinstance(obj, dict):
+                raise CordError(f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}")
+            yield lineno, obj
+
+
 def read_manifest(directory: str | Path) -> list[dict[str, Any]]:
     """Rows of ``DIR/manifest.jsonl``; one clear error for a missing or malformed file."""
     directory = Path(directory)
@@ -47,19 +65,11 @@ def read_manifest(directory: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise CordError(f"no paired dataset at {directory}: {MANIFEST} not found (make one with `cord synth`)")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CordError(f"{path}:{lineno}: malformed JSON ({e.msg}); fix or remove that line") from None
-            for key in ("id", "question", "audio"):
-                if key not in row:
-                    raise CordError(f"{path}:{lineno}: missing field {key!r} (need id, question, answer, audio)")
-            rows.append(row)
+    for lineno, row in read_jsonl(path):
+        for key in ("id", "question", "audio"):
+            if key not in row:
+                raise CordError(f"{path}:{lineno}: missing field {key!r} (need id, question, answer, audio)")
+        rows.append(row)
     return rows
 
 

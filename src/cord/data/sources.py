@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from cord import CordError
+from cord.data.paired import read_jsonl
 
 __all__ = [
     "NUMINA_NAME", "NUMINA_DEFAULT_SOURCES", "GSM8K_NAMES", "RowSource", "load_rows",
@@ -184,18 +185,8 @@ def _generic_row(raw: dict[str, Any], index: int, cfg, default_source: str) -> d
 
 
 def _read_jsonl(path: Path) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CordError(f"{path}:{lineno}: malformed JSON ({e.msg}); fix or remove that line") from None
-            if not isinstance(obj, dict):
-                raise CordError(f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}")
-            yield obj
+    for _, obj in read_jsonl(path):
+        yield obj
 
 
 def _read_json(path: Path) -> Iterator[dict]:
