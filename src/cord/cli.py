@@ -72,8 +72,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="CPU miniature: train a tiny audio LLM and watch CORD close the gap")
     p.add_argument("--out", default="cord-demo", help="output directory (default: cord-demo)")
-    p.add_argument("--seeds", type=int, default=None, help="seeds per method (default 2)")
-    p.add_argument("--quick", action="store_true", help="a ~3-minute version (used by the tests)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per method (default 3; 1 with --quick)")
+    p.add_argument("--quick", action="store_true", help="a ~2-minute smoke version (used by the tests; its numbers mean nothing)")
     return parser
 
 
