@@ -81,7 +81,7 @@ def run_demo(out: str | Path = "cord-demo", seeds: int | None = None, quick: boo
     import torch
 
     from cord.config import load_config
-    from cord.mini.stages import RecipeConfig, _load, machine_info, run_stages
+    from cord.mini.stages import RecipeConfig, auto_threads, load_average, machine_info, run_stages
     from cord.train.trainer import Trainer
 
     seeds = seeds if seeds is not None else (1 if quick else 3)
@@ -92,7 +92,7 @@ def run_demo(out: str | Path = "cord-demo", seeds: int | None = None, quick: boo
     say = (lambda msg: print(f"[demo] {msg}", flush=True)) if progress else (lambda msg: None)
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
-    load_at_start = _load()
+    load_at_start = load_average()
 
     # ---- stages A and B (shared by every method and seed) ---------------------------------
     recipe = RecipeConfig.quick(seed=0) if quick else RecipeConfig(seed=0)
@@ -107,8 +107,6 @@ def run_demo(out: str | Path = "cord-demo", seeds: int | None = None, quick: boo
     timings.update({f"stages_{k}": v for k, v in stages["timings"].items()})
     # the same fixed thread count as the stages, also when they were reused: the count
     # changes float reduction order, so a seed reproduces only at the same count
-    from cord.mini.stages import auto_threads
-
     threads = recipe.threads or auto_threads()
     torch.set_num_threads(threads)
     stage_b = Path(stages["paths"]["stage_b"])

@@ -180,10 +180,7 @@ def auto_threads() -> int:
     import os
 
     cores = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        load = 0.0
+    load = load_average() or 0.0
     return 2 if cores >= 2 and load < cores - 1.5 else 1
 
 
@@ -452,7 +449,8 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _load() -> float | None:
+def load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none)."""
     import os
 
     try:
@@ -483,7 +481,7 @@ def machine_info(load_at_start: float | None = None) -> dict[str, Any]:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "load_avg_1min_start": load_at_start,
-        "load_avg_1min_end": _load(),
+        "load_avg_1min_end": load_average(),
     }
 
 
@@ -498,7 +496,7 @@ def run_stages(out_dir: str | Path, cfg: RecipeConfig | None = None, progress: b
     metrics, test accuracies, wall and CPU timings, machine, and the evaluation log).
     Test accuracies are greedy exact final answers on the held-out voice."""
     cfg = cfg or RecipeConfig()
-    load_at_start = _load()
+    load_at_start = load_average()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads or auto_threads())
