@@ -74,3 +74,52 @@ def test_rerun_reuses_finished_work(demo_dir, monkeypatch):
 
     monkeypatch.setattr(trainer_mod.Trainer, "fit", boom)
     assert main(["demo", "--quick", "--out", str(demo_dir)]) == 0
+
+
+def _synthetic_report(reductions: dict[str, list[float]], text_moves: bool = False) -> dict:
+    """A report.json-shaped dict with the given per-seed gap reductions (base gap 0.4)."""
+    from cord.mini.demo import LABELS, _build_report
+
+    base = {"text_acc": 0.9, "audio_acc": 0.5, "gap": 0.4, "n": 400, "eval_dir": "x"}
+    runs = {}
+    for method, reds in reductions.items():
+        runs[method] = []
+        for seed, red in enumerate(reds):
+            gap = base["gap"] * (1 - red)
+            text = base["text_acc"] + (0.01 if text_moves and method == "sft" else 0.0)
+            runs[method].append({"seed": seed, "text_acc": text, "audio_acc": text - gap, "gap": gap,
+                                 "gap_reduction": red, "train_seconds": 1.0, "run_dir": "r", "eval_dir": "e"})
+    stages = {"stage_a": {}, "stage_b": {}, "test": {}, "paths": {"data": {}},
+              "model_parameters": {"language_model": 320_000, "audio_encoder": 400_000, "projector": 50_000}}
+    analysis = {"before": {"kl": {"mean": 0.4}}, "after": {"kl": {"mean": 0.3}}}
+    machine = {"processor": "cpu", "cpu_count": 2, "torch_threads": 2, "torch": "t", "platform": "p",
+               "load_avg_1min_start": 0.1, "load_avg_1min_end": 1.0}
+    report = _build_report(stages, base, runs, analysis, {"total": 1.0}, len(next(iter(reductions.values()))),
+                           100, False, machine)
+    assert set(report["methods"]) == set(reductions) <= set(LABELS)
+    return report
+
+
+def test_honest_paragraph_claims_only_what_the_seed_ranges_support():
+    from cord.mini.demo import _honest_paragraph
+
+    report = _synthetic_report({"cord": [0.20, 0.25], "opd": [0.10, 0.19], "sft": [0.05, 0.22],
+                                "grpo": [0.30, 0.35]})
+    text = _honest_paragraph(report)
+    # opd's best seed is below CORD's worst: the only baseline CORD clears
+    assert "more than every seed of opd (" in text
+    assert "The seed range of sft overlaps CORD's" in text
+    assert "Every seed of grpo reduced the gap more than every CORD seed" in text
+    assert "grpo > cord > opd > sft" in text  # ranked by mean reduction
+    assert "+22.5%" in text  # CORD's mean
+    assert "0.77 M parameters" in text
+    assert "while text accuracy stays where it was" in text
+
+    moved = _honest_paragraph(_synthetic_report({"cord": [0.2, 0.3], "sft": [0.0, 0.1]}, text_moves=True))
+    assert "stays where it was" not in moved  # text accuracy moved under sft: no such claim
+
+    worse = _honest_paragraph(_synthetic_report({"cord": [-0.1, -0.05], "opd": [0.1, 0.2]}))
+    assert "did not narrow the gap" in worse and "more than every seed" not in worse
+
+    single = _honest_paragraph(_synthetic_report({"cord": [0.3], "opd": [0.1]}))
+    assert "ranks nothing" in single and "more than every seed" not in single

@@ -291,12 +291,17 @@ def _honest_paragraph(report: dict[str, Any]) -> str:
     cord_red = ms["cord"]["summary"]["gap_reduction"]
     mean_of = lambda k: ms[k]["summary"]["gap_reduction"]["mean"]  # noqa: E731
     ranked = sorted(ms, key=lambda k: -(mean_of(k) if not math.isnan(mean_of(k)) else -1e9))
-    above, overlap = [], []
+    cleared, beaten_by, overlap = [], [], []  # baselines wholly below / wholly above / overlapping CORD's range
     for other in ms:
         o = ms[other]["summary"]["gap_reduction"]
         if other == "cord" or o["max"] is None or cord_red["min"] is None:
             continue
-        (overlap if o["max"] >= cord_red["min"] else above).append(other)
+        if o["max"] < cord_red["min"]:
+            cleared.append(other)
+        elif o["min"] > cord_red["max"]:
+            beaten_by.append(other)
+        else:
+            overlap.append(other)
     params = report.get("model_parameters") or {}
     size = (f"{sum(params.values()) / 1e6:.2f} M parameters ({params.get('language_model', 0) / 1e3:.0f} k in the "
             "word-level decoder)") if params else "well under a million parameters"
@@ -309,9 +314,11 @@ def _honest_paragraph(report: dict[str, Any]) -> str:
     if n < 2:
         text += "With one seed there is no spread to compare, so this run ranks nothing. "
     else:
-        if above:
-            text += (f"Every CORD seed reduced the gap more than every seed of {', '.join(above)}"
+        if cleared:
+            text += (f"Every CORD seed reduced the gap more than every seed of {', '.join(cleared)}"
                      f" ({n} seeds each, a small sample, not a significance test). ")
+        if beaten_by:
+            text += f"Every seed of {', '.join(beaten_by)} reduced the gap more than every CORD seed. "
         if overlap:
             text += (f"The seed range of {', '.join(overlap)} overlaps CORD's, so this run does not show CORD "
                      "beating " + ("it" if len(overlap) == 1 else "them") + ". ")
