@@ -104,6 +104,12 @@ def test_math_table_is_large_enough():
         ("The answer is $3.50.", "$3.50"),
         ("The answer is 3.5 hours, since she walks.", "3.5 hours"),
         ("No numbers here, sorry.", None),
+        # a short phrase with nothing of an answer in it is no answer (counted in fail_rate)
+        ("I don't know.", None),
+        ("The the", None),
+        ("odd", "odd"),
+        ("\\pi", "\\pi"),
+        ("x^2", "x^2"),
         ("", None),
         ("   ", None),
     ],

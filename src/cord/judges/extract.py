@@ -15,7 +15,9 @@ Maths order of precedence (:func:`extract_math_answer`):
    one; the span runs to the end of its sentence; a short span is kept whole
    (``"$18"``, ``"12 cm"``, ``"x^2+1"``), a wordy one is reduced to its first number;
 4. a response that is itself a short answer (at most two words besides numbers and LaTeX)
-   is kept whole — so a raw reference ``"\\frac{1}{2}"`` is not reduced to ``"2"``;
+   is kept whole — so a raw reference ``"\\frac{1}{2}"`` is not reduced to ``"2"`` — if it
+   looks like an answer: it holds a digit, LaTeX or a maths symbol, or is a single word
+   (``"odd"``); a short phrase without any (``"I don't know."``) is no answer;
 5. otherwise the last number in the text (integers, decimals, ``1,000``, ``3/4``,
    ``\\frac{3}{4}``, negatives, a trailing ``%``);
 6. nothing found: ``None``.
@@ -223,6 +225,9 @@ def extract_final_span(text: str) -> str | None:
     return _answer_span(text)
 
 
+_MATHY = re.compile(r"[\d\\^=+*/<>π√∞]")
+
+
 def extract_math_answer(text: str | None) -> str | None:
     """The final answer of a maths response (or a raw answer) as a string, or None.
     See the module docstring for the rules."""
@@ -243,7 +248,7 @@ def extract_math_answer(text: str | None) -> str | None:
         if num:
             return num
     whole = _strip_wrappers(text)
-    if is_short_answer(whole):
+    if is_short_answer(whole) and (_MATHY.search(whole) or word_count(whole) <= 1):
         # "5-3=2" → "2"; "x = 5" stays (a single variable on the left is an answer form)
         if "=" in whole and not re.match(r"^\s*[A-Za-z]\s*=[^=]*$", whole):
             rhs = whole.rsplit("=", 1)[1].strip()
