@@ -10,7 +10,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(1)  # tiny models: threading overhead exceeds the gain
+torch.set_num_threads(1)  # tiny models: threading overhead exceeds the gain (30x slower on a loaded CPU)
 
 from cord.config import ModelConfig  # noqa: E402
 from cord.data.paired import PairedExample  # noqa: E402
@@ -28,6 +28,13 @@ def make_examples(n: int = 3, seed: int = 0) -> list[PairedExample]:
         audio = (0.1 * rng.standard_normal(int(16000 * seconds))).astype(np.float32)
         out.append(PairedExample(f"ex{i}", "How much is 3 + 4? " * (i + 1), audio, answer="7"))
     return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Every test module starts on one torch thread, whatever the one before it set."""
+    torch.set_num_threads(1)
+    yield
 
 
 @pytest.fixture(scope="session", params=FAMILIES)

@@ -21,15 +21,6 @@ MODEL = dict(family="qwen2-audio", name_or_path="tiny", dtype="float32", device=
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Toy-sized matmuls: a thread pool only adds barriers (30x slower on a loaded CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def paired_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("paired")

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from cord.cli import main
 from cord.mini.demo import METHODS, render_markdown
@@ -73,7 +74,9 @@ def test_rerun_reuses_finished_work(demo_dir, monkeypatch):
         raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr(trainer_mod.Trainer, "fit", boom)
+    torch.set_num_threads(1)
     assert main(["demo", "--quick", "--out", str(demo_dir)]) == 0
+    assert torch.get_num_threads() == 1  # the demo's fixed thread count is restored after
 
 
 def _synthetic_report(reductions: dict[str, list[float]], text_moves: bool = False) -> dict:

@@ -50,15 +50,6 @@ def _write_wav(path: Path, seconds: float, seed: int, rate: int = 16000) -> None
     sf.write(path, x.astype(np.float32), rate)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Toy-sized matmuls: a thread pool only adds barriers (30x slower on a loaded CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def bench_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("benchmarks")

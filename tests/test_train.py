@@ -40,17 +40,46 @@ def tiny_cfg(method: str, tmp_path, family: str = "qwen2-audio", *extra: str):
 
 
 class ReplayEngine(HFEngine):
-    """Samples once per (seed), then replays: a fixed batch *and* fixed rollouts."""
+    """Samples once per (seed, n, greedy, modality), then replays: a fixed batch *and* fixed
+    rollouts. With ``any_seed`` one batch per (n, greedy, modality) whatever the seed or
+    temperature, so the token term's own rollouts equal the sequence group's."""
 
-    def __init__(self, inner: HFEngine) -> None:
+    def __init__(self, inner: HFEngine, any_seed: bool = False) -> None:
         super().__init__(inner.adapter, stop_strings=inner.stop_strings, batch_size=inner.batch_size)
         self.cache: dict = {}
+        self.any_seed = any_seed
 
     def generate(self, prompts, **kw):
-        key = (kw.get("seed"), kw.get("n", 1), kw.get("greedy", False), prompts.modality)
+        key = (None if self.any_seed else kw.get("seed"), kw.get("n", 1), kw.get("greedy", False), prompts.modality)
         if key not in self.cache:
             self.cache[key] = super().generate(prompts, **kw)
         return self.cache[key]
+
+
+def test_shared_rollouts_equal_separate_ones_with_one_student_forward_less(tmp_path):
+    """rollout.share_rollouts: the token-level KL runs on the sequence group. On identical
+    rollouts the loss and gradients must equal the unshared path, which draws its own, and
+    the student's forward on them is done once, not twice."""
+    same = ["rollout.seq_n=4", "rollout.token_n=4", "rollout.seq_temperature=1.5", "rollout.token_temperature=1.5"]
+    out = {}
+    for share in (False, True):
+        cfg = tiny_cfg("cord", tmp_path / str(share), "qwen2-audio", *same, f"rollout.share_rollouts={share}")
+        trainer = Trainer(cfg)
+        trainer.ctx.engine = ReplayEngine(trainer.engine, any_seed=True)
+        trainer.ctx.reward_fn = _length_parity_reward
+        calls = []
+        inner = trainer.adapter.completion_hidden
+        trainer.adapter.completion_hidden = lambda *a, **k: calls.append(1) or inner(*a, **k)
+        loss, metrics = run_micro_step(trainer.ctx, trainer.micro_examples(0, 0), step=0, micro=0)
+        loss.backward()
+        out[share] = (float(loss.detach()), [p.grad.clone() for p in trainer.params], len(calls), metrics)
+    (l0, g0, c0, m0), (l1, g1, c1, m1) = out[False], out[True]
+    assert l1 == pytest.approx(l0, rel=1e-6, abs=1e-9) and l0 != 0.0
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+    assert any(g.abs().sum() > 0 for g in g1)
+    assert m1["kl_mean"] == pytest.approx(m0["kl_mean"])
+    assert c1 == c0 - 1
 
 
 def _length_parity_reward(cands, refs):

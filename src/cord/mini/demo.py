@@ -78,16 +78,25 @@ def _stage_c_steps(quick: bool) -> int:
 
 def run_demo(out: str | Path = "cord-demo", seeds: int | None = None, quick: bool = False,
              progress: bool = True) -> dict[str, Any]:
-    import torch
-
-    from cord.config import load_config
-    from cord.mini.stages import RecipeConfig, auto_threads, load_average, machine_info, run_stages
-    from cord.train.trainer import Trainer
+    """The whole miniature into ``out`` (resuming what is there); returns report.json's dict.
+    Runs on the recipe's fixed torch thread count (the stages' and Stage C's alike: the
+    count changes float reduction order, so a seed reproduces only at the same count) and
+    restores the caller's count after."""
+    from cord.mini.stages import RecipeConfig, auto_threads, torch_threads
 
     seeds = seeds if seeds is not None else (1 if quick else 3)
     if seeds < 1:
         raise CordError("--seeds must be at least 1")
-    out = Path(out)
+    recipe = RecipeConfig.quick(seed=0) if quick else RecipeConfig(seed=0)
+    with torch_threads(recipe.threads or auto_threads()):
+        return _run_demo(Path(out), recipe, seeds, quick, progress)
+
+
+def _run_demo(out: Path, recipe, seeds: int, quick: bool, progress: bool) -> dict[str, Any]:
+    from cord.config import load_config
+    from cord.mini.stages import load_average, machine_info, run_stages
+    from cord.train.trainer import Trainer
+
     out.mkdir(parents=True, exist_ok=True)
     say = (lambda msg: print(f"[demo] {msg}", flush=True)) if progress else (lambda msg: None)
     t_all = time.perf_counter()
@@ -95,7 +104,6 @@ def run_demo(out: str | Path = "cord-demo", seeds: int | None = None, quick: boo
     load_at_start = load_average()
 
     # ---- stages A and B (shared by every method and seed) ---------------------------------
-    recipe = RecipeConfig.quick(seed=0) if quick else RecipeConfig(seed=0)
     stages_dir = out / "stages"
     stages_json = stages_dir / "stages.json"
     if stages_json.is_file() and json.loads(stages_json.read_text()).get("config") == recipe.to_dict():
@@ -105,10 +113,6 @@ def run_demo(out: str | Path = "cord-demo", seeds: int | None = None, quick: boo
         say("building data, Stage A (text LM), Stage B (audio alignment) ...")
         stages = run_stages(stages_dir, recipe, progress=progress)
     timings.update({f"stages_{k}": v for k, v in stages["timings"].items()})
-    # the same fixed thread count as the stages, also when they were reused: the count
-    # changes float reduction order, so a seed reproduces only at the same count
-    threads = recipe.threads or auto_threads()
-    torch.set_num_threads(threads)
     stage_b = Path(stages["paths"]["stage_b"])
     train_dir = Path(stages["paths"]["data"]["train"])
     test_dir = Path(stages["paths"]["data"]["test"])

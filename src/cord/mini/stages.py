@@ -30,6 +30,7 @@ import math
 import platform
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,17 @@ def _spoken_words(text: str) -> list[str]:
     import re
 
     return re.findall(r"\w+", text)
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Run a block with ``n`` torch CPU threads, restoring the caller's count after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(before)
 
 
 def auto_threads() -> int:
@@ -496,10 +508,14 @@ def run_stages(out_dir: str | Path, cfg: RecipeConfig | None = None, progress: b
     metrics, test accuracies, wall and CPU timings, machine, and the evaluation log).
     Test accuracies are greedy exact final answers on the held-out voice."""
     cfg = cfg or RecipeConfig()
+    with torch_threads(cfg.threads or auto_threads()):
+        return _run_stages(out_dir, cfg, progress)
+
+
+def _run_stages(out_dir: str | Path, cfg: RecipeConfig, progress: bool) -> dict[str, Any]:
     load_at_start = load_average()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(cfg.threads or auto_threads())
     timings: dict[str, float] = {}  # wall seconds per stage
     cpu_timings: dict[str, float] = {}  # this process's CPU seconds (all threads; espeak-ng not counted)
     log: list[dict] = []

@@ -152,6 +152,7 @@ def run_micro_step(ctx: StepContext, examples: list, step: int, micro: int) -> t
 
     # ---- sequence level: a group of N rollouts at temperature 1.5, judged ------------------
     seq_roll: Rollouts | None = None
+    seq_hidden: torch.Tensor | None = None
     if spec.seq:
         t0 = time.perf_counter()
         seq_roll = engine.generate(
@@ -170,7 +171,8 @@ def run_micro_step(ctx: StepContext, examples: list, step: int, micro: int) -> t
         extra["agreement"] = float(rewards.mean())
         t0 = time.perf_counter()
         with ctx.autocast():
-            h = adapter.completion_hidden(audio.repeat_interleave(ro.seq_n), seq_roll.ids, seq_roll.mask)
+            seq_hidden = h = adapter.completion_hidden(audio.repeat_interleave(ro.seq_n), seq_roll.ids,
+                                                       seq_roll.mask)
             # the policy that sampled the group is p_θ at the sampling temperature
             seq_lp = token_logprobs(h, weight, seq_roll.ids.to(device), seq_roll.mask.to(device), bias=bias,
                                     temperature=ro.seq_temperature, chunk_size=obj.chunk_size)
@@ -195,8 +197,9 @@ def run_micro_step(ctx: StepContext, examples: list, step: int, micro: int) -> t
 
     if spec.token in ("reverse_kl", "forward_kl"):
         t0 = time.perf_counter()
+        shared = spec.token == "reverse_kl" and ro.share_rollouts and seq_roll is not None
         if spec.token == "reverse_kl":
-            if ro.share_rollouts and seq_roll is not None:
+            if shared:
                 roll, n = seq_roll, ro.seq_n
             else:
                 roll, n = engine.generate(
@@ -229,7 +232,9 @@ def run_micro_step(ctx: StepContext, examples: list, step: int, micro: int) -> t
         if weight.requires_grad and obj.normalization != "sequences":
             hint = position_decay_weights(kl_mask, obj.beta if spec.weighted else 1.0)
         with ctx.autocast():
-            s_hidden = adapter.completion_hidden(a_rep, roll.ids, roll.mask)
+            # shared rollouts: the student's hidden states on them are the sequence term's
+            # (same prompts, same completions), so one forward serves both terms
+            s_hidden = seq_hidden if shared else adapter.completion_hidden(a_rep, roll.ids, roll.mask)
             kl = kl_fn(s_hidden, weight, t_hidden, t_weight.detach(), kl_mask, student_bias=bias,
                        teacher_bias=None if t_bias is None else t_bias.detach(),
                        temperature=obj.temperature, chunk_size=obj.chunk_size, grad_hint=hint)
