@@ -71,7 +71,9 @@ class RolloutConfig(_Section):
     seq_n: int = Field(4, ge=1)
     seq_temperature: float = Field(1.5, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    #: when true the token level reuses the GRPO group's rollouts instead of sampling its own
+    #: when true the token level reuses the GRPO group's rollouts (and the student's forward
+    #: on them) instead of sampling its own: one generate and one forward fewer per step, but
+    #: the KL is then taken on samples at seq_temperature
     share_rollouts: bool = False
     stop_strings: list[str] = Field(default_factory=list)
     #: max prompts per generate call (memory knob; does not change results)
