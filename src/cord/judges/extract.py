@@ -210,19 +210,26 @@ def _answer_span(text: str) -> str | None:
     return span or None
 
 
+def _marked_answer(text: str) -> tuple[str | None, str]:
+    """("boxed", the last \\boxed{} content) or ("hashes", the last ``#### ...``), wrappers
+    stripped; (None, "") when the response marks no final answer either way."""
+    boxed = last_boxed(text)
+    if boxed:
+        return "boxed", _strip_wrappers(boxed)
+    hashes = _HASHES.findall(text)
+    if hashes:
+        return "hashes", _strip_wrappers(hashes[-1])
+    return None, ""
+
+
 def extract_final_span(text: str) -> str | None:
     """The response's stated final answer, as text: last ``\\boxed{}``, else ``#### ...``,
     else the span after the last "answer is"/"answer:" cue. None when the response states
     no final answer this way (maths extraction then falls back to numbers)."""
     if not text:
         return None
-    boxed = last_boxed(text)
-    if boxed:
-        return _strip_wrappers(boxed) or None
-    hashes = _HASHES.findall(text)
-    if hashes:
-        return _strip_wrappers(hashes[-1]) or None
-    return _answer_span(text)
+    kind, marked = _marked_answer(text)
+    return (marked or None) if kind else _answer_span(text)
 
 
 _MATHY = re.compile(r"[\d\\^=+*/<>π√∞]")
@@ -233,13 +240,11 @@ def extract_math_answer(text: str | None) -> str | None:
     See the module docstring for the rules."""
     if not text or not text.strip():
         return None
-    boxed = last_boxed(text)
-    if boxed:
-        return _strip_wrappers(boxed) or None
-    hashes = _HASHES.findall(text)
-    if hashes:
-        h = _strip_wrappers(hashes[-1])
-        return h if is_short_answer(h) else (first_number(h) or h or None)
+    kind, marked = _marked_answer(text)
+    if kind == "boxed":
+        return marked or None
+    if kind == "hashes":
+        return marked if is_short_answer(marked) else (first_number(marked) or marked or None)
     span = _answer_span(text)
     if span:
         if is_short_answer(span, max_words=3):

@@ -57,23 +57,28 @@ def build_tiny_qwen2_audio(seed: int = 0):
     audio_id = tokenizer.convert_tokens_to_ids("<|AUDIO|>")
     config = Qwen2AudioConfig(
         audio_config=dict(d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64, num_mel_bins=128),
-        text_config=dict(
-            model_type="qwen2",
-            vocab_size=_vocab_size(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        ),
+        text_config=_text_config(tokenizer, model_type="qwen2"),
         audio_token_index=audio_id,
     )
     torch.manual_seed(seed)
     model = Qwen2AudioForConditionalGeneration(config).eval()
     _set_generation_ids(model, tokenizer)
     return model, tokenizer, WhisperFeatureExtractor(feature_size=128)
+
+
+def _text_config(tokenizer, **extra) -> dict:
+    """The toy decoder both tiny families share: 2 layers, width 32, GQA 2:1."""
+    return dict(
+        vocab_size=_vocab_size(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
+    )
 
 
 def build_tiny_qwen2_5_omni_thinker(seed: int = 0):
@@ -100,16 +105,8 @@ def build_tiny_qwen2_5_omni_thinker(seed: int = 0):
             out_hidden_size=32,
             fullatt_block_indexes=[0],
         ),
-        text_config=dict(
-            vocab_size=_vocab_size(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
+        text_config=_text_config(
+            tokenizer, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
         ),
         audio_token_index=ids("<|AUDIO|>"),
         image_token_index=ids("<|IMAGE|>"),
