@@ -126,3 +126,15 @@ def test_honest_paragraph_claims_only_what_the_seed_ranges_support():
 
     single = _honest_paragraph(_synthetic_report({"cord": [0.3], "opd": [0.1]}))
     assert "ranks nothing" in single and "more than every seed" not in single
+
+
+def test_bad_demo_arguments_fail_in_one_line_and_touch_nothing(tmp_path, capsys):
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    assert main(["demo", "--quick", "--out", str(target)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a directory" in err[0] and str(target) in err[0]
+    assert target.read_text() == "keep me"
+    assert main(["demo", "--seeds", "0", "--out", str(tmp_path / "d")]) == 2
+    assert "--seeds must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

@@ -87,6 +87,8 @@ def run_demo(out: str | Path = "cord-demo", seeds: int | None = None, quick: boo
     seeds = seeds if seeds is not None else (1 if quick else 3)
     if seeds < 1:
         raise CordError("--seeds must be at least 1")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise CordError(f"--out {out}: exists and is not a directory (give a new or an earlier demo directory)")
     recipe = RecipeConfig.quick(seed=0) if quick else RecipeConfig(seed=0)
     with torch_threads(recipe.threads or auto_threads()):
         return _run_demo(Path(out), recipe, seeds, quick, progress)
