@@ -254,6 +254,10 @@ def test_mmau_missing_copy_or_audio_is_a_clear_error(tmp_path):
         load_benchmark("mmau-test-mini")
     with pytest.raises(CordError, match="no mmau-test-mini.json"):
         load_benchmark("mmau-test-mini", data_dir=tmp_path)
+    (tmp_path / "mmau-test-mini.json").write_text("[{]")
+    with pytest.raises(CordError, match=r"mmau-test-mini.json: malformed JSON \(.* at line 1\)"):
+        load_benchmark("mmau-test-mini", data_dir=tmp_path)
+    (tmp_path / "mmau-test-mini.json").unlink()
     _write_mmau(tmp_path, missing=(1, 2))
     with pytest.raises(CordError, match="2 of 3 MMAU audio files are missing.*tar"):
         load_benchmark("mmau-test-mini", data_dir=tmp_path)

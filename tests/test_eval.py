@@ -284,6 +284,12 @@ def test_cli_one_line_errors(tmp_path, bench_dirs, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "baseline report not found" in err
 
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"a": {"gap": 0.1,}}')
+    code = main(["eval", "--benchmarks", str(bench_dirs[0]), "--baseline", str(bad), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "bad.json: malformed JSON" in err and "line 1" in err
+
 
 def test_local_mmau_copy_is_found_by_path(tmp_path):
     from cord.eval.runner import check_benchmark, open_benchmark

@@ -58,6 +58,15 @@ def read_jsonl(path: str | Path):
             yield lineno, obj
 
 
+def read_json(path: str | Path) -> Any:
+    """A whole JSON file; one clear error naming the file and line when it is malformed."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CordError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+
+
 def read_manifest(directory: str | Path) -> list[dict[str, Any]]:
     """Rows of ``DIR/manifest.jsonl``; one clear error for a missing or malformed file."""
     directory = Path(directory)

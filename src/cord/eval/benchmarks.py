@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import difflib
 import io
-import json
 import math
 import re
 import warnings
@@ -75,7 +74,7 @@ import numpy as np
 
 from cord import CordError
 from cord.data.audio import load_audio, to_16k_mono
-from cord.data.paired import MANIFEST, PairedExample, read_manifest
+from cord.data.paired import MANIFEST, PairedExample, read_json, read_manifest
 from cord.judges import JudgeResult, extract_choice, judge
 
 HUB_BENCHMARKS = ("voicebench-mmsu", "voicebench-openbookqa", "gsm8k-audio", "mmau-test-mini")
@@ -380,10 +379,7 @@ def load_mmau(path: str | Path | None, limit: int | None = None, with_audio: boo
     json_path = path if path.is_file() else path / MMAU_JSON
     if not json_path.is_file():
         raise CordError(f"no {MMAU_JSON} at {path}: {how}")
-    try:
-        rows = json.loads(json_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CordError(f"{json_path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+    rows = read_json(json_path)
     if not isinstance(rows, list) or not rows:
         raise CordError(f"{json_path}: expected a JSON list of MMAU items")
     if limit is not None:

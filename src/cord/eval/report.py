@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cord import CordError
+from cord.data.paired import read_json
 
 MODALITIES = ("audio", "text")
 #: reserved top-level key of report.json (not a benchmark)
@@ -200,10 +201,7 @@ def load_report(path: str | Path) -> dict[str, Any]:
         path = path / REPORT_JSON
     if not path.is_file():
         raise CordError(f"baseline report not found: {path} (pass the report.json of an earlier `cord eval`)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CordError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    data = read_json(path)
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise CordError(f"{path}: expected a report of the form {{benchmark: {{audio_acc, text_acc, gap, ...}}}}")
     return data

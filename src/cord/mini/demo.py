@@ -108,8 +108,9 @@ def _run_demo(out: Path, recipe, seeds: int, quick: bool, progress: bool) -> dic
     # ---- stages A and B (shared by every method and seed) ---------------------------------
     stages_dir = out / "stages"
     stages_json = stages_dir / "stages.json"
-    if stages_json.is_file() and json.loads(stages_json.read_text()).get("config") == recipe.to_dict():
-        stages = json.loads(stages_json.read_text())
+    previous = json.loads(stages_json.read_text()) if stages_json.is_file() else None
+    if previous is not None and previous.get("config") == recipe.to_dict():
+        stages = previous
         say("stages A and B: reusing the finished run in " + str(stages_dir))
     else:
         say("building data, Stage A (text LM), Stage B (audio alignment) ...")
@@ -171,8 +172,14 @@ def _last_step(run_dir: Path) -> int:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return 0
-    lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    return int(lines[-1]["step"]) if lines else 0
+    rows = _metrics(path)
+    return int(rows[-1]["step"]) if rows else 0
+
+
+def _metrics(path: Path) -> list[dict[str, Any]]:
+    from cord.data.paired import read_jsonl
+
+    return [row for _, row in read_jsonl(path)]
 
 
 def _reduction(base_gap: float, gap: float) -> float | None:
@@ -375,7 +382,7 @@ def _plots(out: Path, report: dict[str, Any]) -> None:
             path = Path(r["run_dir"]) / "metrics.jsonl"
             if not path.is_file():
                 continue
-            rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+            rows = _metrics(path)
             steps = [row["step"] for row in rows]
             axes[0].plot(steps, [row.get("loss") for row in rows], label=f"{method} s{r['seed']}", lw=0.8)
             kl = [row.get("kl_mean") for row in rows]
