@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cord import CordError
-from cord.config import CordConfig, dump_config, load_config
+from cord.config import CordConfig, config_from_dict, dump_config, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,10 +41,10 @@ def test_bad_type_and_range_are_one_line(tmp_path):
 def test_overrides_apply_and_parse_yaml_scalars(tmp_path):
     cfg = load_config(
         _write(tmp_path, "train:\n  lr: 3e-5\n"),
-        ["train.lr=1e-5", "rollout.seq_n=8", "train.trainable=[projector,lm_head]", "model.lora.r=4"],
+        ["train.lr=1e-5", "rollout.seq_n=8", "train.trainable=[projector,audio_encoder]", "model.lora.r=4"],
     )
     assert cfg.train.lr == 1e-5 and cfg.rollout.seq_n == 8
-    assert cfg.train.trainable == ["projector", "lm_head"]
+    assert cfg.train.trainable == ["projector", "audio_encoder"]
     assert cfg.model.lora is not None and cfg.model.lora.r == 4
     with pytest.raises(CordError, match="section.key=value"):
         load_config(None, ["train.lr"])
@@ -77,12 +77,111 @@ def test_dump_round_trips(tmp_path):
 CONFIG_FILES = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "accelerate" not in p.parts)
 
 
+FOLDER_FAMILY = {"tiny": None, "mini": "mini", "qwen2-audio-7b": "qwen2-audio", "qwen2.5-omni-7b": "qwen2.5-omni"}
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=[str(p.relative_to(ROOT)) for p in CONFIG_FILES])
-def test_every_shipped_config_loads(path):
+def test_every_shipped_config_loads_as_written(path):
+    import yaml
+
     cfg = load_config(path)
-    assert isinstance(cfg, CordConfig)
-    # a preset's file name is its method
+    # a preset's file name is its method, its folder its model family
     assert cfg.objective.method == path.stem
+    family = FOLDER_FAMILY[path.parent.name]
+    assert cfg.model.family == (family or "qwen2-audio")
+    # every value the file sets is the value the run gets (nothing dropped or coerced)
+    written = _flatten(yaml.safe_load(path.read_text()))
+    loaded = _flatten(cfg.model_dump(mode="json"))
+    for key, value in written.items():
+        assert loaded[key] == value, (key, loaded[key], value)
+    assert config_from_dict(yaml.safe_load(dump_config(cfg))) == cfg
+
+
+# ---------------------------------------------------------------------------------------
+# Cross-field rules: found when the config loads, before any model does
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.lora.r=2", "train.trainable=[language_model,lm_head]"],
+         "train.trainable: lm_head cannot train with model.lora"),
+        (["objective.method=opd", "rollout.share_rollouts=true"],
+         "rollout.share_rollouts: method 'opd' has no GRPO term"),
+        (["objective.method=sft", "rollout.share_rollouts=true"],
+         "rollout.share_rollouts: method 'sft' has no GRPO term"),
+        (["objective.method=grpo", "rollout.share_rollouts=true"],
+         "rollout.share_rollouts: method 'grpo' has no reverse-KL token term"),
+        (["objective.method=cord", "rollout.seq_n=1"], "rollout.seq_n=1: method 'cord' has a GRPO term"),
+        (["judge.kind=llm"], "judge kind 'llm' needs judge.base_url and judge.model"),
+        (["train.trainable=[]"], "train.trainable is empty"),
+        (["model.lora.target_modules=[]"], "model.lora.target_modules must name at least one module"),
+        (["objective.method=cordd"], r"objective.method: unknown method 'cordd' — did you mean 'cord'\? \(one of sft,"),
+        (["judge.kind=maths"], r"judge.kind: unknown judge kind 'maths' — did you mean 'math'\?"),
+    ],
+)
+def test_cross_field_mistakes_are_one_line_at_load(overrides, message):
+    with pytest.raises(CordError, match=message) as e:
+        load_config(ROOT / "configs" / "tiny" / "cord.yaml", overrides)
+    assert "\n" not in str(e.value) and "Value error" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["objective.method=cord", "rollout.share_rollouts=true"],
+        ["objective.method=grpo_opd", "rollout.share_rollouts=true"],
+        ["objective.method=sft", "rollout.seq_n=1"],  # no GRPO term: the group size is unused
+        ["model.lora.r=2", "train.trainable=[language_model,projector]"],
+        ["train.trainable=[lm_head]"],  # full fine-tuning may train the head
+        ["judge.kind=llm", "judge.base_url=http://localhost:8000/v1", "judge.model=m"],
+    ],
+)
+def test_valid_combinations_pass(overrides):
+    load_config(ROOT / "configs" / "tiny" / "cord.yaml", overrides)
+
+
+def test_method_and_judge_names_come_from_their_registries(monkeypatch):
+    """One place defines each list: a method added to METHODS, a judge kind added to the
+    judge registry, is accepted by the config with no second edit; one removed is refused."""
+    import cord.judges.api as judges_api
+    from cord.train import methods
+
+    monkeypatch.setitem(methods.METHODS, "my_method", methods.MethodSpec("reverse_kl", False, False))
+    monkeypatch.setattr(judges_api, "JUDGE_KINDS", (*judges_api.JUDGE_KINDS, "my-judge"))
+    cfg = load_config(None, ["objective.method=my_method", "judge.kind=my-judge"])
+    assert (cfg.objective.method, cfg.judge.kind) == ("my_method", "my-judge")
+    for kind in judges_api.JUDGE_KINDS:  # every registered kind, e.g. ones added by eval modules
+        extra = ["judge.base_url=http://localhost:1/v1", "judge.model=m"] if kind == "llm" else []
+        assert load_config(None, [f"judge.kind={kind}", *extra]).judge.kind == kind
+    monkeypatch.delitem(methods.METHODS, "opd")
+    with pytest.raises(CordError, match="unknown method 'opd'"):
+        load_config(None, ["objective.method=opd"])
+    monkeypatch.setattr(judges_api, "JUDGE_KINDS", ("math",))
+    with pytest.raises(CordError, match=r"unknown judge kind 'mcq' .*\(one of math\)"):
+        load_config(None, ["judge.kind=mcq"])
+
+
+def test_loading_a_config_does_not_import_torch():
+    """The name registries are read without heavy imports (cord synth / --help stay fast)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from cord.config import load_config; "
+            "load_config(None, ['objective.method=grpo_opd', 'judge.kind=mcq']); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"
 
 
 def test_every_family_has_all_seven_methods():

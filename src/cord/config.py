@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cord import CordError
 
@@ -80,13 +80,34 @@ class RolloutConfig(_Section):
     batch_size: int = Field(64, ge=1)
 
 
-Method = Literal["sft", "forward_kl", "opd", "opd_weighted", "grpo", "grpo_opd", "cord"]
+def method_names() -> list[str]:
+    """The training methods: the keys of :data:`cord.train.methods.METHODS`, the one table
+    that defines them (a light module: no torch)."""
+    from cord.train.methods import METHODS
+
+    return list(METHODS)
+
+
+def judge_kinds() -> list[str]:
+    """The judge kinds: :data:`cord.judges.api.JUDGE_KINDS`, the registry that implements them."""
+    from cord.judges.api import JUDGE_KINDS
+
+    return list(JUDGE_KINDS)
+
+
+def _one_of(what: str, value: str, options: list[str]) -> str:
+    if value in options:
+        return value
+    close = difflib.get_close_matches(value, options, n=1, cutoff=0.6)
+    hint = f" — did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"unknown {what} {value!r}{hint} (one of {', '.join(options)})")
 
 
 class ObjectiveConfig(_Section):
     """Which loss terms and their settings (DESIGN.md, "The method")."""
 
-    method: Method = "cord"
+    #: one of :func:`method_names` (sft, forward_kl, opd, opd_weighted, grpo, grpo_opd, cord)
+    method: str = "cord"
     alpha: float = Field(2.0, ge=1.0)
     top_k: int = Field(20, ge=0)
     beta: float = Field(2.0, ge=1.0)
@@ -103,11 +124,17 @@ class ObjectiveConfig(_Section):
     teacher: Literal["frozen", "live"] = "frozen"
     chunk_size: int = Field(512, ge=1)
 
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        return _one_of("method", v, method_names())
+
 
 class JudgeConfig(_Section):
     """Answer agreement for the sequence-level reward and for evaluation."""
 
-    kind: Literal["math", "mcq", "mmau", "exact", "llm", "self"] = "math"
+    #: one of :func:`judge_kinds` (math, mcq, mmau, exact, llm, self, ...)
+    kind: str = "math"
     base_url: str | None = None
     model: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
@@ -115,6 +142,11 @@ class JudgeConfig(_Section):
     max_retries: int = Field(3, ge=0)
     concurrency: int = Field(8, ge=1)
     cache_dir: str | None = None
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        return _one_of("judge kind", v, judge_kinds())
 
 
 class TrainConfig(_Section):
@@ -196,9 +228,30 @@ class CordConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
-    def _check_lora_targets(self) -> "CordConfig":
-        if self.model.lora is not None and not self.model.lora.target_modules:
+    def _cross_field_rules(self) -> "CordConfig":
+        """Every rule that spans keys, checked here so it fails before any model loads."""
+        from cord.train.methods import METHODS
+
+        spec = METHODS[self.objective.method]
+        lora, trainable = self.model.lora, self.train.trainable
+        if lora is not None and not lora.target_modules:
             raise ValueError("model.lora.target_modules must name at least one module")
+        if not trainable:
+            raise ValueError("train.trainable is empty: name at least one of language_model, audio_encoder, "
+                             "projector, lm_head")
+        if lora is not None and "lm_head" in trainable:
+            raise ValueError("train.trainable: lm_head cannot train with model.lora; use full fine-tuning "
+                             "(model.lora: null) or drop lm_head")
+        if self.rollout.share_rollouts and not (spec.seq and spec.token == "reverse_kl"):
+            lacks = "GRPO term" if not spec.seq else "reverse-KL token term"
+            users = ", ".join(n for n, s in METHODS.items() if s.seq and s.token == "reverse_kl")
+            raise ValueError(f"rollout.share_rollouts: method {self.objective.method!r} has no {lacks}, so there "
+                             f"is nothing to share (only {users} use it); set it to false")
+        if spec.seq and self.rollout.seq_n < 2:
+            raise ValueError(f"rollout.seq_n={self.rollout.seq_n}: method {self.objective.method!r} has a GRPO "
+                             "term, whose group-relative advantage is 0 for a group of one; use seq_n >= 2")
+        if self.judge.kind == "llm" and not (self.judge.base_url and self.judge.model):
+            raise ValueError("judge kind 'llm' needs judge.base_url and judge.model (an OpenAI-compatible server)")
         return self
 
 
@@ -249,9 +302,12 @@ def format_validation_error(err: ValidationError, source: str = "config") -> str
         msg = f"{source}: unknown key '{dotted}'"
         msg += f" — did you mean '{'.'.join((*loc[:-1], hint))}'?" if hint else f" (valid keys in {where}: {', '.join(options)})"
         return msg
+    more = f" (and {len(err.errors()) - 1} more error(s))" if len(err.errors()) > 1 else ""
+    if first["type"] == "value_error":  # our own validators: the message says it all
+        reason = str(first.get("ctx", {}).get("error", first["msg"]))
+        return f"{source}: {dotted + ': ' if dotted else ''}{reason}{more}"
     value = first.get("input")
     shown = repr(value) if not isinstance(value, dict) else "a mapping"
-    more = f" (and {len(err.errors()) - 1} more error(s))" if len(err.errors()) > 1 else ""
     return f"{source}: {dotted or 'config'}: {first['msg']} (got {shown}){more}"
 
 

@@ -1,6 +1,17 @@
-"""Training: the step, the loop, method presets, checkpoints."""
+"""Training: the step, the loop, method presets, checkpoints.
+
+``Trainer`` and ``train`` load lazily, so that ``cord.train.methods`` (the method table the
+config validates against) imports without torch.
+"""
 
 from cord.train.methods import METHODS, MethodSpec
-from cord.train.trainer import Trainer, train
 
 __all__ = ["METHODS", "MethodSpec", "Trainer", "train"]
+
+
+def __getattr__(name: str):
+    if name in ("Trainer", "train"):
+        from cord.train import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module 'cord.train' has no attribute {name!r}")
