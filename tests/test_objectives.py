@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from cord.objectives import (
     cord_loss,
@@ -66,6 +68,18 @@ def leaf_grads(out, inputs, grad_out):
 
 
 KL_FNS = {"reverse": reverse_kl_per_token, "forward": forward_kl_per_token}
+
+
+@contextlib.contextmanager
+def patch_vocab_block(elems):
+    """Smaller vocabulary blocks, so a small test head spans several of them."""
+    from cord.objectives import divergence
+
+    old, divergence._VOCAB_BLOCK_ELEMS = divergence._VOCAB_BLOCK_ELEMS, elems
+    try:
+        yield
+    finally:
+        divergence._VOCAB_BLOCK_ELEMS = old
 
 
 # ---------------------------------------------------------------- chunked KL
@@ -177,19 +191,137 @@ def test_kl_identical_sides_is_zero_and_all_masked_is_zero():
     assert (hs.grad == 0).all() and (ws.grad == 0).all() and (bs.grad == 0).all()
 
 
-def test_kl_bf16_inputs_compute_in_fp32_and_return_input_dtype_grads():
-    hs, ws, bs, ht, wt, bt, mask = make_inputs(seed=7, dtype=torch.bfloat16)
-    out = reverse_kl_per_token(hs, ws, ht, wt, mask, student_bias=bs, teacher_bias=bt, chunk_size=4)
+def bf16_case(seed, n=48, hdim=32, vocab=1500, noise=0.2):
+    """bf16 student/teacher (hidden, head, bias) with logits of a few units (std ~4, as in
+    real LMs), plus float64 leaf copies holding exactly the same (bf16) values."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*s, scale=1.0):
+        return torch.randn(*s, generator=g, dtype=torch.float64) * scale
+
+    hs, ws, bs = r(n, hdim), r(vocab, hdim, scale=0.7), r(vocab, scale=0.5)
+    ht, wt, bt = hs + noise * r(n, hdim), ws + noise * r(vocab, hdim, scale=0.7), bs + noise * r(vocab, scale=0.5)
+    low = [x.bfloat16() for x in (hs, ws, bs, ht, wt, bt)]
+    exact = [x.double() for x in low]  # the bf16 values, exactly, in float64
+    for x in low[:3] + exact[:3]:
+        x.requires_grad_(True)
+    return low, exact
+
+
+def rel_err(a, b):
+    return float((a.double() - b).norm() / b.norm())
+
+
+# Precision of bf16 inputs, measured against float64 on the same bf16 values (the case
+# below: logits std ~4). Values: the logits are accumulated in fp32 (exact products of bf16
+# numbers), so the per-token error is fp32 softmax rounding, ~1e-6; when each chunk's
+# logits were rounded to bf16 before the upcast it was 6e-3 to 4e-2 nats. Gradients come
+# back in bf16, so their floor is bf16 rounding of the exact gradient (relative error
+# 1.7e-3 here); rounded logits put 3e-2 to 1e-1 into them.
+BF16_VALUE_ATOL = 2e-5
+BF16_GRAD_REL = 2.5e-3
+
+
+@pytest.mark.parametrize("kind", ["reverse", "forward", "logprob"])
+@pytest.mark.parametrize("hint", [False, True])
+def test_bf16_inputs_match_float64_reference_to_fp32_accuracy(kind, hint):
+    (hs, ws, bs, ht, wt, bt), (hs64, ws64, bs64, ht64, wt64, bt64) = bf16_case(seed=7)
+    n, temperature = hs.shape[0], 0.8
+    grad_hint = torch.ones(n) if hint else None  # with the hint, the head gradient comes from the forward
+    if kind == "logprob":
+        ids = torch.randint(0, ws.shape[0], (n,), generator=torch.Generator().manual_seed(1))
+        with patch_vocab_block(4096):  # 128-row blocks: the head is upcast in 12 pieces
+            out = token_logprobs(hs, ws, ids, bias=bs, temperature=temperature, chunk_size=16, grad_hint=grad_hint)
+        z = (hs64 @ ws64.t() + bs64) / temperature
+        ref = torch.log_softmax(z, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    else:
+        with patch_vocab_block(4096):
+            out = KL_FNS[kind](hs, ws, ht, wt, student_bias=bs, teacher_bias=bt, temperature=temperature,
+                               chunk_size=16, grad_hint=grad_hint)
+        ref = ref_kl(kind, hs64, ws64, bs64, ht64, wt64, bt64, None, temperature)
     assert out.dtype == torch.float32
-    # reference from the same bf16-rounded logits, then float64 softmax
-    ref = ref_kl("reverse", hs, ws, bs, ht, wt, bt, mask, 1.0)
-    torch.testing.assert_close(out.double(), ref, rtol=0.05, atol=0.02)
-    gh, gw, gb = torch.autograd.grad(out.sum(), (hs, ws, bs))
-    assert gh.dtype == gw.dtype == gb.dtype == torch.bfloat16
-    rh, rw, rb = torch.autograd.grad(ref.sum(), (hs, ws, bs))
-    for a, b in ((gh, rh), (gw, rw), (gb, rb)):
-        rel = (a.double() - b).norm() / b.norm()
-        assert rel < 0.05
+    assert (out.double() - ref).abs().max() < BF16_VALUE_ATOL
+    g_out = torch.rand(n, generator=torch.Generator().manual_seed(2), dtype=torch.float64) + 0.5
+    got = torch.autograd.grad(out, (hs, ws, bs), g_out.float())
+    want = torch.autograd.grad(ref, (hs64, ws64, bs64), g_out)
+    for a, b in zip(got, want):
+        assert a.dtype == torch.bfloat16  # gradients in each input's dtype
+        assert rel_err(a, b) < BF16_GRAD_REL
+
+
+def test_mixed_precision_fp32_hidden_with_bf16_head():
+    """fp32 hidden states through a frozen bf16 head (the LoRA case): fp32-accurate values
+    and hidden-state gradients (in fp32), against float64."""
+    (_, ws, _, _, wt, _), (hs64, ws64, _, ht64, wt64, _) = bf16_case(seed=8)
+    hs = hs64.detach().float().requires_grad_(True)
+    out = reverse_kl_per_token(hs, ws, ht64.float(), wt, chunk_size=16)
+    ref = ref_kl("reverse", hs64, ws64, None, ht64, wt64, None, None, 1.0)
+    assert (out.double() - ref).abs().max() < BF16_VALUE_ATOL
+    (gh,) = torch.autograd.grad(out.sum(), hs)
+    (gh_ref,) = torch.autograd.grad(ref.sum(), hs64)
+    assert gh.dtype == torch.float32 and rel_err(gh, gh_ref) < 1e-5
+
+
+def test_autocast_does_not_round_the_head_products():
+    """Under autocast the head products would run in bf16 (a 1e-2 nat error here); the
+    chunked functions keep them in fp32."""
+    _, (hs64, ws64, bs64, ht64, wt64, bt64) = bf16_case(seed=9)
+    args = (hs64.detach().float(), ws64.detach().float(), ht64.float(), wt64.float())
+    plain = reverse_kl_per_token(*args, chunk_size=16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = reverse_kl_per_token(*args, chunk_size=16)
+    assert auto.dtype == torch.float32
+    torch.testing.assert_close(auto, plain, rtol=1e-6, atol=1e-6)
+
+
+class BigBuffers(TorchDispatchMode):
+    """Records every float tensor of >= ``limit`` elements, 4+ bytes each, that an op
+    returns, except views of the inputs ``known`` (by storage)."""
+
+    def __init__(self, limit, known):
+        super().__init__()
+        self.limit = limit
+        self.known = {t.untyped_storage().data_ptr() for t in known}
+        self.found = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if (isinstance(t, torch.Tensor) and t.is_floating_point() and t.element_size() >= 4
+                    and t.numel() >= self.limit):
+                ptr = t.untyped_storage().data_ptr()
+                if ptr not in self.known:
+                    self.found.setdefault(ptr, (str(func), t.dtype, tuple(t.shape)))
+        return out
+
+
+@pytest.mark.parametrize("kind", ["reverse", "forward", "logprob"])
+@pytest.mark.parametrize("hidden_dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("trainable_head", [False, True])
+def test_no_full_fp32_copy_of_a_bf16_head(kind, hidden_dtype, trainable_head):
+    """A bf16 head is upcast one vocabulary block at a time: no (V, H) fp32 tensor exists in
+    forward or backward, except the head's own gradient accumulator when it is trained."""
+    n, hdim, vocab = 40, 64, 512  # V * H = 32768 > n * V: a head-sized buffer stands out
+    g = torch.Generator().manual_seed(0)
+    hs = torch.randn(n, hdim, generator=g).to(hidden_dtype).requires_grad_(True)
+    ws = (0.3 * torch.randn(vocab, hdim, generator=g)).bfloat16().requires_grad_(trainable_head)
+    ht, wt = torch.randn(n, hdim, generator=g).to(hidden_dtype), (0.3 * torch.randn(vocab, hdim, generator=g)).bfloat16()
+    ids = torch.randint(0, vocab, (n,), generator=g)
+    with BigBuffers(vocab * hdim, known=(hs, ws, ht, wt)) as mode, patch_vocab_block(4096):
+        if kind == "logprob":
+            out = token_logprobs(hs, ws, ids, chunk_size=8)
+        else:
+            out = KL_FNS[kind](hs, ws, ht, wt, chunk_size=8)
+        out.sum().backward()
+    big = list(mode.found.values())
+    if trainable_head:  # the fp32 gradient accumulator, then its bf16 copy (not counted: 2 bytes)
+        assert len(big) == 1 and big[0][2] == (vocab, hdim), big
+    else:
+        assert big == []
+    # and the mode does see a head copy when one is made
+    with BigBuffers(vocab * hdim, known=(ws,)) as mode:
+        ws.detach().float()
+    assert len(mode.found) == 1
 
 
 def test_kl_no_grad_mode_builds_no_graph():

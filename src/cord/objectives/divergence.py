@@ -25,12 +25,21 @@ How the gradient stays cheap (the details matter for speed, see BENCHMARKS.md):
   sequence differently, so a hint saves little there.) The hint costs one extra matmul per
   chunk in the forward, so a wrong hint is slower than none.
 
-Precision: logits are computed by a matmul in the promoted dtype of hidden and weight (so
-bf16 stays on the fast bf16 path), then cast per chunk to float32 (float64 if any input is
-float64); softmax, KL and the gradient with respect to the logits are computed in that
-dtype. Returned values are float32 (float64 for float64 inputs); gradients come back in
-each input's dtype. Under autocast the matmuls follow autocast's dtype like any other
-matmul; the softmax/KL arithmetic stays in float32.
+Precision: every product with the lm_head is accumulated and returned in the compute dtype,
+float32 (float64 if any input is float64), never rounded to bf16 on the way: a bf16 head
+is upcast one vocabulary block at a time (a few MiB, see ``_VOCAB_BLOCK_ELEMS``), so no
+full-size float32 copy of the (V, H) head is ever made, and a chunk of bf16 hidden states
+is upcast whole (it is small). The products of bf16 values are exact in float32, so the
+logits are those of the bf16 inputs up to float32 accumulation, not a bf16-rounded version
+of them (which, for logits of a few units, put ~1e-2 nats of error into the KL and several
+percent into the gradients). On CUDA, bf16/fp16 hidden states and head of the same dtype use
+``torch.mm(..., out_dtype=torch.float32)`` instead (tensor cores, float32 accumulation and
+output, no copies) where the installed torch has it. Softmax, KL and the gradient with
+respect to the logits are computed in the compute dtype; the gradient products with the
+head (hidden-state gradient) use the same block scheme. Autocast is switched off inside
+(it would round these products to bf16 again). Returned values are float32 (float64 for
+float64 inputs); gradients come back in each input's dtype. The one full (V, H) buffer in
+the compute dtype is the lm_head's gradient accumulator, and only when the head is trained.
 """
 
 from __future__ import annotations
@@ -51,19 +60,64 @@ def _compute_dtype(*tensors: Tensor | None) -> torch.dtype:
     return torch.float32
 
 
+# A low-precision lm_head is upcast this many elements at a time (16 MiB of fp32): small next
+# to the (chunk, V) buffers, big enough that each block's matmul runs at full speed.
+_VOCAB_BLOCK_ELEMS = 1 << 22
+
+
+def _vocab_blocks(vocab: int, hdim: int):
+    step = max(1, _VOCAB_BLOCK_ELEMS // max(hdim, 1))
+    for v in range(0, vocab, step):
+        yield slice(v, min(v + step, vocab))
+
+
+_OUT_DTYPE_MM: dict[str, bool] = {}  # device type -> whether torch.mm(..., out_dtype=) works there
+
+
+def _mm_out_dtype(h: Tensor, w: Tensor, cdtype: torch.dtype) -> Tensor | None:
+    """h @ w.T with float32 accumulation and output straight from low-precision operands
+    (CUDA only, where torch has it); None when not available here."""
+    dev = h.device.type
+    if dev != "cuda" or cdtype != torch.float32 or h.dtype != w.dtype or h.dtype not in (torch.bfloat16, torch.float16):
+        return None
+    if _OUT_DTYPE_MM.get(dev, True):
+        try:
+            return torch.mm(h, w.t(), out_dtype=torch.float32)
+        except (RuntimeError, TypeError, NotImplementedError):
+            _OUT_DTYPE_MM[dev] = False
+    return None
+
+
 def _logits(h: Tensor, w: Tensor, b: Tensor | None, inv_temp: float, cdtype: torch.dtype) -> Tensor:
-    """(c, H) x (V, H) -> (c, V) logits / temperature, in ``cdtype`` (a fresh buffer)."""
-    mm = torch.promote_types(h.dtype, w.dtype)
-    h, w = h.to(mm), w.to(mm)
-    if mm == cdtype and b is not None:
-        z = torch.addmm(b.to(mm), h, w.t())
-    else:
-        z = (h @ w.t()).to(cdtype)
-        if b is not None:
-            z.add_(b.to(cdtype))
+    """(c, H) x (V, H) -> (c, V) logits / temperature, in ``cdtype`` (a fresh buffer).
+
+    Accumulated in ``cdtype`` whatever the operands' dtype; a lower-precision ``w`` is
+    upcast one vocabulary block at a time (never as a whole)."""
+    z = _mm_out_dtype(h, w, cdtype)
+    if z is None:
+        a = h.to(cdtype)
+        if w.dtype == cdtype:
+            z = torch.mm(a, w.t())
+        else:
+            z = torch.empty(h.shape[0], w.shape[0], dtype=cdtype, device=h.device)
+            for blk in _vocab_blocks(w.shape[0], w.shape[1]):
+                torch.mm(a, w[blk].to(cdtype).t(), out=z[:, blk])
+    if b is not None:
+        z.add_(b.to(cdtype))
     if inv_temp != 1.0:
         z.mul_(inv_temp)
     return z
+
+
+def _times_head(g: Tensor, w: Tensor, out: Tensor) -> None:
+    """out (c, H) = g (c, V) @ w (V, H) in ``g``'s dtype; a lower-precision ``w`` is upcast
+    one vocabulary block at a time."""
+    if w.dtype == g.dtype:
+        torch.mm(g, w, out=out)
+        return
+    out.zero_()
+    for blk in _vocab_blocks(w.shape[0], w.shape[1]):
+        out.addmm_(g[:, blk], w[blk].to(g.dtype))
 
 
 def _rows(n_rows: int, vocab: int):
@@ -127,12 +181,8 @@ def _chunk_values_and_grad(kind, hs, ws, bs, target, wt, bt, inv_temp, cdtype):
 
 
 def _mm_into(acc: Tensor, a: Tensor, b: Tensor) -> None:
-    """acc += a @ b, with the product taken in the operands' promoted dtype."""
-    mm = torch.promote_types(a.dtype, b.dtype)
-    if acc.dtype == mm:
-        acc.addmm_(a.to(mm), b.to(mm))
-    else:
-        acc.add_((a.to(mm) @ b.to(mm)).to(acc.dtype))
+    """acc += a @ b in ``acc``'s dtype (the operands here are a chunk's rows, never the head)."""
+    acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))
 
 
 class _ChunkedHead(torch.autograd.Function):
@@ -140,6 +190,13 @@ class _ChunkedHead(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, kind, inv_temp, chunk, need_h, need_w, need_b, hs, ws, bs, target, wt, bt, hint):
+        # autocast would round the head products to bf16 again: the precision is ours here
+        with torch.autocast(hs.device.type, enabled=False):
+            return _ChunkedHead._forward(ctx, kind, inv_temp, chunk, need_h, need_w, need_b, hs, ws, bs,
+                                         target, wt, bt, hint)
+
+    @staticmethod
+    def _forward(ctx, kind, inv_temp, chunk, need_h, need_w, need_b, hs, ws, bs, target, wt, bt, hint):
         cdtype = _compute_dtype(hs, ws, bs, target if kind != "logprob" else None, wt, bt)
         n, hdim = hs.shape
         vocab = ws.shape[0]
@@ -148,7 +205,6 @@ class _ChunkedHead(torch.autograd.Function):
         gh = torch.empty(n, hdim, dtype=cdtype, device=hs.device) if need_h else None
         pre_w = torch.zeros(vocab, hdim, dtype=cdtype, device=hs.device) if use_hint and need_w else None
         pre_b = torch.zeros(vocab, dtype=cdtype, device=hs.device) if use_hint and need_b else None
-        w_mm = None
         for s in range(0, n, chunk):
             e = min(s + chunk, n)
             vals, g = _chunk_values_and_grad(kind, hs[s:e], ws, bs, target[s:e], wt, bt, inv_temp, cdtype)
@@ -159,9 +215,7 @@ class _ChunkedHead(torch.autograd.Function):
             if inv_temp != 1.0:
                 g.mul_(inv_temp)  # d/d(logits) = d/d(logits/temperature) / temperature
             if need_h:
-                if w_mm is None:
-                    w_mm = ws.to(torch.promote_types(ws.dtype, g.dtype))
-                gh[s:e] = g.to(w_mm.dtype) @ w_mm
+                _times_head(g, ws, gh[s:e])
             if use_hint:
                 g.mul_(hint[s:e].to(cdtype).unsqueeze(-1))
                 if pre_w is not None:
@@ -186,6 +240,11 @@ class _ChunkedHead(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
+        with torch.autocast(grad_out.device.type, enabled=False):
+            return _ChunkedHead._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out):
         if ctx.use_hint:
             # The forward's lm_head accumulation is reused in place (no second (V, H)
             # buffer), so it can serve one backward only; say so before autograd's
