@@ -75,7 +75,7 @@ def test_unknown_kind_and_options_are_clear_errors():
         judge("B", "B", "mcq", choises=["a", "b"])
     with pytest.raises(CordError, match="2 candidates but 1 references"):
         judge_batch(["1", "2"], ["1"], "math")
-    assert set(JUDGE_KINDS) == {"math", "mcq", "mmau", "exact", "llm", "self"}
+    assert set(JUDGE_KINDS) == {"math", "mcq", "mmau", "exact", "llm", "self", "voicebench", "mmau-official"}
 
 
 def test_batch_equals_one_by_one():

@@ -24,13 +24,18 @@ kind       what agrees                                                         c
                                                                                ``question``
 =========  ==================================================================  ============
 
+Registered kinds (:func:`register_judge`; built in: ``voicebench`` — VoiceBench's official
+letter extraction, no match = no answer, see :mod:`cord.judges.voicebench`; and
+``mmau-official`` — MMAU's ``string_match``, ``choices`` required, see
+:mod:`cord.judges.mmau_official`). :data:`JUDGE_KINDS` lists every kind.
+
 Score is 1 or 0. No answer found in the candidate (or reference) scores 0 and leaves
 ``candidate_answer`` (``reference_answer``) None, so callers can report a fail rate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,8 +45,10 @@ from cord.judges.extract import extract_final_span, extract_math_answer, normali
 from cord.judges.llm import LLMJudge, SelfJudge, Verdict
 from cord.judges.math import math_equal
 
-JUDGE_KINDS = ("math", "mcq", "mmau", "exact", "llm", "self")
+_CORE_KINDS = ("math", "mcq", "mmau", "exact", "llm", "self")
 _CTX_KEYS = {"choices", "letters", "lettered", "question", "client", "self_judge", "generate_text"}
+#: kind -> fn(candidate, reference, ctx) -> JudgeResult (see register_judge)
+_REGISTERED: dict[str, Callable[[str, str, Mapping[str, Any]], "JudgeResult"]] = {}
 
 
 @dataclass(frozen=True)
@@ -62,9 +69,30 @@ class JudgeResult:
         return self.candidate_answer is None
 
 
+def register_judge(kind: str, fn: Callable[[str, str, Mapping[str, Any]], JudgeResult]) -> None:
+    """Add a judge kind: ``fn(candidate, reference, ctx)`` returns a :class:`JudgeResult`
+    (``ctx`` holds the known options, e.g. ``choices``). Later registrations of a kind win;
+    the core kinds cannot be replaced."""
+    global JUDGE_KINDS
+    if kind in _CORE_KINDS:
+        raise CordError(f"judge kind {kind!r} is built in and cannot be replaced")
+    _REGISTERED[kind] = fn
+    JUDGE_KINDS = _CORE_KINDS + tuple(_REGISTERED)
+
+
+def judge_kinds() -> tuple[str, ...]:
+    """Every judge kind, core and registered (the live list behind :data:`JUDGE_KINDS`)."""
+    return _CORE_KINDS + tuple(_REGISTERED)
+
+
+def missing_note(cand: str | None, ref: str | None) -> str:
+    """The ``note`` of a result whose candidate (or reference) gave no answer."""
+    return _missing(cand, ref)
+
+
 def _check(kind: str, ctx: Mapping[str, Any]) -> None:
-    if kind not in JUDGE_KINDS:
-        raise CordError(f"unknown judge kind {kind!r}; use one of {', '.join(JUDGE_KINDS)}")
+    if kind not in judge_kinds():
+        raise CordError(f"unknown judge kind {kind!r}; use one of {', '.join(judge_kinds())}")
     unknown = set(ctx) - _CTX_KEYS
     if unknown:
         raise CordError(f"unknown judge option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_CTX_KEYS))}")
@@ -87,6 +115,8 @@ def _plain_answer(text: str) -> str | None:
 def _judge_local(candidate: str, reference: str, kind: str, ctx: Mapping[str, Any]) -> JudgeResult:
     candidate = candidate or ""
     reference = reference or ""
+    if kind in _REGISTERED:
+        return _REGISTERED[kind](candidate, reference, ctx)
     if kind == "math":
         c, r = extract_math_answer(candidate), extract_math_answer(reference)
         ok = c is not None and r is not None and math_equal(c, r)
@@ -174,4 +204,15 @@ def judge_batch(
     return [_judge_local(c, r, kind, p) for c, r, p in zip(candidates, references, per)]
 
 
-__all__ = ["JUDGE_KINDS", "JudgeResult", "judge", "judge_batch"]
+def _register_builtin() -> None:
+    from cord.judges.mmau_official import judge_mmau_official
+    from cord.judges.voicebench import judge_voicebench
+
+    register_judge("voicebench", judge_voicebench)
+    register_judge("mmau-official", judge_mmau_official)
+
+
+JUDGE_KINDS: tuple[str, ...] = _CORE_KINDS
+_register_builtin()
+
+__all__ = ["JUDGE_KINDS", "JudgeResult", "judge", "judge_batch", "judge_kinds", "register_judge"]
