@@ -83,8 +83,15 @@ def test_mcq_table(response, choices, expected):
     assert extract_choice(response, choices) == expected
 
 
-def test_mcq_table_is_large_enough():
-    assert len(MCQ_CASES) >= 40
+@pytest.mark.parametrize("response,choices,expected", MCQ_CASES)
+def test_mcq_judge_scores_what_the_extraction_reads(response, choices, expected):
+    """The ``mcq`` judge scores 1 against exactly the letter the table expects and 0 against
+    every other letter; a response with no answer scores 0 and counts as a failed extraction."""
+    letters = "ABCDEFGHIJ"[: len(choices)] if choices else "ABCD"
+    for letter in letters:
+        r = judge(response, letter, "mcq", choices=choices)
+        assert r.score == int(letter == expected), (response, letter, r)
+        assert r.failed_extraction == (expected is None)
 
 
 def test_mcq_judge_scores_and_fail_rate():

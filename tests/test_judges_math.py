@@ -5,6 +5,7 @@ its number and its value (50% = 50 = ... and 50% = 0.5) but 50 ≠ 0.5; currency
 words are dropped; -3 ≠ 3; no answer scores 0.
 """
 
+import re
 import threading
 
 import pytest
@@ -43,6 +44,10 @@ MATH_CASES = [
     ("The answer is 1/2", "\\frac{1}{2}", 1),
     ("The answer is 0.33", "1/3", 0),
     ("The answer is 0.333333", "1/3", 1),
+    # the tolerance is for a rounded fraction only: large integers and exact decimals are exact
+    ("#### 1,234,567", "1234566", 0),
+    ("The answer is 123456.7", "123456.8", 0),
+    ("The answer is 2.50", "5/2", 1),
     ("The answer is 50%", "50", 1),
     ("The answer is 50%", "0.5", 1),
     ("The answer is 50", "0.5", 0),
@@ -85,8 +90,17 @@ def test_math_table(candidate, reference, expected):
     assert r.score == expected, (candidate, reference, r)
 
 
-def test_math_table_is_large_enough():
-    assert len(MATH_CASES) >= 40
+@pytest.mark.parametrize(
+    "candidate,reference", [(c, r) for c, r, e in MATH_CASES if e == 1 and re.fullmatch(r"-?\d+", r)]
+)
+def test_math_judge_rejects_a_neighbouring_number(candidate, reference):
+    """Every integer the table accepts is accepted for its value only: the same response
+    against the reference ± 1 scores 0 (a judge that only checks that some answer was
+    found would pass the table's positive rows)."""
+    for other in (int(reference) - 1, int(reference) + 1):
+        r = judge(candidate, str(other), "math")
+        assert r.score == 0, (candidate, other, r)
+        assert r.candidate_answer is not None
 
 
 @pytest.mark.parametrize(

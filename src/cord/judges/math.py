@@ -4,8 +4,9 @@ Decisions (pinned by tests/test_judges_math.py):
 
 - ``1,000`` equals ``1000`` (thousands separators are dropped only when the whole answer
   is one number, so the pair ``(1,2)`` stays a pair).
-- ``0.5`` equals ``1/2`` and ``\\frac{1}{2}``; decimals agree with fractions to a relative
-  1e-6 (``0.333333`` = ``1/3``, ``0.33`` ≠ ``1/3``).
+- ``0.5`` equals ``1/2`` and ``\\frac{1}{2}``; a decimal agrees with a fraction that has no
+  finite decimal form to a relative 1e-6 (``0.333333`` = ``1/3``, ``0.33`` ≠ ``1/3``); two
+  integers or finite decimals must be equal (``1234567`` ≠ ``1234566``).
 - A percent equals both its number and its value: ``50%`` = ``50`` and ``50%`` = ``0.5``
   (GSM8K writes "what percent" answers as ``50``, models write ``50%`` or ``0.5``).
   Without a ``%`` on either side ``50`` ≠ ``0.5``.
@@ -121,8 +122,23 @@ def parse_number(s: str) -> tuple[Fraction, bool] | None:
     return value, pct
 
 
+def _is_finite_decimal(x: Fraction) -> bool:
+    """True when ``x`` has an exact finite decimal form (its denominator is 2^i 5^j)."""
+    d = x.denominator
+    for p in (2, 5):
+        while d % p == 0:
+            d //= p
+    return d == 1
+
+
 def _close(a: Fraction, b: Fraction) -> bool:
-    return a == b or abs(a - b) <= Fraction(1, 10**6) * max(Fraction(1), abs(b))
+    # the tolerance is for a rounded decimal against a fraction with no finite decimal form
+    # (0.333333 = 1/3); two exact decimals or integers must be equal (1234567 != 1234566)
+    if a == b:
+        return True
+    if _is_finite_decimal(a) and _is_finite_decimal(b):
+        return False
+    return abs(a - b) <= Fraction(1, 10**6) * max(Fraction(1), abs(b))
 
 
 def _numbers_equal(a: tuple[Fraction, bool], b: tuple[Fraction, bool]) -> bool:
