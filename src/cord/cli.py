@@ -45,10 +45,18 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train with CORD or a baseline from a YAML preset")
     _config_args(p)
-    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
-                   help="resume from a checkpoint dir (default: the latest in train.output_dir); "
-                        "a run also resumes automatically when its output dir holds a checkpoint")
-    p.add_argument("--no-resume", action="store_true", help="start fresh even if output_dir has checkpoints")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
+                     help="resume from a checkpoint dir (default: the latest in train.output_dir); "
+                          "a run also resumes automatically when its output dir holds a checkpoint")
+    how.add_argument("--no-resume", action="store_true",
+                     help="start fresh; refused if train.output_dir already holds a run (see --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start fresh, first moving the run already in train.output_dir aside to "
+                        "<output_dir>.old-<YYYYmmdd-HHMMSS>/ (nothing is deleted)")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume even though the config changes the math (method, model, data, objective, "
+                        "rollout, judge, seed, lr, batch...); harmless keys such as train.max_steps never need it")
 
     p = sub.add_parser("eval", help="audio vs text accuracy and their gap on benchmarks")
     _config_args(p)

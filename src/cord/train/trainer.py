@@ -14,6 +14,7 @@ import json
 import math
 import os
 import time
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,15 @@ from cord.config import CordConfig, dump_config
 from cord.data.paired import load_paired
 from cord.models import load_adapter
 from cord.rollout import HFEngine
-from cord.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from cord.train.checkpoint import (
+    check_config_change,
+    latest_checkpoint,
+    load_checkpoint,
+    move_run_aside,
+    plan_run,
+    read_state,
+    save_checkpoint,
+)
 from cord.train.methods import METHODS
 from cord.train.step import StepContext, Teacher, run_micro_step
 
@@ -146,17 +155,44 @@ class Trainer:
         self.bad_steps = 0
 
     # -------------------------------------------------------------------------------- state
-    def resume(self, which: str | None) -> Path | None:
-        """``which``: None/"auto" → latest checkpoint in output_dir if any; a path; "no"."""
+    def resume(self, which: str | Path | None, allow_config_change: bool = False) -> Path | None:
+        """``which``: None/"auto" → latest checkpoint in output_dir if any; a path; "no".
+
+        Refused (one line), unless ``allow_config_change``: a checkpoint whose config differs in
+        a key that changes the math (see checkpoint.HARMLESS_KEYS for the others), whose method
+        differs, or whose global batch (prompts per optimizer step) differs. Another world size
+        with the same global batch is the same computation, and resumes."""
         if which == "no":
             return None
         path = latest_checkpoint(self.out) if which in (None, "auto") else Path(which)
         if path is None:
             return None
+        state = read_state(path)
+        check_config_change(path, self.cfg, allow_config_change)
+        method, saved_method = self.cfg.objective.method, state.get("method")
+        if saved_method is not None and saved_method != method and not allow_config_change:
+            raise CordError(f"{path} was trained with method {saved_method!r}, this run is {method!r}: "
+                            "pass --allow-config-change to continue it with another method, or start a fresh "
+                            "run (--overwrite or another train.output_dir)")
+        saved_batch, saved_world = state.get("global_batch"), state.get("world_size")
+        if saved_batch is not None and int(saved_batch) != self.global_batch and not allow_config_change:
+            raise CordError(
+                f"{path} was trained with a global batch of {saved_batch} prompts per step (world size "
+                f"{saved_world}); this run has {self.global_batch} (world size {self.world}), which changes the "
+                "update and the data position: keep the global batch, or pass --allow-config-change"
+            )
         state = load_checkpoint(path, model=self.adapter.model, optimizer=self.optimizer, scheduler=self.scheduler)
         self.step = int(state["step"])
         self.bad_steps = int(state.get("bad_steps", 0))
+        self.run_id = state.get("run_id") or uuid.uuid4().hex
         return path
+
+    def _run_id(self) -> str:
+        """This run's id: new for a fresh run, the checkpoint's for a resumed one (keep_last
+        deletes only checkpoints of this run)."""
+        if getattr(self, "run_id", None) is None:
+            self.run_id = uuid.uuid4().hex
+        return self.run_id
 
     def save(self) -> Path | None:
         if self.rank != 0:
@@ -164,7 +200,8 @@ class Trainer:
         return save_checkpoint(
             self.out, self.step, model=self.adapter.model, optimizer=self.optimizer, scheduler=self.scheduler,
             state={"step": self.step, "bad_steps": self.bad_steps, "data_position": self.step * self.global_batch,
-                   "world_size": self.world, "method": self.cfg.objective.method},
+                   "world_size": self.world, "global_batch": self.global_batch,
+                   "method": self.cfg.objective.method, "run_id": self._run_id()},
             config_yaml=dump_config(self.cfg), keep_last=self.cfg.train.keep_last,
         )
 
@@ -252,10 +289,19 @@ class Trainer:
         return out
 
     # --------------------------------------------------------------------------------- loop
-    def fit(self, resume: str | None = None, export: bool = True) -> dict[str, Any]:
+    def fit(self, resume: str | None = None, export: bool = True, overwrite: bool = False,
+            allow_config_change: bool = False) -> dict[str, Any]:
+        """Train to ``train.max_steps``. ``resume`` as in :meth:`resume`; the run folder rules
+        (refuse mixing two runs; ``overwrite`` moves an old run aside) are
+        :func:`cord.train.checkpoint.plan_run`'s."""
         cfg = self.cfg
+        plan = plan_run(self.out, cfg, resume=resume, overwrite=overwrite, allow_config_change=allow_config_change)
+        self.accelerator.wait_for_everyone()  # every rank has planned before rank 0 moves anything
+        moved = move_run_aside(self.out) if plan.move_aside and self.rank == 0 else None
+        self.accelerator.wait_for_everyone()
         self.out.mkdir(parents=True, exist_ok=True)
-        resumed_from = self.resume(resume)
+        self.run_id = None
+        resumed_from = self.resume(plan.resume_from or "no", allow_config_change)
         metrics_path = self.out / "metrics.jsonl"
         if self.rank == 0:
             _truncate_metrics(metrics_path, self.step)
@@ -291,7 +337,8 @@ class Trainer:
             if writer is not None:
                 writer.close()
         return {"step": self.step, "resumed_from": str(resumed_from) if resumed_from else None,
-                "checkpoint": str(ckpt) if ckpt else None, "last": last, "bad_steps": self.bad_steps}
+                "checkpoint": str(ckpt) if ckpt else None, "last": last, "bad_steps": self.bad_steps,
+                "moved_aside": str(moved) if moved else None, "config_changes": plan.config_changes}
 
     def export(self, directory: Path) -> None:
         """A loadable model (``model.name_or_path: <dir>``); LoRA is merged into the weights."""
@@ -353,6 +400,10 @@ def _tensorboard(out: Path, cfg: CordConfig):
     return SummaryWriter(str(out / "tensorboard"))
 
 
-def train(cfg: CordConfig, resume: str | None = None, export: bool = True) -> dict[str, Any]:
-    """Train with ``cfg``; resumes from the output dir's latest checkpoint unless resume="no"."""
-    return Trainer(cfg).fit(resume=resume, export=export)
+def train(cfg: CordConfig, resume: str | None = None, export: bool = True, overwrite: bool = False,
+          allow_config_change: bool = False) -> dict[str, Any]:
+    """Train with ``cfg``; resumes from the output dir's latest checkpoint unless resume="no".
+    The run folder is checked (:func:`plan_run`) before the data or the model loads."""
+    plan_run(cfg.train.output_dir, cfg, resume=resume, overwrite=overwrite, allow_config_change=allow_config_change)
+    return Trainer(cfg).fit(resume=resume, export=export, overwrite=overwrite,
+                            allow_config_change=allow_config_change)
