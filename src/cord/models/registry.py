@@ -1,17 +1,24 @@
 """Model families by name, and loading one from a :class:`~cord.config.ModelConfig`.
 
 A family registers a loader ``(ModelConfig) -> adapter``. ``name_or_path: tiny`` builds the
-family's tiny offline model (no network); anything else is a hub name or local path.
+family's tiny offline model (no network); anything else is a hub name or local path. A local
+folder written by ``cord train`` with LoRA holds base weights plus the adapter
+(:mod:`cord.models.export`); the adapter is applied with peft as it was in training.
+
+Models load straight onto the configured device in the configured dtype
+(``from_pretrained(..., dtype=..., device_map={"": device})``): no full host copy per rank.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 from typing import Any, Callable
 
 import torch
 
 from cord import CordError
+from cord.models.export import base_only_kwargs, is_lora_export, load_lora_export
 
 _FAMILIES: dict[str, Callable[[Any], Any]] = {}
 
@@ -35,9 +42,39 @@ def load_adapter(cfg) -> Any:
         hint = f" — did you mean '{near[0]}'?" if near else ""
         raise CordError(f"model family '{cfg.family}' is not supported{hint} (supported: {', '.join(families())})")
     adapter = loader(cfg)
-    if cfg.lora is not None:
+    local = os.path.expanduser(cfg.name_or_path)
+    if cfg.name_or_path != "tiny" and is_lora_export(local):
+        # an export of a LoRA run: base weights + adapter; with model.lora set, training
+        # continues the saved adapter rather than stacking a fresh one on it
+        adapter.model = load_lora_export(adapter.model, local, trainable=cfg.lora is not None, lora_cfg=cfg.lora)
+    elif cfg.lora is not None:
         adapter.model = apply_lora(adapter.model, cfg.lora)
     return adapter
+
+
+def looks_like_path(name: str) -> bool:
+    """A name that can only be a local path, never a hub id (``org/name``)."""
+    return (
+        name in (".", "..")
+        or name.startswith(("/", "./", "../", "~", ".\\", "..\\"))
+        or name.endswith(("/", os.sep))
+        or name.count("/") >= 2
+        or (os.sep != "/" and os.sep in name)
+    )
+
+
+def check_model_path(name: str) -> str:
+    """``name`` with ``~`` expanded when it is a local path; a CordError when it has the form
+    of a path that does not exist (else the hub reports "Repo id must be in the form ...")."""
+    local = os.path.expanduser(name)
+    if os.path.exists(local):
+        return local
+    if looks_like_path(name):
+        raise CordError(
+            f"model path {name} does not exist (and is not a hub name: those look like 'org/name', "
+            "e.g. Qwen/Qwen2-Audio-7B-Instruct)"
+        )
+    return name
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -67,40 +104,86 @@ def apply_lora(model, lora_cfg):
     return get_peft_model(model, config)
 
 
+def _deepspeed_zero3() -> bool:
+    try:
+        from transformers.integrations import is_deepspeed_zero3_enabled
+    except ImportError:  # pragma: no cover
+        return False
+    return bool(is_deepspeed_zero3_enabled())
+
+
 def _load_hf(model_cls_name: str, cfg):
     import transformers
     from transformers import AutoProcessor
 
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
+    name = check_model_path(cfg.name_or_path)
     model_cls = getattr(transformers, model_cls_name)
     kwargs: dict[str, Any] = {"dtype": dtype}
+    # Straight onto this rank's device in the target dtype: no full host copy per process.
+    # (ZeRO-3 partitions the weights itself and refuses a device_map.)
+    on_device = not _deepspeed_zero3()
+    if on_device:
+        kwargs["device_map"] = {"": device}
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
+    kwargs.update(base_only_kwargs(name))  # a LoRA export: load_adapter applies its adapter
+    try:
+        from huggingface_hub.errors import HFValidationError
+    except ImportError:  # pragma: no cover
+        HFValidationError = ValueError  # noqa: N806
     try:
         try:
-            processor = AutoProcessor.from_pretrained(cfg.name_or_path)
+            processor = AutoProcessor.from_pretrained(name)
             tokenizer, feature_extractor = processor.tokenizer, processor.feature_extractor
+        except HFValidationError:
+            raise
         except (OSError, ValueError, TypeError, AttributeError):
             # a directory written by save_pretrained of a tiny model has no processor config
             from transformers import AutoFeatureExtractor, AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(cfg.name_or_path)
-            feature_extractor = AutoFeatureExtractor.from_pretrained(cfg.name_or_path)
-        model = model_cls.from_pretrained(cfg.name_or_path, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(name)
+            feature_extractor = AutoFeatureExtractor.from_pretrained(name)
+        model = model_cls.from_pretrained(name, **kwargs)
+    except HFValidationError as e:
+        raise CordError(
+            f"model '{cfg.name_or_path}' is neither a local folder nor a hub name: {str(e).splitlines()[0]}"
+        ) from None
     except OSError as e:
         raise CordError(f"cannot load model '{cfg.name_or_path}': {str(e).splitlines()[0]}") from None
-    model.to(device).eval()
+    if not on_device:
+        model.to(device)
+    model.eval()
     tokenizer.padding_side = "left"
     return model, tokenizer, feature_extractor
+
+
+def _load_like_checkpoint(model, device: torch.device, dtype: torch.dtype):
+    """``model`` as ``from_pretrained`` would load it from a checkpoint of its weights: cast to
+    ``dtype`` and placed on ``device`` by transformers' loader. A plain ``.to(dtype)`` would
+    also cast the buffers transformers keeps in fp32 (rotary ``inv_freq``, sinusoidal audio
+    positions), so a bf16 tiny model would compute differently from a bf16 saved one."""
+    if device.type == "meta" or _deepspeed_zero3():
+        return model.to(device=device, dtype=dtype).eval()
+    import copy
+
+    loaded = type(model).from_pretrained(
+        None, config=model.config, state_dict=model.state_dict(), dtype=dtype, device_map={"": device}
+    )
+    loaded.generation_config = copy.deepcopy(model.generation_config)
+    return loaded.eval()
 
 
 def _qwen_loader(adapter_cls, model_cls_name: str, tiny_builder):
     def load(cfg):
         if cfg.name_or_path == "tiny":
-            model, tokenizer, fe = tiny_builder(seed=cfg.tiny_seed)
             device = resolve_device(cfg.device)
-            model.to(device=device, dtype=resolve_dtype(cfg.dtype, device))
+            # Tiny weights are drawn on the CPU in fp32 whatever the target, so that tiny_seed
+            # gives the same model on every device and dtype (CUDA's generator draws other
+            # numbers); they are a few hundred kB. "meta" builds without memory or init.
+            model, tokenizer, fe = tiny_builder(seed=cfg.tiny_seed, device="meta" if device.type == "meta" else "cpu")
+            model = _load_like_checkpoint(model, device, resolve_dtype(cfg.dtype, device))
         else:
             model, tokenizer, fe = _load_hf(model_cls_name, cfg)
         return adapter_cls(

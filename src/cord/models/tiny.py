@@ -49,8 +49,9 @@ def _vocab_size(tokenizer) -> int:
     return (len(tokenizer) + 63) // 64 * 64
 
 
-def build_tiny_qwen2_audio(seed: int = 0):
-    """(model, tokenizer, feature_extractor) for a toy Qwen2AudioForConditionalGeneration."""
+def build_tiny_qwen2_audio(seed: int = 0, device: str | torch.device = "cpu"):
+    """(model, tokenizer, feature_extractor) for a toy Qwen2AudioForConditionalGeneration,
+    built on ``device`` (``"meta"``: shapes only, no memory)."""
     from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
 
     tokenizer = build_byte_tokenizer()
@@ -61,7 +62,8 @@ def build_tiny_qwen2_audio(seed: int = 0):
         audio_token_index=audio_id,
     )
     torch.manual_seed(seed)
-    model = Qwen2AudioForConditionalGeneration(config).eval()
+    with torch.device(device):
+        model = Qwen2AudioForConditionalGeneration(config).eval()
     _set_generation_ids(model, tokenizer)
     return model, tokenizer, WhisperFeatureExtractor(feature_size=128)
 
@@ -81,8 +83,9 @@ def _text_config(tokenizer, **extra) -> dict:
     )
 
 
-def build_tiny_qwen2_5_omni_thinker(seed: int = 0):
-    """(model, tokenizer, feature_extractor) for a toy Qwen2_5OmniThinkerForConditionalGeneration."""
+def build_tiny_qwen2_5_omni_thinker(seed: int = 0, device: str | torch.device = "cpu"):
+    """(model, tokenizer, feature_extractor) for a toy Qwen2_5OmniThinkerForConditionalGeneration,
+    built on ``device`` (``"meta"``: shapes only, no memory)."""
     from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
 
     tokenizer = build_byte_tokenizer()
@@ -117,7 +120,8 @@ def build_tiny_qwen2_5_omni_thinker(seed: int = 0):
         vision_start_token_id=ids("<|vision_bos|>"),
     )
     torch.manual_seed(seed)
-    model = Qwen2_5OmniThinkerForConditionalGeneration(config).eval()
+    with torch.device(device):
+        model = Qwen2_5OmniThinkerForConditionalGeneration(config).eval()
     _set_generation_ids(model, tokenizer)
     return model, tokenizer, WhisperFeatureExtractor(feature_size=128)
 

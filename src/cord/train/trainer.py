@@ -341,27 +341,12 @@ class Trainer:
                 "moved_aside": str(moved) if moved else None, "config_changes": plan.config_changes}
 
     def export(self, directory: Path) -> None:
-        """A loadable model (``model.name_or_path: <dir>``); LoRA is merged into the weights."""
-        model = self.adapter.model
-        tmp = directory.with_name(directory.name + ".tmp")
-        if tmp.exists():
-            import shutil
+        """A loadable model (``model.name_or_path: <dir>``) whose outputs equal the trained
+        model's. LoRA is saved unmerged, base weights + adapter (see cord.models.export:
+        merging an fp32 update into bf16 weights rounds most of it away)."""
+        from cord.models.export import export_model
 
-            shutil.rmtree(tmp)
-        if hasattr(model, "merge_and_unload"):
-            import copy
-
-            merged = copy.deepcopy(model).merge_and_unload()
-            exporter = copy.copy(self.adapter)
-            exporter.model = merged
-            exporter.save_pretrained(str(tmp))
-        else:
-            self.adapter.save_pretrained(str(tmp))
-        if directory.exists():
-            import shutil
-
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
+        export_model(self.adapter, directory)
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
