@@ -59,6 +59,10 @@ CASES = [
     # markdown
     ("**Bold** question: how many?", "Bold question: how many?"),
     ("# Problem\n- item one\n- item two", "Problem. item one. item two"),
+    ("What is _markdown_ here?", "What is markdown here?"),  # emphasis, not a subscript
+    ("Read *this* word, then __that__ one.", "Read this word, then that one."),
+    ("Compute 2*3*4 and 2 * 3.", "Compute 2 times 3 times 4 and 2 times 3."),  # still times
+    (r"Let $a_b + c_d = x_1$.", "Let eigh sub b plus c sub d equals x sub 1."),  # still subscripts
     # plain word problems pass through unchanged
     ("Janet's ducks lay 16 eggs per day. How many are left?", "Janet's ducks lay 16 eggs per day. How many are left?"),
 ]
@@ -78,6 +82,10 @@ UNSPEAKABLE = [
     ("| a | b |\n|---|---|\n| 1 | 2 |", "table"),
     ("[asy] draw((0,0)--(1,1)); [/asy] Find the area.", "asymptote"),
     ("这是一个数学问题", "non_latin_script"),
+    ("¿Cuántas manzanas tiene Juan?", "not_english"),
+    ("Combien de pommes a Marie si elle en achète 3?", "not_english"),
+    ("Wie viele Äpfel hat Anna, wenn sie 3 kauft und 2 isst?", "not_english"),
+    ("Quanti anni ha Marco se è nato nel 1990?", "not_english"),
     ("Let " + " and ".join(f"$x_{{{i}}}^{{{i}}} + y_{{{i}}} = {i}$" for i in range(1, 8)) + ".", "too_much_math"),
     (r"Evaluate $\int_0^1 x\,dx$.", "unknown_command"),
 ]
@@ -93,3 +101,17 @@ def test_output_has_no_markup_left():
     for text, _ in CASES:
         out = speakable(text)
         assert not any(ch in out for ch in "\\{}^_$|"), (text, out)
+
+
+ENGLISH_WITH_FOREIGN_LOOKING_WORDS = [
+    "A die is rolled twice. What is the chance of a 6?",
+    "El Paso has 3 parks and Le Mans has 2. How many parks in total?",
+    "Jose and Maria share 12 apples. If Maria gets 5, how many does Jose get?",
+    "Pour 3 liters into a tank that holds 10. How much more fits?",
+    "He wears a hat on 4 days of the week. On how many days is he without it?",
+]
+
+
+@pytest.mark.parametrize("text", ENGLISH_WITH_FOREIGN_LOOKING_WORDS)
+def test_english_is_not_taken_for_another_language(text):
+    assert normalize_for_speech(text)[1] == ""

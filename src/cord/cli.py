@@ -38,7 +38,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--input", help="JSONL/CSV/Parquet file, or a hub dataset name (AI-MO/NuminaMath-CoT, openai/gsm8k)")
     p.add_argument("--out", help="output directory (manifest.jsonl + audio/)")
-    p.add_argument("--tts", choices=["espeak", "kokoro"])
+    p.add_argument("--tts", metavar="ENGINES",
+                   help="espeak (default), piper or kokoro; or a mix drawn per item: espeak,piper or espeak:0.7,piper:0.3")
     p.add_argument("--limit", type=int)
     p.add_argument("--workers", type=int)
     p.add_argument("--seed", type=int)

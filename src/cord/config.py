@@ -187,11 +187,17 @@ class SynthConfig(_Section):
     #: local file columns (JSONL / CSV / Parquet)
     question_column: str = "question"
     answer_column: str = "answer"
+    #: None: a column named ``id`` when the file has one, else ``<file stem>-<row index>``
     id_column: str | None = None
     split: str = "train"
-    tts: Literal["espeak", "kokoro"] = "espeak"
+    #: espeak, piper or kokoro; or a mix drawn per item: "espeak,piper", "espeak:0.7,piper:0.3"
+    tts: str = "espeak"
     #: espeak-ng voices drawn by the seed (None = the backend's default set)
     voices: list[str] | None = None
+    #: Piper voices: .onnx files or installed voice packages (None = every installed *-piper-voice)
+    piper_voices: list[str] | None = None
+    #: Piper's own noise (livelier, but reruns are then not byte-identical); off = deterministic
+    piper_noise: bool = False
     speed_range: tuple[int, int] = (140, 190)
     pitch_range: tuple[int, int] = (30, 70)
     kokoro_model: str | None = None
@@ -201,6 +207,14 @@ class SynthConfig(_Section):
     workers: int = Field(2, ge=1)
     seed: int = 0
     max_audio_seconds: float = Field(30.0, gt=0)
+
+    @field_validator("tts")
+    @classmethod
+    def _check_tts(cls, v: str) -> str:
+        from cord.data.tts import parse_tts_spec
+
+        parse_tts_spec(v)  # ValueError: unknown engine, bad weight
+        return v.strip()
 
 
 class EvalConfig(_Section):

@@ -444,6 +444,10 @@ class _Converter:
 _MARKDOWN = [
     (re.compile(r"\*\*(.+?)\*\*", re.S), r"\1"),
     (re.compile(r"__(.+?)__", re.S), r"\1"),
+    # _emphasis_ and *emphasis*: the marks touch a word on the inside and none on the outside,
+    # so x_1, a_b + c_d, 2*3*4 and "2 * 3" are left alone
+    (re.compile(r"(?<![\w\\])_(?=[^\W\d_])([^_\n$]*?[^\W_])_(?!\w)"), r"\1"),
+    (re.compile(r"(?<![\w*\\])\*(?=[^\W\d_])([^*\n$]*?[^\W_])\*(?![\w*])"), r"\1"),
     (re.compile(r"^\s{0,3}#{1,6}\s*", re.M), ""),
     (re.compile(r"^\s*[-*+•]\s+", re.M), ""),
     (re.compile(r"```.*?```", re.S), " "),
@@ -538,6 +542,34 @@ def _has_table(text: str) -> bool:
     return piped >= 2 or bool(re.search(r"\|\s*:?-{3,}", text))
 
 
+#: Function words of Latin-script languages that an en-us voice would read as English
+#: gibberish (Spanish, French, German, Italian, Portuguese); words that are also common
+#: in English maths problems ("a", "as", "die", "hat", "pour", "y", "mit", "von") are left out.
+_FOREIGN_WORDS = frozenset("""
+el los las una unos es que cuántos cuántas cuánto cuánta tiene si con por para del más son cuál
+le les une des du est et combien il elle avec dans sur au aux sont qui ce cette quel quelle
+der das und ist ein eine einen wie viele nicht dem zu wenn sie er auf sind
+di che della sono quanti quante ha em não uma os quantos quantas tem com dos são qual
+""".split())
+_ENGLISH_WORDS = frozenset("""
+the a an of and is are to in what how many much if he she it has have for with on each that his
+her they was be by does find at from total more than as there this which will can per how
+""".split())
+
+
+def _not_english(text: str) -> bool:
+    """A cheap guard for Latin-script questions in another language (non-Latin scripts are
+    caught by :func:`_non_latin`): more foreign function words than English ones, by a clear
+    margin, or Spanish inverted punctuation. Maths in ``$…$`` is ignored."""
+    prose = re.sub(r"\$[^$]*\$", " ", text)
+    if "¿" in prose or "¡" in prose:
+        return True
+    words = re.findall(r"[^\W\d_]+", prose.lower())
+    foreign = sum(w in _FOREIGN_WORDS for w in words)
+    english = sum(w in _ENGLISH_WORDS for w in words)
+    return (foreign >= 2 and english == 0) or (foreign >= 3 and foreign > 2 * english)
+
+
 def _non_latin(text: str) -> bool:
     for ch in text:
         if ch.isalpha() and ord(ch) > 0x24F and ch not in "πθαβγδ":
@@ -553,7 +585,7 @@ def _non_latin(text: str) -> bool:
 
 def normalize_for_speech(text: str | None) -> tuple[str | None, str]:
     """``(spoken, "")`` or ``(None, reason)``; the reason is a short slug for the summary:
-    empty, latex_environment, asymptote, table, non_latin_script, too_much_math,
+    empty, latex_environment, asymptote, table, non_latin_script, not_english, too_much_math,
     unknown_command, leftover_markup."""
     if text is None or not str(text).strip():
         return None, "empty"
@@ -566,6 +598,8 @@ def normalize_for_speech(text: str | None) -> tuple[str | None, str]:
         return None, "table"
     if _non_latin(text):
         return None, "non_latin_script"
+    if _not_english(text):
+        return None, "not_english"
     text = unicodedata.normalize("NFC", text)
     for k, v in _UNICODE.items():
         text = text.replace(k, v)

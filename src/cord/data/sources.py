@@ -5,12 +5,13 @@ None when the row has none (``cord synth`` counts it as ``missing_question``).
 
 Local files: JSONL (``.jsonl``/``.ndjson``, or ``.json`` holding a list), CSV and Parquet
 (Parquet needs ``pyarrow``). Columns come from ``synth.question_column``,
-``answer_column`` and ``id_column`` (no id column: ids are ``<file stem>-<row index>``).
+``answer_column`` and ``id_column`` (unset: a column named ``id`` when there is one, else
+ids are ``<file stem>-<row index>``).
 A local file in the shape of a known dataset is converted like the hub version: rows with
 ``problem`` and ``solution`` (and no question column) as NuminaMath-CoT, and rows whose
 answer holds a GSM8K ``#### <answer>`` line as GSM8K.
 
-Hub datasets (only when asked for by name; needs ``pip install cord[hub]``):
+Hub datasets (only when asked for by name; needs ``pip install -e ".[hub]"`` from the clone):
 
 - ``AI-MO/NuminaMath-CoT`` — see :func:`numina_row` for the filter.
 - ``openai/gsm8k`` (config ``main``) — see :func:`gsm8k_row`.
@@ -168,7 +169,7 @@ def gsm8k_row(raw: dict[str, Any], index: int, split: str = "train") -> tuple[di
 def _generic_row(raw: dict[str, Any], index: int, cfg, default_source: str) -> dict:
     q = raw.get(cfg.question_column)
     a = raw.get(cfg.answer_column)
-    rid = raw.get(cfg.id_column) if cfg.id_column else None
+    rid = raw.get(cfg.id_column or "id")  # unset id_column: a column named "id" when present
     row = {
         "id": str(rid) if rid not in (None, "") else f"{default_source}-{index:06d}",
         "question": None if q is None else str(q),
@@ -216,9 +217,15 @@ def _read_parquet(path: Path) -> Iterator[dict]:
         import pyarrow.parquet as pq
     except ImportError:
         raise CordError(f"reading {path.name} needs pyarrow: pip install pyarrow (or convert it to JSONL/CSV)") from None
-    pf = pq.ParquetFile(str(path))
-    for batch in pf.iter_batches(batch_size=4096):
-        yield from batch.to_pylist()
+    import pyarrow as pa
+
+    try:
+        pf = pq.ParquetFile(str(path))
+        for batch in pf.iter_batches(batch_size=4096):
+            yield from batch.to_pylist()
+    except (pa.ArrowException, OSError) as e:  # ArrowInvalid: corrupt or not Parquet at all
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CordError(f"{path}: not a readable Parquet file ({msg[:200]})") from None
 
 
 def _local_reader(path: Path) -> Iterator[dict]:
@@ -238,7 +245,7 @@ def _hub_reader(name: str, config: str | None, split: str) -> Iterator[dict]:
     try:
         import datasets
     except ImportError:
-        raise CordError(f"reading the hub dataset {name} needs the datasets library: pip install cord[hub] "
+        raise CordError(f"reading the hub dataset {name} needs the datasets library: pip install -e \".[hub]\" (from the cord clone) "
                         "(or pass a local JSONL/CSV/Parquet file)") from None
     try:
         ds = datasets.load_dataset(name, config, split=split) if config else datasets.load_dataset(name, split=split)

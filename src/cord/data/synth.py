@@ -5,18 +5,25 @@ Writes, under ``synth.out`` (DIR)::
     DIR/audio/<id>.wav     16 kHz mono PCM16, one per question
     DIR/manifest.jsonl     one JSON object per line (the record of what is finished)
     DIR/summary.json       counts of the last run
+    DIR/skipped.jsonl      items synthesised and then found too long (a rerun skips them at once)
 
 Each manifest row: ``id, question`` (the original text: the text prompt), ``answer,
 solution, source, audio`` (path relative to DIR), ``duration`` (seconds), ``tts``
-(engine and version), ``voice`` (e.g. ``en-us+f3 s=160 p=50``), ``spoken`` (the normalised
-text the TTS read). ``cord.data.paired.load_paired(DIR)`` reads it.
+(engine and version, e.g. ``espeak-ng 1.51`` or ``piper-tts 1.8.0``), ``voice`` (e.g.
+``en-us+f3 s=160 p=50`` or ``en_US-joe-medium s=160 ls=1.0625``), ``seed`` (the seed its
+voice was drawn with), ``spoken`` (the normalised text the TTS read). ``cord.data.paired.load_paired(DIR)`` reads it.
 
 Resumable: a rerun of the same command skips ids already in the manifest. Audio is written
 to a temp name and renamed before its manifest line is appended, flushed and fsynced, so a
 killed run loses at most the items in flight and never leaves a half-written file that
 counts as finished; a truncated last manifest line is dropped on resume. The voice, speed
-and pitch of an item depend only on (seed, id), and espeak-ng is deterministic, so the
-audio bytes for a given id and seed are identical across runs, worker counts and resumes.
+and pitch of an item (and its engine, in a mix) depend only on (seed, id), and espeak-ng
+and Piper (with its default ``synth.piper_noise: false``) are deterministic, so the audio
+bytes for a given id and seed are identical across runs, worker counts and resumes.
+
+Cheap checks come before synthesis: a question whose spoken text could not fit in
+``max_audio_seconds`` even at twice the drawn speaking rate is skipped as ``too_long``
+without being synthesised (:func:`min_seconds`).
 """
 
 from __future__ import annotations
@@ -39,12 +46,13 @@ from cord.data.audio import SAMPLE_RATE, to_16k_mono
 from cord.data.normalize import normalize_for_speech
 from cord.data.paired import MANIFEST
 from cord.data.sources import load_rows
-from cord.data.tts import TTS, draw_voice, make_tts
+from cord.data.tts import TTS, TTSMix, make_tts
 
-__all__ = ["synthesize", "synth_main", "SKIP_REASONS", "recover_manifest"]
+__all__ = ["synthesize", "synth_main", "SKIP_REASONS", "recover_manifest", "min_seconds"]
 
 SKIP_REASONS = ("missing_question", "empty_question", "unspeakable", "tts_failed", "too_long", "duplicate_id")
 SUMMARY = "summary.json"
+SKIPPED = "skipped.jsonl"
 _TMP_SUFFIX = ".partial"
 _SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,120}")
 
@@ -106,6 +114,48 @@ def recover_manifest(out: Path) -> tuple[dict[str, dict], dict[str, Any]]:
     return done, repairs
 
 
+def min_seconds(spoken: str, speed: int) -> float:
+    """A lower bound on how long ``spoken`` takes to say at ``speed`` words per minute.
+
+    Read speech runs at about speed / 10 characters a second (6 characters a word, spaces
+    included: espeak-ng measures 0.065-0.095 s a character at 140-190 wpm); the bound
+    assumes twice that rate, so an item is only pre-skipped when it certainly would be
+    too long."""
+    return len(spoken) / (2.0 * max(1, int(speed)) / 10.0)
+
+
+def _load_skipped(out: Path) -> dict[str, dict]:
+    """Items an earlier run synthesised and dropped as too long, by id (a cache: a
+    malformed line, e.g. a partial last one after a kill, is ignored)."""
+    path = out / SKIPPED
+    known: dict[str, dict] = {}
+    if path.is_file():
+        for line in path.read_bytes().split(b"\n"):
+            try:
+                row = json.loads(line)
+                known[str(row["id"])] = row
+            except (ValueError, KeyError, TypeError):
+                continue
+    return known
+
+
+def _check_out(out: Path) -> None:
+    """An output path that is a file (or lies under one) is one clear error."""
+    for p in (out, *out.parents):
+        if p.exists() and not p.is_dir():
+            where = "" if p == out else f" (in --out {out})"
+            raise CordError(f"--out: {p} is a file, not a folder{where}; give a folder for the dataset")
+
+
+def _prepare_out(out: Path) -> None:
+    """Create ``out/audio`` (see :func:`_check_out`)."""
+    _check_out(out)
+    try:
+        (out / "audio").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CordError(f"cannot create the output folder {out / 'audio'}: {e.strerror or e}") from None
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + _TMP_SUFFIX)
     with open(tmp, "wb") as f:
@@ -149,13 +199,14 @@ def _write_wav(path: Path, audio: np.ndarray) -> None:
 
 
 class _Skip(Exception):
-    def __init__(self, reason: str, detail: str = ""):
+    def __init__(self, reason: str, detail: str = "", record: dict | None = None):
         super().__init__(detail)
         self.reason = reason
+        self.record = record
 
 
-def _make_item(row: dict, spoken: str, cfg, tts: TTS, voices: list[str], out: Path) -> dict:
-    choice = draw_voice(voices, cfg.seed, row["id"], tuple(cfg.speed_range), tuple(cfg.pitch_range))
+def _make_item(row: dict, spoken: str, cfg, tts: TTS, choice, label: str, out: Path) -> dict:
+    version = getattr(tts, "version", tts.name)
     try:
         samples, rate = tts.synthesize(spoken, choice.voice, choice.speed, choice.pitch)
         audio = to_16k_mono(samples, rate)
@@ -163,7 +214,9 @@ def _make_item(row: dict, spoken: str, cfg, tts: TTS, voices: list[str], out: Pa
         raise _Skip("tts_failed", f"{row['id']}: {type(e).__name__}: {e}") from None
     duration = audio.shape[0] / SAMPLE_RATE
     if duration > cfg.max_audio_seconds:
-        raise _Skip("too_long", f"{row['id']}: {duration:.1f} s")
+        raise _Skip("too_long", f"{row['id']}: {duration:.1f} s", record={
+            "id": row["id"], "reason": "too_long", "duration": round(duration, 3), "tts": version,
+            "voice": label, "seed": cfg.seed})
     if audio.size == 0:
         raise _Skip("tts_failed", f"{row['id']}: empty audio")
     rel = f"audio/{audio_filename(row['id'])}"
@@ -179,8 +232,9 @@ def _make_item(row: dict, spoken: str, cfg, tts: TTS, voices: list[str], out: Pa
         "source": row.get("source", ""),
         "audio": rel,
         "duration": round(duration, 3),
-        "tts": getattr(tts, "version", tts.name),
-        "voice": choice.label,
+        "tts": version,
+        "voice": label,
+        "seed": cfg.seed,
         "spoken": spoken,
     }
 
@@ -192,20 +246,24 @@ def _make_item(row: dict, spoken: str, cfg, tts: TTS, voices: list[str], out: Pa
 def synthesize(cfg, progress: bool = True, tts: TTS | None = None) -> dict[str, Any]:
     """Run ``cord synth`` for ``cfg`` (a :class:`cord.config.SynthConfig`) and return the
     summary (also written to ``DIR/summary.json``). ``tts`` overrides the backend named by
-    ``cfg.tts`` (tests pass fakes). ``cfg.limit`` caps the input rows considered (after a
+    ``cfg.tts`` (tests pass fakes; a :class:`cord.data.tts.TTSMix` for several engines). ``cfg.limit`` caps the input rows considered (after a
     dataset filter such as NuminaMath's), so a rerun with the same limit resumes the same
     set. Raises :class:`CordError` for bad input; KeyboardInterrupt propagates after the
     summary of the partial run is written."""
     t0 = time.perf_counter()
     source = load_rows(cfg)  # fails fast on a missing file / column / library
-    backend = tts if tts is not None else make_tts(cfg)
-    voices = backend.voices()
     out = Path(cfg.out).expanduser()
-    (out / "audio").mkdir(parents=True, exist_ok=True)
+    _check_out(out)  # before loading a TTS engine
+    backend = tts if tts is not None else make_tts(cfg)
+    mix = backend if isinstance(backend, TTSMix) else TTSMix([(backend, 1.0)])
+    _prepare_out(out)
+    speed_range, pitch_range = tuple(cfg.speed_range), tuple(cfg.pitch_range)
 
     with _exclusive(out):
         done, repairs = recover_manifest(out)
-        notes = _resume_notes(out, done, cfg, backend)
+        notes = _resume_notes(done, cfg, mix)
+        known_long = _load_skipped(out)
+        remembered = 0
         skipped: Counter[str] = Counter({r: 0 for r in SKIP_REASONS})
         unspeakable: Counter[str] = Counter()
         errors: list[str] = []
@@ -234,16 +292,28 @@ def synthesize(cfg, progress: bool = True, tts: TTS | None = None) -> dict[str, 
                 skipped["unspeakable"] += 1
                 unspeakable[reason] += 1
                 continue
-            jobs.append((row, spoken))
+            engine, choice, label = mix.draw(cfg.seed, rid, speed_range, pitch_range)
+            if min_seconds(spoken, choice.speed) > cfg.max_audio_seconds:
+                skipped["too_long"] += 1  # certainly too long: not worth synthesising
+                continue
+            prev = known_long.get(rid)
+            if (prev and prev.get("voice") == label and prev.get("tts") == getattr(engine, "version", engine.name)
+                    and float(prev.get("duration", 0)) > cfg.max_audio_seconds):
+                skipped["too_long"] += 1  # measured too long by an earlier run with the same voice
+                remembered += 1
+                continue
+            jobs.append((row, spoken, engine, choice, label))
 
-        workers = cfg.workers if getattr(backend, "thread_safe", True) else 1
+        workers = cfg.workers if mix.thread_safe else 1
         import soundfile  # noqa: F401  (import once here, not in the first worker: keeps the rate honest)
 
         to_16k_mono(np.zeros(441, dtype=np.float32), 22_050)  # loads scipy.signal
         written, audio_seconds, interrupted = 0, 0.0, False
+        by_tts: Counter[str] = Counter()
         t_work = time.perf_counter()
         bar = _progress_bar(len(jobs), progress)
         manifest = open(out / MANIFEST, "a", encoding="utf-8")
+        skipped_log = None
         pending: set[Future] = set()
         pool = None
         try:
@@ -257,7 +327,8 @@ def synthesize(cfg, progress: bool = True, tts: TTS | None = None) -> dict[str, 
                     if job is None:
                         exhausted = True
                         break
-                    pending.add(pool.submit(_make_item, job[0], job[1], cfg, backend, voices, out))
+                    row, spoken, engine, choice, label = job
+                    pending.add(pool.submit(_make_item, row, spoken, cfg, engine, choice, label, out))
                 if not pending:
                     break
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -268,11 +339,17 @@ def synthesize(cfg, progress: bool = True, tts: TTS | None = None) -> dict[str, 
                         skipped[s.reason] += 1
                         if len(errors) < 5 and s.reason == "tts_failed":
                             errors.append(str(s))
+                        if s.record is not None:  # remembered so that a rerun skips it at once
+                            if skipped_log is None:
+                                skipped_log = open(out / SKIPPED, "a", encoding="utf-8")
+                            skipped_log.write(json.dumps(s.record, ensure_ascii=False) + "\n")
+                            skipped_log.flush()
                     else:
                         manifest.write(json.dumps(row, ensure_ascii=False) + "\n")
                         manifest.flush()
                         os.fsync(manifest.fileno())
                         written += 1
+                        by_tts[row["tts"]] += 1
                         audio_seconds += row["duration"]
                     bar.update(1)
         except KeyboardInterrupt:
@@ -283,18 +360,22 @@ def synthesize(cfg, progress: bool = True, tts: TTS | None = None) -> dict[str, 
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
             manifest.close()
+            if skipped_log is not None:
+                skipped_log.close()
             bar.close()
             work_seconds = time.perf_counter() - t_work
             summary = {
                 "input": str(cfg.input),
                 "out": str(out),
-                "tts": getattr(backend, "version", backend.name),
+                "tts": mix.version,
                 "seed": cfg.seed,
                 "workers": workers,
                 "written": written,
                 "already_done": already_done,
                 "total_in_manifest": len(done) + written,
+                "written_by_tts": dict(sorted(by_tts.items())),
                 "skipped": dict(skipped),
+                "too_long_remembered": remembered,
                 "unspeakable_reasons": dict(sorted(unspeakable.items())),
                 "tts_errors": errors,
                 "yield": source.summary(),
@@ -311,23 +392,30 @@ def synthesize(cfg, progress: bool = True, tts: TTS | None = None) -> dict[str, 
     return summary
 
 
-def _resume_notes(out: Path, done: dict[str, dict], cfg, backend) -> list[str]:
-    """Warn when finished items came from another seed or TTS: they are kept as they are."""
+def _resume_notes(done: dict[str, dict], cfg, mix: TTSMix) -> list[str]:
+    """Warn when finished items came from another seed or TTS: they are kept as they are.
+    The seed is read from each manifest row (rows written before rows recorded it are
+    checked by redrawing their voice with this run's seed)."""
     if not done:
         return []
     notes = []
-    version = getattr(backend, "version", backend.name)
-    other_tts = sorted({str(r.get("tts")) for r in done.values()} - {version})
+    keep = "they are kept (use a new --out for a uniform set)"
+    versions = mix.versions()
+    other_tts = Counter(str(r.get("tts")) for r in done.values() if str(r.get("tts")) not in versions)
     if other_tts:
-        notes.append(f"{len(done)} finished items include audio from {', '.join(other_tts)}, not {version}; "
-                     "they are kept (use a new --out for a uniform set)")
-    try:
-        prev = json.loads((out / SUMMARY).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        prev = {}
-    if "seed" in prev and prev["seed"] != cfg.seed:
-        notes.append(f"finished items were drawn with seed {prev['seed']}, this run uses {cfg.seed}; "
-                     "they are kept (use a new --out for a uniform set)")
+        notes.append(f"{sum(other_tts.values())} of {len(done)} finished items have audio from "
+                     f"{', '.join(sorted(other_tts))}, not {mix.version}; {keep}")
+    seeds = Counter(r["seed"] for r in done.values() if "seed" in r and r["seed"] != cfg.seed)
+    if seeds:
+        listed = ", ".join(f"{k} ({v} items)" for k, v in sorted(seeds.items(), key=lambda kv: str(kv[0])))
+        notes.append(f"{sum(seeds.values())} of {len(done)} finished items were drawn with seed {listed}, "
+                     f"this run uses {cfg.seed}; {keep}")
+    ranges = tuple(cfg.speed_range), tuple(cfg.pitch_range)
+    legacy = sum(1 for r in done.values() if "seed" not in r and str(r.get("tts")) in versions
+                 and mix.draw(cfg.seed, str(r["id"]), *ranges)[2] != r.get("voice"))
+    if legacy:
+        notes.append(f"{legacy} of {len(done)} finished items have voices that seed {cfg.seed} would not draw "
+                     f"(another seed or other voice settings); {keep}")
     return notes
 
 
@@ -349,6 +437,11 @@ def describe(summary: dict[str, Any]) -> str:
     if skipped:
         detail = ", ".join(f"{k} {v}" for k, v in skipped.items())
         parts.append(f"skipped {sum(skipped.values())} ({detail})")
+    if summary.get("unspeakable_reasons"):
+        why = ", ".join(f"{k} {v}" for k, v in summary["unspeakable_reasons"].items())
+        parts.append(f"unspeakable: {why}")
+    if len(summary.get("written_by_tts") or {}) > 1:
+        parts.append("by engine: " + ", ".join(f"{k} {v}" for k, v in summary["written_by_tts"].items()))
     y = summary["yield"]
     if y.get("dropped"):
         dropped = ", ".join(f"{k} {v}" for k, v in y["dropped"].items())
@@ -360,12 +453,16 @@ def describe(summary: dict[str, Any]) -> str:
     return "; ".join(parts) + "."
 
 
-def synth_main(cfg) -> int:
+def synth_main(cfg, out_given: bool = True) -> int:
     """CLI entry for ``cord synth``: run, print the summary paragraph, return the exit code.
 
     0: the run completed (skipped items are normal and reported); 1: every item it tried
     failed in the TTS (a broken backend); 130: interrupted (rerun the same command to
-    resume). :class:`CordError` (bad input, missing espeak-ng …) propagates to the CLI."""
+    resume). :class:`CordError` (bad input, missing espeak-ng …) propagates to the CLI.
+    The first line says where the dataset goes (``out_given=False``: the default --out)."""
+    where = Path(cfg.out).expanduser().resolve()
+    print(f"cord synth: writing to {where}" + ("" if out_given else
+          " (the default --out, which cord train reads as data.train; pass --out DIR to choose)"), flush=True)
     try:
         summary = synthesize(cfg, progress=True)
     except KeyboardInterrupt:

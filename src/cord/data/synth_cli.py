@@ -17,4 +17,7 @@ def run(args) -> int:
         raise CordError("no input: pass --input FILE_OR_HUB_NAME (or synth.input in the config)")
     from cord.data.synth import synth_main
 
-    return synth_main(cfg.synth)
+    # not given: no --out and the config left synth.out at its default (the dataset then goes
+    # to data/train, where cord train looks by default; the first printed line says so)
+    out_given = args.out is not None or cfg.synth.out != type(cfg.synth).model_fields["out"].default
+    return synth_main(cfg.synth, out_given=out_given)

