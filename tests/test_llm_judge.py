@@ -4,7 +4,6 @@ import json
 import re
 import socket
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -14,23 +13,32 @@ from cord.judges import LLMJudge, judge, judge_batch, parse_verdict
 
 
 class FakeChatServer:
-    """An OpenAI-compatible /v1/chat/completions stub. Replies YES when the two answers in
-    the prompt are the same string. ``sleep_first``: seconds the first request waits before
-    answering (to make the client time out); ``status``: HTTP codes to return, in order,
-    before answering normally; ``delay``: seconds every request takes."""
+    """An OpenAI-compatible /v1/chat/completions stub on 127.0.0.1, port 0 (the OS picks a
+    free port and the URL is read back from the bound socket: no free-port race). Replies
+    YES when the two answers in the prompt are the same string.
 
-    def __init__(self, sleep_first=0.0, status=(), delay=0.0, reply=None):
+    ``status``: HTTP codes to return, in order, before answering normally. ``hang``: how
+    many of the first requests never get an answer (they wait until the server shuts down),
+    so a client timeout fires however loaded the machine is. ``gate``: the first ``gate``
+    requests each wait until ``gate`` of them are in flight at once (a barrier), which
+    proves the client sends them concurrently without timing anything."""
+
+    def __init__(self, status=(), hang=0, gate=0, reply=None):
         self.count = 0
         self.bodies = []
         self.headers = []
         self.paths = []
-        self.sleep_first = sleep_first
         self.status = list(status)
-        self.delay = delay
+        self.hang = hang
         self.reply = reply
         self.active = 0
         self.max_active = 0
         self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.released = threading.Event()
+        self.gate = threading.Barrier(gate) if gate else None
+        self.gate_n = gate
+        self.gate_broken = False
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -40,7 +48,7 @@ class FakeChatServer:
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length))
-                with server.lock:
+                with server.cond:
                     server.count += 1
                     n = server.count
                     server.bodies.append(body)
@@ -49,11 +57,16 @@ class FakeChatServer:
                     server.active += 1
                     server.max_active = max(server.max_active, server.active)
                     code = server.status.pop(0) if server.status else 200
+                    server.cond.notify_all()
                 try:
-                    if n == 1 and server.sleep_first:
-                        time.sleep(server.sleep_first)
-                    if server.delay:
-                        time.sleep(server.delay)
+                    if n <= server.hang:
+                        server.released.wait()  # never answered: the client times out
+                        return
+                    if server.gate is not None and n <= server.gate_n:
+                        try:
+                            server.gate.wait(timeout=20)
+                        except threading.BrokenBarrierError:
+                            server.gate_broken = True
                     if code != 200:
                         self.send_response(code)
                         self.end_headers()
@@ -84,8 +97,15 @@ class FakeChatServer:
         return self
 
     def __exit__(self, *exc):
+        self.released.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def wait_for_requests(self, n, limit_s=60):
+        """Block until the server has received ``n`` requests (they are handled on their own
+        threads, so they may lag the client's view); False if that never happens."""
+        with self.cond:
+            return self.cond.wait_for(lambda: self.count >= n, timeout=limit_s)
 
 
 def _client(url, **kw):
@@ -114,16 +134,31 @@ def test_base_url_forms_all_reach_the_same_endpoint():
     assert srv.paths == ["/v1/chat/completions"] * 4
 
 
+@pytest.mark.timeout(60)  # a client that ignored its timeout would hang here
+def test_a_server_that_never_answers_times_out_on_every_attempt():
+    """The real socket timeout: the server accepts the requests and never answers, so each
+    attempt times out (whatever the load) and the error says so; counts, not durations."""
+    with FakeChatServer(hang=10) as srv:
+        j = _client(srv.url, timeout=0.2, max_retries=2)
+        with pytest.raises(CordError) as ei:
+            j.agree("q", "7", "7")
+        assert srv.wait_for_requests(3)
+        assert srv.count == 3
+    msg = str(ei.value)
+    assert "unreachable after 3 attempts" in msg and "timed out after 0.2 s" in msg and "\n" not in msg
+    assert (j.stats["requests"], j.stats["retries"]) == (3, 2)
+
+
+@pytest.mark.timeout(60)
 def test_first_request_times_out_then_retry_succeeds():
-    with FakeChatServer(sleep_first=1.5) as srv:
-        j = _client(srv.url, timeout=0.3, max_retries=2)
-        t0 = time.monotonic()
+    """The first request hangs until the client's timeout fires; the retry is answered.
+    The timeout is ~1000x what a local answer takes, and nothing is timed."""
+    with FakeChatServer(hang=1) as srv:
+        j = _client(srv.url, timeout=2.0, max_retries=2)
         v = j.agree("q", "7", "7")
-        elapsed = time.monotonic() - t0
-    assert v.agree is True
+    assert v.agree is True and v.cached is False
     assert srv.count == 2  # the timed-out request and the retry
-    assert j.stats["retries"] == 1
-    assert elapsed < 1.5  # did not wait for the slow first answer
+    assert (j.stats["requests"], j.stats["retries"]) == (2, 1)
 
 
 def test_http_500_is_retried_but_401_fails_at_once(monkeypatch):
@@ -168,13 +203,14 @@ def test_cache_survives_a_truncated_last_line(tmp_path):
 
 
 def test_server_down_is_one_clear_error_naming_the_url():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # nothing listens here now
-    j = _client(f"http://127.0.0.1:{port}", max_retries=1, timeout=1.0)
-    with pytest.raises(CordError) as ei:
-        j.agree("q", "1", "1")
+    # a bound socket that does not listen refuses connections, and holding it keeps any
+    # other process from taking the port meanwhile (closing it first would be a race)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        j = _client(f"http://127.0.0.1:{port}", max_retries=1, timeout=5.0)
+        with pytest.raises(CordError) as ei:
+            j.agree("q", "1", "1")
     msg = str(ei.value)
     assert f"http://127.0.0.1:{port}/v1/chat/completions" in msg
     assert "unreachable" in msg and "\n" not in msg
@@ -207,17 +243,25 @@ def test_from_config(tmp_path):
 
 
 def test_batch_runs_concurrently_within_the_limit_and_dedupes():
-    with FakeChatServer(delay=0.2) as srv:
-        j = _client(srv.url, concurrency=3)
+    # the first 3 requests are held until 3 are in flight at once: only a client that
+    # really sends 3 concurrently gets past the gate (one at a time would break it)
+    with FakeChatServer(gate=3) as srv:
+        j = _client(srv.url, concurrency=3, timeout=60.0)  # longer than the gate's 20 s wait
         cands = [str(i) for i in range(6)] + ["0"]
         refs = [str(i) for i in range(6)] + ["0"]
-        t0 = time.monotonic()
         out = j.agree_batch([""] * 7, cands, refs)
-        elapsed = time.monotonic() - t0
     assert [v.agree for v in out] == [True] * 7
+    assert [v.cached for v in out] == [False] * 6 + [True]
     assert srv.count == 6  # the repeated pair was asked once
-    assert 1 < srv.max_active <= 3
-    assert elapsed < 6 * 0.2  # faster than one at a time
+    assert not srv.gate_broken and j.stats["retries"] == 0
+    assert srv.max_active == 3  # reached (the gate) and never exceeded (the limit)
+
+
+def test_batch_with_concurrency_one_sends_one_at_a_time():
+    with FakeChatServer() as srv:
+        out = _client(srv.url, concurrency=1).agree_batch([""] * 4, list("abcd"), list("abce"))
+    assert [v.agree for v in out] == [True, True, True, False]
+    assert (srv.count, srv.max_active) == (4, 1)
 
 
 def test_reward_api_llm_kind():
