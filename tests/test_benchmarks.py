@@ -18,6 +18,7 @@ from cord.eval.benchmarks import (
     load_benchmark,
     mmau_item,
     voicebench_item,
+    with_protocol,
 )
 
 SR_IN = 22_050
@@ -34,7 +35,7 @@ def peak_hz(audio, sr=16_000):
 
 
 def write_bench(tmp_path, rows, durations=None):
-    (tmp_path / "audio").mkdir(exist_ok=True)
+    (tmp_path / "audio").mkdir(parents=True, exist_ok=True)
     for i, row in enumerate(rows):
         if "audio" not in row:
             row["audio"] = f"audio/{row['id']}.wav"
@@ -349,3 +350,220 @@ def test_hub_benchmark_without_datasets_says_how_to_install(monkeypatch):
     for name in ("voicebench-mmsu", "voicebench-openbookqa", "gsm8k-audio"):
         with pytest.raises(CordError, match=r"pip install 'cord\[hub\]'"):
             load_benchmark(name, limit=1)
+
+
+# --- the registry and the protocols -----------------------------------------------------------
+
+MMAU_KEYS = ["id", "audio_id", "question", "choices", "answer", "dataset", "task", "split", "category",
+             "sub-category", "difficulty"]  # the keys of every row of mmau-test-mini.json, in its order
+MMAU_ROWS = [
+    ("3fe64f3d-282c-4bc8-a753-68f8f6c35652", "Based on the given audio, identify the source of the speaking voice.",
+     ["Man", "Woman", "Child", "Robot"], "Man", "sound", "Reasoning", "Acoustic Source Inference", "medium", 0.6),
+    ("c412a68d-231c-4a40-ab5f-388255381d0e", "Which sound effect can be heard in the background?",
+     ["Thunder", "Birds chirping", "White noise", "Wind blowing"], "White noise", "music", "Information Extraction",
+     "Musical Texture Interpretation", "easy", 0.7),
+    ("0b4c3d2e-1111-4a40-ab5f-000000000003", "Is the second speaker agreeing?", ["Yes", "No"], "No", "speech",
+     "Reasoning", "Conversational Fact Retrieval", "hard", 0.8),
+    ("0b4c3d2e-2222-4a40-ab5f-000000000004", "How many distinct voices are heard?", ["1", "2", "3", "4", "5"], "3",
+     "speech", "Reasoning", "Counting", "medium", 0.9),
+]  # fmt: skip
+
+
+def write_mmau_like_the_real_file(root, missing=()):
+    """A copy shaped exactly like mmau-test-mini.json: its keys, uuid ids, audio under
+    ./test-mini-audios/<id>.wav (stereo 44.1 kHz stand-in clips)."""
+    (root / "test-mini-audios").mkdir(parents=True)
+    rows = []
+    for i, (rid, q, choices, ans, task, cat, sub, diff, sec) in enumerate(MMAU_ROWS):
+        row = dict(zip(MMAU_KEYS, [rid, f"./test-mini-audios/{rid}.wav", q, choices, ans, "AudioSet", task,
+                                   "test-mini", cat, sub, diff]))  # fmt: skip
+        rows.append(row)
+        if i not in missing:
+            clip = tone(sec, 300 + 100 * i, 44_100)
+            sf.write(root / row["audio_id"], np.stack([clip, clip], axis=1), 44_100)
+    (root / "mmau-test-mini.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def test_mmau_loader_on_the_real_file_shape(tmp_path):
+    rows = write_mmau_like_the_real_file(tmp_path)
+    b = load_benchmark("mmau-test-mini", data_dir=tmp_path)
+    assert [it.id for it in b] == [r["id"] for r in rows] and b.protocols.keys() == {"cord", "official"}
+    for it, row, spec in zip(b, rows, MMAU_ROWS):
+        assert it.answer == row["answer"] and it.meta["choices"] == row["choices"]
+        assert it.meta["groups"] == {"task": row["task"], "difficulty": row["difficulty"],
+                                     "sub-category": row["sub-category"]}  # fmt: skip
+        assert it.meta["mmau_question"] == row["question"] and it.meta["text_with_audio"] is True
+        assert abs(len(it.audio) - spec[-1] * 16_000) <= 2 and it.audio.ndim == 1  # stereo 44.1 kHz -> mono 16 kHz
+    # cord: lettered options, judge mmau; official: unlettered options, judge mmau-official
+    assert "(C) White noise" in b.items[1].question_text and b.judge_kind(b.items[1]) == "mmau"
+    off = with_protocol(b, "official")
+    q = off.items[1].question_text
+    assert q == ("Which sound effect can be heard in the background?\nChoose one of the following options:\n"
+                 "Thunder\nBirds chirping\nWhite noise\nWind blowing")  # fmt: skip
+    assert off.judge_kind(off.items[1]) == "mmau-official" and off.protocol.instruction == ""
+    assert off.score(off.items[1], "I hear white noise.").score == 1
+    assert off.score(off.items[1], "White noise, or maybe wind.").score == 0  # a wrong option's word
+    assert b.items[1].question_text.startswith("Which") and "(C)" in b.items[1].question_text  # original untouched
+
+
+def test_mmau_missing_audio_is_an_error_unless_limit_leaves_it_out(tmp_path):
+    write_mmau_like_the_real_file(tmp_path, missing=(3,))
+    with pytest.raises(CordError, match="1 of 4 MMAU audio files are missing.*0b4c3d2e-2222"):
+        load_benchmark("mmau-test-mini", data_dir=tmp_path)
+    assert len(load_benchmark("mmau-test-mini", 3, data_dir=tmp_path)) == 3  # --limit 3: only those are needed
+    assert len(load_benchmark("mmau-test-mini", data_dir=tmp_path, with_audio=False)) == 4  # text-only: no audio read
+
+
+def test_registry_one_place_per_benchmark(tmp_path):
+    from cord.eval.benchmarks import BENCHMARKS, HUB_BENCHMARKS, Benchmark, BenchmarkSpec, EvalProtocol, register_benchmark
+    from cord.data.paired import PairedExample
+    import cord.eval.benchmarks as bm
+
+    assert set(BENCHMARKS) == {"voicebench-mmsu", "voicebench-openbookqa", "gsm8k-audio", "mmau-test-mini"}
+    assert HUB_BENCHMARKS == tuple(BENCHMARKS)
+    assert {BENCHMARKS[n].protocols["official"].judge for n in BENCHMARKS} == {"voicebench", "mmau-official", "math"}
+    calls = []
+
+    def load(limit, *, with_audio=True, **_):
+        calls.append((limit, with_audio))
+        return Benchmark("toy", "exact", [PairedExample("t1", "Say hi", None, "hi")])
+
+    try:
+        register_benchmark(BenchmarkSpec("toy", load, "exact", {"official": EvalProtocol("official", judge="mcq")}))
+        b = load_benchmark("toy", 5, with_audio=False)
+        assert calls == [(5, False)] and b.protocols.keys() == {"cord", "official"}
+        assert with_protocol(b, "official").judge_kind(b.items[0]) == "mcq"
+        assert with_protocol(b, "cord").judge_kind(b.items[0]) == "exact"
+        with pytest.raises(CordError, match="unknown protocol"):
+            register_benchmark(BenchmarkSpec("toy2", load, "exact", {"leaderboard": EvalProtocol("leaderboard")}))
+    finally:
+        BENCHMARKS.pop("toy", None)
+        bm.HUB_BENCHMARKS = tuple(BENCHMARKS)
+    d = write_bench(tmp_path, [dict(ROWS[0])])
+    with pytest.raises(CordError, match="has no 'official' protocol.*--protocol cord"):
+        with_protocol(load_benchmark(d), "official")
+    with pytest.raises(CordError, match="unknown protocol 'leaderboard'"):
+        with_protocol(load_benchmark(d), "leaderboard")
+
+
+def _fake_hub(monkeypatch, rows):
+    import importlib.machinery
+
+    mod = _install_fake_datasets(monkeypatch, lambda *a, **k: FakeDataset(rows))
+    mod.__spec__ = importlib.machinery.ModuleSpec("datasets", None)  # `cord eval` checks it is installed
+
+
+class FramesEngine:
+    """Answers each prompt by its clip length (mel frames) or its text; records the prompts."""
+
+    def __init__(self, adapter, by_seconds, by_text):
+        self.adapter, self.by_seconds, self.by_text, self.prompts = adapter, by_seconds, by_text, []
+
+    def generate(self, prompts, *, n=1, greedy=False, max_new_tokens=200, **_):
+        import torch
+        from cord.rollout import Rollouts
+
+        assert n == 1 and greedy
+        texts = []
+        for r in range(len(prompts)):
+            ids = prompts.input_ids[r][prompts.attention_mask[r].bool()].tolist()
+            self.prompts.append((prompts.modality, self.adapter.tokenizer.decode(ids)))
+            if prompts.modality == "audio":
+                frames = int(prompts.extra["feature_attention_mask"][r].sum())
+                texts.append(self.by_seconds[round(frames / 100, 1)])
+            else:
+                texts.append(next(v for k, v in self.by_text.items() if k in self.prompts[-1][1]))
+        R = len(texts)
+        return Rollouts(ids=torch.zeros((R, 1), dtype=torch.long), mask=torch.ones((R, 1), dtype=torch.bool),
+                        text=texts, prompt_index=list(range(R)), n=1, finished=[True] * R)
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter():
+    from cord.config import ModelConfig
+    from cord.models import load_adapter
+
+    return load_adapter(ModelConfig(family="qwen2-audio", name_or_path="tiny", dtype="float32", device="cpu",
+                                    long_audio="skip", max_audio_seconds=5.0))  # fmt: skip
+
+
+def _eval_cfg(out, benchmarks, protocol):
+    from cord.config import CordConfig, EvalConfig, ModelConfig
+
+    return CordConfig(model=ModelConfig(family="qwen2-audio", name_or_path="tiny", dtype="float32", device="cpu",
+                                        long_audio="skip", max_audio_seconds=5.0),
+                      eval=EvalConfig(benchmarks=benchmarks, out=str(out), batch_size=2, protocol=protocol))  # fmt: skip
+
+
+def test_official_protocol_end_to_end(tmp_path, monkeypatch, tiny_adapter):
+    from cord.eval import evaluate, report_from_items
+
+    # VoiceBench openbookqa through a fake `datasets`: 4 rows, clips of distinct lengths
+    vb_rows = [{"audio": {"array": tone(sec, 440, 16_000), "sampling_rate": 16_000}, "prompt": f"Question {i}? A. x B. y C. z D. w",
+                "reference": ref, "question_id": i} for i, (sec, ref) in enumerate([(1.0, "A"), (1.1, "B"), (1.2, "C"), (1.3, "D")])]  # fmt: skip
+    _fake_hub(monkeypatch, vb_rows)
+    mmau = tmp_path / "mmau"
+    write_mmau_like_the_real_file(mmau)
+    audio = {1.0: "The answer is A.", 1.1: "**B**", 1.2: "I don't know.", 1.3: "The answer is (A).",  # voicebench
+             0.6: "The speaker is a man.", 0.7: "White noise and wind blowing", 0.8: "No.", 0.9: "3"}  # MMAU
+    text = {f"Question {i}?": t for i, t in enumerate(["A", "The answer is B.", "c) z", "Answer: D"])}
+    engine = FramesEngine(tiny_adapter, audio, text)
+    out = tmp_path / "run"
+    rep = evaluate(_eval_cfg(out, ["voicebench-openbookqa", str(mmau)], "official"), tiny_adapter,
+                   progress=False, engine=engine)  # fmt: skip
+
+    vb = rep["voicebench-openbookqa"]
+    assert vb["protocol"] == "official" and rep["average"]["protocol"] == "official"
+    # audio: A right; "**B**" and "I don't know." match no official template; (A) wrong
+    assert vb["audio_acc"] == 0.25 and vb["audio_fail_rate"] == 0.5
+    assert vb["audio_acc_official"] == pytest.approx((1 + 2 / 4) / 4)
+    # text: "Answer: D" has no letter for the official rules
+    assert vb["text_acc"] == 0.75 and vb["text_acc_official"] == pytest.approx((3 + 1 / 4) / 4)
+    assert vb["gap_official"] == pytest.approx(vb["text_acc_official"] - vb["audio_acc_official"])
+    # the prompts: the audio alone, the prompt text alone — no instruction anywhere
+    assert tiny_adapter.instruction.startswith("Answer the question")  # restored afterwards
+    asked = [p for m, p in engine.prompts]
+    assert not any("The answer is" in p or "Answer the question" in p for p in asked)
+    assert ("text", tiny_adapter.render("Question 0? A. x B. y C. z D. w")) in engine.prompts
+
+    m = rep["mmau-test-mini"]
+    # man: right; white noise + wind: a wrong option's words; "No.": right; "3": right
+    assert m["audio_acc"] == 0.75 and m["text_skipped"] == 4 and m["protocol"] == "official"
+    assert m["by_task"] == {"music": {"audio_acc": 0.0, "n": 1}, "sound": {"audio_acc": 1.0, "n": 1},
+                            "speech": {"audio_acc": 1.0, "n": 2}}  # fmt: skip
+    assert m["by_difficulty"] == {"easy": {"audio_acc": 0.0, "n": 1}, "hard": {"audio_acc": 1.0, "n": 1},
+                                  "medium": {"audio_acc": 1.0, "n": 2}}  # fmt: skip
+    assert m["by_sub_category"]["Counting"] == {"audio_acc": 1.0, "n": 1} and len(m["by_sub_category"]) == 4
+    assert m["audio_acc_task_mean"] == pytest.approx(2 / 3)
+    mmau_prompt = next(p for _, p in engine.prompts if "How many distinct voices" in p)
+    assert "Choose one of the following options:\n1\n2\n3\n4\n5" in mmau_prompt and "(A)" not in mmau_prompt
+
+    # records say what produced them; the report is recomputed from them alone
+    recs = [json.loads(x) for x in (out / "mmau-test-mini" / "audio.jsonl").read_text().splitlines()]
+    assert {r["protocol"] for r in recs} == {"official"} and {r["judge"] for r in recs} == {"mmau-official"}
+    assert json.loads(json.dumps(report_from_items(out))) == json.loads((out / "report.json").read_text())
+    md = (out / "report.md").read_text()
+    assert "Protocol: official" in md and "| voicebench-openbookqa | 25.0% | 37.5% | 50.0% |" in md
+    assert "mmau-test-mini by task:" in md and "| speech | 100.0% | 2 |" in md
+
+    # the same folder under the other protocol is refused, not mixed
+    with pytest.raises(CordError, match="protocol: 'official', now 'cord'"):
+        evaluate(_eval_cfg(out, ["voicebench-openbookqa"], "cord"), tiny_adapter, progress=False, engine=engine)
+
+
+def test_cord_protocol_keeps_the_instruction_and_strict_judges(tmp_path, monkeypatch, tiny_adapter):
+    from cord.eval import evaluate
+    from cord.eval.runner import check_benchmark
+
+    vb_rows = [{"audio": {"array": tone(1.0, 440, 16_000), "sampling_rate": 16_000}, "prompt": "Question 0? A. x B. y",
+                "reference": "B", "question_id": 0}]  # fmt: skip
+    _fake_hub(monkeypatch, vb_rows)
+    engine = FramesEngine(tiny_adapter, {1.0: "**B**"}, {"Question 0?": "The answer is (B)."})
+    rep = evaluate(_eval_cfg(tmp_path, ["voicebench-openbookqa"], "cord"), tiny_adapter, progress=False, engine=engine)
+    vb = rep["voicebench-openbookqa"]
+    assert vb["protocol"] == "cord" and vb["audio_acc"] == 1.0 and "audio_acc_official" not in vb  # mcq reads **B**
+    assert all("Answer the question" in p for _, p in engine.prompts)
+    d = write_bench(tmp_path / "local", [dict(ROWS[0])])
+    with pytest.raises(CordError, match="local folder.*no 'official' protocol"):
+        check_benchmark(str(d), "official")

@@ -70,6 +70,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--baseline", help="another report.json: adds gap reduction per benchmark")
+    p.add_argument("--protocol", choices=["cord", "official"],
+                   help="cord (default): the model's instruction, strict judges; official: each benchmark's own "
+                        "prompting and scoring (VoiceBench, MMAU), comparable with published numbers")
 
     p = sub.add_parser("analyze", help="token-level KL diagnostics between audio and text conditioning")
     _config_args(p)

@@ -227,6 +227,9 @@ class EvalConfig(_Section):
     batch_size: int = Field(16, ge=1)
     max_new_tokens: int = Field(512, ge=1)
     baseline: str | None = None
+    #: cord: the model's instruction and cord's strict judges; official: each benchmark's own
+    #: prompting and scoring (VoiceBench, MMAU; see cord.eval.benchmarks)
+    protocol: Literal["cord", "official"] = "cord"
 
 
 class CordConfig(_Section):

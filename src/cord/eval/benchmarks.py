@@ -55,18 +55,39 @@ Hub benchmarks (need the optional ``datasets`` library: ``pip install 'cord[hub]
 
 Hub audio arrives decoded (``{"array", "sampling_rate"}``, or a decoder object in
 ``datasets`` 4) and is converted with :func:`cord.data.audio.to_16k_mono`.
+
+Registry and protocols
+----------------------
+Each named benchmark registers itself once (:func:`register_benchmark`, a
+:class:`BenchmarkSpec`: its loader, default judge, and the protocols it supports), so adding
+one touches this file only. A protocol (:class:`EvalProtocol`) says how the benchmark is
+asked and scored: ``cord`` (every benchmark; the model's ``instruction`` after the question,
+cord's strict judges) or ``official`` (the benchmark's own runner, where one exists):
+
+- VoiceBench (mmsu, openbookqa), following MatthewCYM/VoiceBench ``src/models/qwen2.py`` and
+  ``src/evaluator/mcq.py``: the audio alone as the user turn, the text modality the row's
+  ``prompt`` alone (no instruction), judge ``voicebench``.
+- MMAU test-mini, following Sakshi113/MMAU ``evaluation.py``: the audio with the question
+  and its options one per line without letters (the repository publishes no inference
+  prompt; unlettered options give ``string_match`` an option text to find), judge
+  ``mmau-official``.
+- Spoken GSM8K has no official runner: ``official`` asks as VoiceBench does (the audio
+  alone; the text modality the GSM8K question alone), same audio as ``cord``, judge
+  ``math``.
+- Local folders support ``cord`` only.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import io
 import math
 import re
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +98,6 @@ from cord.data.audio import load_audio, to_16k_mono
 from cord.data.paired import MANIFEST, PairedExample, read_json, read_manifest
 from cord.judges import JudgeResult, extract_choice, judge
 
-HUB_BENCHMARKS = ("voicebench-mmsu", "voicebench-openbookqa", "gsm8k-audio", "mmau-test-mini")
 LOCAL_JUDGES = ("math", "mcq", "mmau", "exact")
 MMSU_DOMAINS = (
     "biology", "business", "chemistry", "economics", "engineering", "health",
@@ -88,18 +108,41 @@ GSM8K_AUDIO_REPO = "pphuc25/GSM8K_audio"
 GSM8K_TEXT_REPO = "openai/gsm8k"
 MMAU_JSON = "mmau-test-mini.json"
 _LETTER = re.compile(r"^\s*\(?([A-Ja-j])\)?\s*\.?\s*$")
+PROTOCOLS = ("cord", "official")
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """How a benchmark is asked and scored under one protocol.
+
+    ``judge``: the judge kind for every item (None: the benchmark's and items' own).
+    ``instruction``: the text after the question / audio (None: ``model.instruction``;
+    ``""``: none — the question or the audio alone). ``question``: rewrites an item's text
+    (None: as loaded). ``follows``: the official file it reproduces, for the report."""
+
+    name: str
+    judge: str | None = None
+    instruction: str | None = None
+    question: Callable[[PairedExample], str] | None = None
+    follows: str = ""
+
+
+CORD_PROTOCOL = EvalProtocol("cord")
 
 
 @dataclass
 class Benchmark:
     """``items`` are PairedExamples; ``judge`` is the default judge kind (an item's
-    ``meta["judge"]`` overrides it); ``source`` says where the items came from."""
+    ``meta["judge"]`` overrides it, and the protocol's judge both); ``source`` says where
+    the items came from; ``protocols`` the ways it can be asked (see :func:`with_protocol`)."""
 
     name: str
     judge: str
     items: list[PairedExample]
     source: str = ""
     notes: list[str] = field(default_factory=list)
+    protocols: Mapping[str, EvalProtocol] = field(default_factory=lambda: {"cord": CORD_PROTOCOL})
+    protocol: EvalProtocol = CORD_PROTOCOL
 
     def __len__(self) -> int:
         return len(self.items)
@@ -108,7 +151,7 @@ class Benchmark:
         return iter(self.items)
 
     def judge_kind(self, item: PairedExample) -> str:
-        return str(item.meta.get("judge") or self.judge)
+        return str(self.protocol.judge or item.meta.get("judge") or self.judge)
 
     def judge_context(self, item: PairedExample) -> dict[str, Any]:
         """Options for :func:`cord.judges.judge` that this item needs (its choices)."""
@@ -364,6 +407,9 @@ def mmau_item(row: dict[str, Any], audio_root: str | Path, with_audio: bool = Tr
     for k in ("difficulty", "category", "sub-category", "dataset", "split"):
         if k in row:
             meta["mmau_" + k.replace("-", "_")] = row[k]
+    meta["mmau_question"] = str(row["question"])
+    # the groups MMAU's evaluation.py prints accuracies for, in its order
+    meta["groups"] = {k: str(row[k]) for k in ("task", "difficulty", "sub-category") if row.get(k) not in (None, "")}
     return PairedExample(id=rid, question_text=format_mmau_question(str(row["question"]), choices), audio=audio, answer=answer, meta=meta)
 
 
@@ -479,16 +525,121 @@ def load_benchmark(
     if path.is_dir():
         return load_local_benchmark(path, limit, with_audio)
     name = str(name_or_dir)
-    if name == "voicebench-mmsu":
-        return load_voicebench("mmsu", limit, cache_dir, with_audio)
-    if name == "voicebench-openbookqa":
-        return load_voicebench("openbookqa", limit, cache_dir, with_audio)
-    if name == "gsm8k-audio":
-        return load_gsm8k_audio(limit, split, speaker, cache_dir, with_audio)
-    if name == "mmau-test-mini":
-        return load_mmau(data_dir, limit, with_audio)
+    spec = BENCHMARKS.get(name)
+    if spec is not None:
+        bench = spec.load(limit, data_dir=data_dir, split=split, speaker=speaker, cache_dir=cache_dir, with_audio=with_audio)
+        bench.protocols = dict(spec.protocols)
+        return bench
     close = difflib.get_close_matches(name, HUB_BENCHMARKS, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise CordError(
         f"unknown benchmark {name!r}{hint}: not a folder with {MANIFEST} and not one of {', '.join(HUB_BENCHMARKS)}"
     )
+
+
+# --- the registry -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """A named benchmark: ``load(limit, *, data_dir, split, speaker, cache_dir, with_audio)``
+    returns its :class:`Benchmark`; ``judge`` is its default judge kind; ``protocols`` the
+    protocols it supports (``cord`` always); ``hub``: it loads through ``datasets``
+    (otherwise from a local copy given as ``data_dir``)."""
+
+    name: str
+    load: Callable[..., Benchmark]
+    judge: str
+    protocols: Mapping[str, EvalProtocol]
+    hub: bool = True
+
+
+BENCHMARKS: dict[str, BenchmarkSpec] = {}
+
+
+def register_benchmark(spec: BenchmarkSpec) -> None:
+    """Add (or replace) a named benchmark; every spec supports the ``cord`` protocol."""
+    global HUB_BENCHMARKS
+    if "cord" not in spec.protocols:
+        spec = replace(spec, protocols={"cord": CORD_PROTOCOL, **spec.protocols})
+    unknown = set(spec.protocols) - set(PROTOCOLS)
+    if unknown:
+        raise CordError(f"benchmark {spec.name!r}: unknown protocol(s) {', '.join(sorted(unknown))}")
+    BENCHMARKS[spec.name] = spec
+    HUB_BENCHMARKS = tuple(BENCHMARKS)
+
+
+def _with_question(item: PairedExample, text: str) -> PairedExample:
+    """A shallow copy of ``item`` with another question text (audio not decoded)."""
+    new = copy.copy(item)
+    new.question_text = text
+    return new
+
+
+def with_protocol(bench: Benchmark, protocol: str) -> Benchmark:
+    """``bench`` asked and scored under ``protocol`` (a new Benchmark; items rewritten where
+    the protocol says so). A protocol the benchmark does not support is an error."""
+    if protocol not in PROTOCOLS:
+        raise CordError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    proto = bench.protocols.get(protocol)
+    if proto is None:
+        raise CordError(
+            f"benchmark {bench.name!r} has no {protocol!r} protocol (it supports {', '.join(bench.protocols)}); "
+            "run it with --protocol cord"
+        )
+    items = bench.items
+    if proto.question is not None:
+        items = [_with_question(it, proto.question(it)) for it in items]
+    return replace(bench, items=items, protocol=proto)
+
+
+# VoiceBench: src/models/qwen2.py (audio alone as the user turn; text = the row's prompt
+# alone), src/evaluator/mcq.py (letter templates; see cord.judges.voicebench)
+_VOICEBENCH_OFFICIAL = EvalProtocol(
+    "official", judge="voicebench", instruction="",
+    follows="MatthewCYM/VoiceBench src/models/qwen2.py + src/evaluator/mcq.py (acc + fail/4)",
+)  # fmt: skip
+
+
+def format_mmau_official_question(item: PairedExample) -> str:
+    """The question, then the options one per line, without letters (string_match reads
+    option words, and a letter such as "A" would count as the word "a")."""
+    choices = [str(c) for c in item.meta.get("choices") or []]
+    question = str(item.meta.get("mmau_question") or item.question_text).strip()
+    return question + "\nChoose one of the following options:\n" + "\n".join(choices)
+
+
+_MMAU_OFFICIAL = EvalProtocol(
+    "official", judge="mmau-official", instruction="", question=format_mmau_official_question,
+    follows="Sakshi113/MMAU evaluation.py string_match (no official inference prompt)",
+)  # fmt: skip
+# no official runner: asked as VoiceBench asks (the audio alone), scored by the math judge
+_GSM8K_OFFICIAL = EvalProtocol(
+    "official", judge="math", instruction="",
+    follows="no official runner: VoiceBench-style prompting (audio alone), cord's math judge",
+)  # fmt: skip
+
+
+def _register_builtin() -> None:
+    for subset in ("mmsu", "openbookqa"):
+        register_benchmark(BenchmarkSpec(
+            f"voicebench-{subset}",
+            lambda limit, *, cache_dir=None, with_audio=True, _s=subset, **_: load_voicebench(_s, limit, cache_dir, with_audio),
+            "mcq", {"official": _VOICEBENCH_OFFICIAL},
+        ))  # fmt: skip
+    register_benchmark(BenchmarkSpec(
+        "gsm8k-audio",
+        lambda limit, *, split=None, speaker=0, cache_dir=None, with_audio=True, **_: load_gsm8k_audio(
+            limit, split, speaker, cache_dir, with_audio),
+        "math", {"official": _GSM8K_OFFICIAL},
+    ))  # fmt: skip
+    register_benchmark(BenchmarkSpec(
+        "mmau-test-mini",
+        lambda limit, *, data_dir=None, with_audio=True, **_: load_mmau(data_dir, limit, with_audio),
+        "mmau", {"official": _MMAU_OFFICIAL}, hub=False,
+    ))  # fmt: skip
+
+
+#: names of the registered benchmarks (kept in step by register_benchmark)
+HUB_BENCHMARKS: tuple[str, ...] = ()
+_register_builtin()

@@ -45,7 +45,8 @@ def eval_config(args):
     if args.modalities is not None:
         _set(ev, "modalities", _split(args.modalities), "--modalities")
     for flag, key in (("out", "out"), ("limit", "limit"), ("batch_size", "batch_size"),
-                      ("max_new_tokens", "max_new_tokens"), ("baseline", "baseline")):
+                      ("max_new_tokens", "max_new_tokens"), ("baseline", "baseline"),
+                      ("protocol", "protocol")):
         value = getattr(args, flag, None)
         if value is not None:
             _set(ev, key, value, "--" + flag.replace("_", "-"))

@@ -12,6 +12,16 @@ Accuracy of a modality = correct / answered items of that modality (items the lo
 policy skipped are counted as ``<modality>_skipped``, not as wrong); ``gap`` = text_acc −
 audio_acc; ``fail_rate`` = share of answered responses (both modalities) from which no
 answer could be extracted (per modality as ``audio_fail_rate`` / ``text_fail_rate``).
+
+Every entry says which ``protocol`` (``cord`` / ``official``) produced its answers. Where
+items were judged by VoiceBench's rules (judge ``voicebench``), ``<modality>_acc`` stays the
+strict accuracy (no letter = wrong) and ``<modality>_acc_official`` is VoiceBench's own
+number with its random fallback at its expectation, (correct + failed / 4) / answered
+(:func:`cord.judges.official_accuracy`); ``gap_official`` is their difference. Items with
+report groups (MMAU: task, difficulty, sub-category) give ``by_task``, ``by_difficulty``,
+``by_sub_category`` — ``{group: {<modality>_acc, n}}``, the accuracies MMAU's
+``evaluation.py`` prints — and ``audio_acc_task_mean``, the mean over tasks that MMAU's
+tables report as the average.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from typing import Any
 
 from cord import CordError
 from cord.data.paired import read_json
+from cord.judges.voicebench import official_accuracy
 
 MODALITIES = ("audio", "text")
 #: reserved top-level key of report.json (not a benchmark)
@@ -144,7 +155,55 @@ def benchmark_metrics(
             }
             for cat, v in sorted(per_cat.items())
         }
+    _add_protocol_metrics(entry, by_modality, wanted)
     return entry
+
+
+def _official(records: list[Mapping[str, Any]]) -> float | None:
+    """VoiceBench's accuracy of these answered records (random fallback at its mean)."""
+    correct = sum(int(r["correct"]) for r in records)
+    failed = sum(1 for r in records if r.get("answer") is None)
+    return official_accuracy(correct, failed, len(records))
+
+
+def _add_protocol_metrics(entry: dict[str, Any], by_modality: Mapping[str, Mapping[str, Mapping[str, Any]]],
+                          wanted: set[str]) -> None:
+    """``protocol``, VoiceBench's official accuracies and the per-group accuracies (see the
+    module docstring), in place."""
+    answered = {
+        mod: [r for i in sorted(wanted) if (r := by_modality[mod].get(i)) is not None
+              and r.get("status", "answered") == "answered"]
+        for mod in MODALITIES if mod in by_modality
+    }  # fmt: skip
+    protocols = {str(r["protocol"]) for recs in answered.values() for r in recs if r.get("protocol")}
+    entry["protocol"] = protocols.pop() if len(protocols) == 1 else ("mixed" if protocols else "cord")
+    for mod, recs in answered.items():
+        if any(r.get("judge") == "voicebench" for r in recs):
+            entry[f"{mod}_acc_official"] = _official(recs)
+    a, t = entry.get("audio_acc_official"), entry.get("text_acc_official")
+    if a is not None and t is not None:
+        entry["gap_official"] = t - a
+    if "by_category" in entry and any(f"{m}_acc_official" in entry for m in MODALITIES):
+        for cat, row in entry["by_category"].items():
+            for mod, recs in answered.items():
+                mine = [r for r in recs if str(r.get("category") or "") == cat]
+                if mine and f"{mod}_acc_official" in entry:
+                    row[f"{mod}_acc_official"] = _official(mine)
+    keys = list(dict.fromkeys(k for recs in answered.values() for r in recs for k in (r.get("groups") or {})))
+    for key in keys:
+        table: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+        for mod, recs in answered.items():
+            for r in recs:
+                group = (r.get("groups") or {}).get(key)
+                if group is not None:
+                    table[str(group)][mod].append(int(r["correct"]))
+        entry["by_" + key.replace("-", "_")] = {
+            g: {**{f"{mod}_acc": _mean(v[mod]) for mod in MODALITIES if mod in v}, "n": max(len(x) for x in v.values())}
+            for g, v in sorted(table.items())
+        }
+    tasks = entry.get("by_task")
+    if tasks:
+        entry["audio_acc_task_mean"] = _mean(v["audio_acc"] for v in tasks.values() if v.get("audio_acc") is not None)
 
 
 def average_entry(report: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -161,6 +220,8 @@ def average_entry(report: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         out[key] = _mean(r[key] for r in pool.values() if r.get(key) is not None)
     out["fail_rate"] = _mean(r["fail_rate"] for r in rows.values() if r.get("fail_rate") is not None)
     out["averaged_over"] = sorted(pool)
+    protocols = {str(r.get("protocol") or "cord") for r in rows.values()}
+    out["protocol"] = protocols.pop() if len(protocols) == 1 else "mixed"
     return out
 
 
@@ -320,7 +381,39 @@ def format_markdown(report: Mapping[str, Mapping[str, Any]], title: str | None =
                  "(accuracies and gap over those with both modalities).")
     if notes:
         lines += [""] + [f"- {n}" for n in notes]
+    lines += _protocol_sections(report)
     return "\n".join(lines) + "\n"
+
+
+def _protocol_sections(report: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Markdown for the protocol, VoiceBench's official accuracies and per-group tables."""
+    rows = {k: v for k, v in report.items() if k != AVERAGE}
+    protocols = sorted({str(e.get("protocol") or "cord") for e in rows.values()})
+    lines = ["", "Protocol: " + ", ".join(protocols) + (
+        " (each benchmark asked and scored as its own runner does; see the README's anchors)"
+        if protocols == ["official"] else "")]
+    official = {k: e for k, e in rows.items() if any(f"{m}_acc_official" in e for m in MODALITIES)}
+    if official:
+        lines += ["", "VoiceBench scoring: strict = no letter counts wrong; official = VoiceBench's random "
+                      "letter for a response with no letter, at its expectation (acc + fail/4).", "",
+                  "| benchmark | audio strict | audio official | audio fail | text strict | text official | text fail |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for name, e in official.items():
+            cells = []
+            for mod in MODALITIES:
+                cells += [_pct(e.get(f"{mod}_acc")), _pct(e.get(f"{mod}_acc_official")), _pct(e.get(f"{mod}_fail_rate"))]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for name, e in rows.items():
+        for key in [k for k in e if k.startswith("by_") and k != "by_category"]:
+            mods = [m for m in MODALITIES if any(f"{m}_acc" in v for v in e[key].values())]
+            label = key[3:].replace("_", "-")
+            lines += ["", f"{name} by {label}:", "", f"| {label} | " + " | ".join(f"{m} acc" for m in mods) + " | n |",
+                      "|---|" + "---:|" * (len(mods) + 1)]
+            for group, v in e[key].items():
+                lines.append(f"| {group} | " + " | ".join(_pct(v.get(f"{m}_acc")) for m in mods) + f" | {v.get('n', '')} |")
+            if key == "by_task" and e.get("audio_acc_task_mean") is not None:
+                lines.append(f"| **mean over tasks** | {_pct(e['audio_acc_task_mean'])}" + " | –" * (len(mods) - 1) + " | |")
+    return lines
 
 
 def write_report(out_dir: str | Path, report: Mapping[str, Any], title: str | None = None) -> tuple[Path, Path]:

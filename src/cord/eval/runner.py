@@ -18,10 +18,17 @@ model or other generation settings is refused rather than mixed.
 
 The report (``report.json``, ``report.md``) is recomputed from those files by
 :func:`cord.eval.report.report_from_items`, so every number in it can be checked by hand.
+
+``eval.protocol`` (``--protocol``): ``cord`` asks every benchmark with the model's
+``instruction`` and scores with cord's strict judges; ``official`` asks and scores each
+benchmark as its own runner does (:mod:`cord.eval.benchmarks`, "Registry and protocols").
+Each record says which protocol produced it (``"protocol"``), and items with report groups
+(MMAU's task / difficulty / sub-category) carry them (``"groups"``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -32,7 +39,7 @@ import torch
 
 from cord import CordError
 from cord.data.paired import MANIFEST, PairedExample
-from cord.eval.benchmarks import HUB_BENCHMARKS, MMAU_JSON, Benchmark, load_benchmark
+from cord.eval.benchmarks import BENCHMARKS, HUB_BENCHMARKS, MMAU_JSON, PROTOCOLS, Benchmark, load_benchmark, with_protocol
 from cord.eval.report import (
     AVERAGE,
     add_gap_reduction,
@@ -63,8 +70,16 @@ def _mmau_location(name: str) -> Path | None:
     return None
 
 
-def check_benchmark(name: str) -> None:
-    """Fail fast (before any model loads) on a benchmark that cannot be loaded."""
+def check_benchmark(name: str, protocol: str = "cord") -> None:
+    """Fail fast (before any model loads) on a benchmark that cannot be loaded, or that does
+    not support ``protocol``."""
+    if protocol not in PROTOCOLS:
+        raise CordError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    spec = BENCHMARKS.get(name) or (BENCHMARKS.get("mmau-test-mini") if _mmau_location(name) is not None else None)
+    if spec is None and protocol != "cord":
+        raise CordError(f"benchmark {name!r} is a local folder: it has no {protocol!r} protocol; run it with --protocol cord")
+    if spec is not None and protocol not in spec.protocols:
+        raise CordError(f"benchmark {name!r} has no {protocol!r} protocol (it supports {', '.join(spec.protocols)})")
     if name in HUB_BENCHMARKS:
         if name != "mmau-test-mini" and importlib.util.find_spec("datasets") is None:
             raise CordError(f"benchmark {name!r} loads from the Hugging Face hub and needs `datasets`: pip install 'cord[hub]'")
@@ -192,7 +207,10 @@ def answer_batch(bench: Benchmark, items: list[PairedExample], modality: str, ad
                 "category": str(it.meta.get("category", "")),
                 "finished": bool(ro.finished[row]) if ro.finished else None,
                 "tokens": int(ro.mask[row].sum()),
+                "protocol": bench.protocol.name,
             }
+            if it.meta.get("groups"):
+                records[askable[j]]["groups"] = dict(it.meta["groups"])
     return [records[i] for i in sorted(records)]
 
 
@@ -238,6 +256,22 @@ def run_modality(
     return len(pending)
 
 
+@contextlib.contextmanager
+def protocol_prompting(adapter, bench: Benchmark):
+    """The adapter's ``instruction`` as ``bench``'s protocol sets it (``""``: the question or
+    the audio alone), restored afterwards; None leaves the model's own."""
+    instruction = bench.protocol.instruction
+    if instruction is None or not hasattr(adapter, "instruction"):
+        yield
+        return
+    saved = adapter.instruction
+    adapter.instruction = instruction
+    try:
+        yield
+    finally:
+        adapter.instruction = saved
+
+
 # --- the whole evaluation -------------------------------------------------------------------
 
 
@@ -252,6 +286,7 @@ def run_fingerprint(cfg, adapter) -> dict[str, Any]:
         "max_audio_seconds": cfg.model.max_audio_seconds,
         "max_new_tokens": cfg.eval.max_new_tokens,
         "decoding": "greedy",
+        "protocol": cfg.eval.protocol,
     }
 
 
@@ -288,7 +323,7 @@ def evaluate(cfg, adapter=None, progress: bool = True, *, engine=None) -> dict[s
     if not modalities:
         raise CordError("no modalities given: pass --modalities audio,text")
     for name in names:
-        check_benchmark(name)
+        check_benchmark(name, ev.protocol)
     baseline = load_report(ev.baseline) if ev.baseline else None
     if adapter is None:
         from cord.models import load_adapter
@@ -307,7 +342,7 @@ def evaluate(cfg, adapter=None, progress: bool = True, *, engine=None) -> dict[s
     ids: dict[str, list[str]] = {}
     sources: dict[str, str] = {}
     for name in names:
-        bench = open_benchmark(name, ev.limit, with_audio="audio" in modalities)
+        bench = with_protocol(open_benchmark(name, ev.limit, with_audio="audio" in modalities), ev.protocol)
         key = bench.name
         if key == AVERAGE or key.startswith("."):
             raise CordError(f"benchmark name {key!r} is reserved; rename the folder")
@@ -315,9 +350,10 @@ def evaluate(cfg, adapter=None, progress: bool = True, *, engine=None) -> dict[s
             raise CordError(f"two benchmarks are both named {key!r} (results would share {out / key}); rename one folder")
         ids[key] = [it.id for it in bench.items]
         sources[key] = bench.source
-        for mod in modalities:
-            run_modality(bench, mod, adapter, engine, out / key / f"{mod}.jsonl", batch_size=ev.batch_size,
-                         max_new_tokens=ev.max_new_tokens, progress=progress, key=key)
+        with protocol_prompting(adapter, bench):
+            for mod in modalities:
+                run_modality(bench, mod, adapter, engine, out / key / f"{mod}.jsonl", batch_size=ev.batch_size,
+                             max_new_tokens=ev.max_new_tokens, progress=progress, key=key)
         del bench
 
     report = report_from_items(out, list(ids), ids, modalities)
