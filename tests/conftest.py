@@ -30,6 +30,17 @@ def make_examples(n: int = 3, seed: int = 0) -> list[PairedExample]:
     return out
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_dir(tmp_path_factory):
+    """cord's on-disk cache (cord.paths.cache_dir) goes to a fresh temporary directory for
+    the session (subprocesses inherit it): no test reads or writes ~/.cache/cord, and runs
+    never share a cache. Within a session the built-in datasets are made once."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CORD_CACHE_DIR", str(tmp_path_factory.mktemp("cord-cache")))
+        mp.delenv("CORD_CACHE", raising=False)
+        yield
+
+
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
     """Every test module starts on one torch thread, whatever the one before it set."""

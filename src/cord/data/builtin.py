@@ -2,22 +2,23 @@
 
 ``data.train: builtin:tiny-arith`` in a config resolves to a cached directory holding 24
 spoken arithmetic questions with worked solutions — enough for the tiny presets to run
-every method end to end. Cached under ``$CORD_CACHE`` (default ``~/.cache/cord``).
+every method end to end. Cached under :func:`cord.paths.cache_dir` (``$CORD_CACHE_DIR``,
+default ``~/.cache/cord``).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from cord import CordError
+from cord.paths import cache_dir
 
 BUILTINS = {"tiny-arith": 24}
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("CORD_CACHE", Path.home() / ".cache" / "cord")).expanduser()
+    return cache_dir()
 
 
 def arithmetic_rows(n: int, seed: int = 0) -> list[dict]:
