@@ -30,6 +30,8 @@ def demo_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)  # the shared quick demo (~2 min idle) runs in the first one's setup
 def test_quick_demo_report_is_recomputable_from_items(demo_dir):
     report = json.loads((demo_dir / "report.json").read_text())
     assert set(report["methods"]) == set(METHODS)
@@ -59,6 +61,8 @@ def test_quick_demo_report_is_recomputable_from_items(demo_dir):
         assert (demo_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_quick_demo_text_path_is_untouched_by_stage_c(demo_dir):
     # the mini presets train the audio side only: text accuracy must not move at all
     report = json.loads((demo_dir / "report.json").read_text())
@@ -67,6 +71,8 @@ def test_quick_demo_text_path_is_untouched_by_stage_c(demo_dir):
             assert r["text_acc"] == pytest.approx(report["baseline"]["text_acc"])
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_rerun_reuses_finished_work(demo_dir, monkeypatch):
     import cord.train.trainer as trainer_mod
 
