@@ -59,23 +59,55 @@ def test_completion_logprob_matches_plain_full_forward(tiny_adapter, modality):
     torch.testing.assert_close(mine, ref, atol=1e-5, rtol=0)
 
 
-def test_audio_placeholders_expand_to_encoder_length_and_stay_out_of_completions(tiny_adapter):
+def _encoder_output_lengths(adapter, extra) -> torch.Tensor:
+    """Audio frames the model's own encoder emits per clip (the model's formula, not cord's)."""
+    base = adapter.model.get_base_model() if hasattr(adapter.model, "get_base_model") else adapter.model
+    tower = base.model.audio_tower
+    return tower._get_feat_extract_output_lengths(extra["feature_attention_mask"].sum(-1))[1]
+
+
+def test_audio_placeholders_match_the_encoder_output_length(tiny_adapter):
     examples = make_examples(3)
     batch = tiny_adapter.audio_prompts(examples)
     n_tokens = (batch.input_ids == tiny_adapter.audio_token_id).sum(-1)
-    frames = batch.extra["feature_attention_mask"].sum(-1)
-    expected = torch.tensor([whisper_audio_token_count(int(f)) for f in frames])
-    assert torch.equal(n_tokens, expected)
+    assert torch.equal(n_tokens, _encoder_output_lengths(tiny_adapter, batch.extra).to(n_tokens.dtype))
     # 25 audio tokens per second of audio (100 mel frames/s, /4)
-    for ex, n in zip(examples, n_tokens.tolist()):
+    for ex, n in zip(examples, n_tokens.tolist(), strict=True):
         assert abs(n - 25 * len(ex.audio) / 16000) <= 1
-    # completion positions are exactly the last T positions of prompt ⊕ completion: none of
-    # them can be a placeholder or prompt token, whatever completion we append
-    ids, mask = _completions(3, 5, 250)
-    hidden = tiny_adapter.completion_hidden(batch, ids, mask)
-    assert hidden.shape[1] == ids.shape[1]
+    # the placeholders form one run, inside the prompt (bos before, eos after, never last)
+    tok = tiny_adapter.tokenizer.convert_tokens_to_ids
+    for row, n in zip(batch.input_ids, n_tokens.tolist(), strict=True):
+        where = (row == tiny_adapter.audio_token_id).nonzero()[:, 0]
+        assert where[-1] - where[0] + 1 == n
+        assert row[where[0] - 1] == tok("<|audio_bos|>") and row[where[-1] + 1] == tok("<|audio_eos|>")
     text = tiny_adapter.text_prompts(examples)
     assert not (text.input_ids == tiny_adapter.audio_token_id).any()
+
+
+def test_completion_positions_read_the_completion_not_the_prompt(tiny_adapter):
+    """Position t of completion_hidden must see exactly the prompt and completion tokens < t:
+    changing completion token j changes positions t > j and none at t <= j. A slice one
+    position late (t would see token t) or early (into the prompt's last tokens, placeholders
+    for a prompt ending in audio) breaks one of the two."""
+    examples = make_examples(3)
+    batch = tiny_adapter.audio_prompts(examples)
+    assert not (batch.input_ids[:, -1] == tiny_adapter.audio_token_id).any()
+    t = 5
+    ids, mask = _completions(3, t, 250)
+    with torch.no_grad():
+        ref = tiny_adapter.completion_hidden(batch, ids, mask)
+        for j in range(t):
+            changed = ids.clone()
+            changed[:, j] = (ids[:, j] + 1) % 250
+            moved = (tiny_adapter.completion_hidden(batch, changed, mask) - ref).abs().amax(-1)  # (B, T)
+            for i in range(3):
+                if not mask[i, j]:
+                    continue
+                valid = mask[i].nonzero()[:, 0]
+                before, after = valid[valid <= j], valid[valid > j]
+                assert moved[i, before].max() <= 1e-6, (i, j)
+                if len(after):
+                    assert moved[i, after].min() > 1e-4, (i, j)
 
 
 def test_text_and_audio_prompts_share_system_prompt_and_instruction(tiny_adapter):
@@ -138,3 +170,132 @@ def test_lora_with_unknown_targets_is_one_clear_error():
 
     with pytest.raises(CordError, match="match no module"):
         load_adapter(ModelConfig(family="qwen2-audio", name_or_path="tiny", lora=LoraConfig(target_modules=["qkv"])))
+
+
+# ------------------------------------------------------------------ loading (issue 11 item 10)
+
+
+def test_checkpoint_loads_straight_onto_the_device_in_the_target_dtype(tmp_path, monkeypatch):
+    """from_pretrained gets device_map={"": device} and dtype; no full host copy is moved
+    afterwards (no .to on the loaded model)."""
+    import transformers
+
+    from cord.config import ModelConfig
+    from cord.models import load_adapter
+
+    load_adapter(ModelConfig(family="qwen2-audio", name_or_path="tiny", dtype="float32", device="cpu")).save_pretrained(
+        str(tmp_path)
+    )
+    cls = transformers.Qwen2AudioForConditionalGeneration
+    real = cls.from_pretrained
+    calls, moves = [], []
+
+    def spy(klass, *args, **kwargs):
+        calls.append(kwargs)
+        model = real(*args, **kwargs)
+        plain_to = model.to
+        model.to = lambda *a, **k: moves.append((a, k)) or plain_to(*a, **k)
+        return model
+
+    monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    adapter = load_adapter(ModelConfig(family="qwen2-audio", name_or_path=str(tmp_path), dtype="bfloat16", device="cpu"))
+    assert len(calls) == 1
+    assert calls[0]["device_map"] == {"": torch.device("cpu")} and calls[0]["dtype"] == torch.bfloat16
+    assert moves == []
+    assert {p.dtype for p in adapter.model.parameters()} == {torch.bfloat16}
+
+
+def test_tiny_model_in_bf16_is_the_model_a_bf16_checkpoint_loads(tmp_path):
+    """The tiny path loads like a checkpoint: weights in bf16, the buffers transformers keeps
+    in fp32 (rotary inv_freq) stay fp32, so a saved-and-reloaded tiny model computes the same."""
+    from cord.config import ModelConfig
+    from cord.models import load_adapter
+
+    tiny = load_adapter(ModelConfig(family="qwen2-audio", name_or_path="tiny", dtype="bfloat16", device="cpu"))
+    assert {p.dtype for p in tiny.model.parameters()} == {torch.bfloat16}
+    inv_freq = [b for n, b in tiny.model.named_buffers() if n.endswith("inv_freq")]
+    assert inv_freq and all(b.dtype == torch.float32 for b in inv_freq)
+    tiny.save_pretrained(str(tmp_path))
+    again = load_adapter(ModelConfig(family="qwen2-audio", name_or_path=str(tmp_path), dtype="bfloat16", device="cpu"))
+    ex = make_examples(2)
+    ids, mask = _completions(2, 4, 250)
+    with torch.no_grad():
+        a = tiny.completion_hidden(tiny.audio_prompts(ex), ids, mask)
+        b = again.completion_hidden(again.audio_prompts(ex), ids, mask)
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["qwen2-audio", "qwen2.5-omni"])
+def test_meta_device_builds_and_loads_without_memory(tmp_path, family):
+    from cord.config import ModelConfig
+    from cord.models import load_adapter
+    from cord.models.tiny import build_tiny_qwen2_5_omni_thinker, build_tiny_qwen2_audio
+
+    build = build_tiny_qwen2_audio if family == "qwen2-audio" else build_tiny_qwen2_5_omni_thinker
+    model, _, _ = build(device="meta")
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    tiny = load_adapter(ModelConfig(family=family, name_or_path="tiny", dtype="bfloat16", device="meta"))
+    assert tiny.device.type == "meta" and {p.dtype for p in tiny.model.parameters()} == {torch.bfloat16}
+    load_adapter(ModelConfig(family=family, name_or_path="tiny", dtype="float32", device="cpu")).save_pretrained(
+        str(tmp_path)
+    )
+    saved = load_adapter(ModelConfig(family=family, name_or_path=str(tmp_path), dtype="bfloat16", device="meta"))
+    assert {(p.device.type, p.dtype) for p in saved.model.parameters()} == {("meta", torch.bfloat16)}
+
+
+# ----------------------------------------------------- bad model paths (issue 12 item 5)
+
+
+@pytest.mark.parametrize("name", ["/no/such/model", "./no-such-model", "~/no-such-model-dir", "runs/x/model"])
+def test_missing_local_model_path_is_one_clear_line(name):
+    from cord import CordError
+    from cord.config import ModelConfig
+    from cord.models import load_adapter
+
+    with pytest.raises(CordError) as err:
+        load_adapter(ModelConfig(family="qwen2-audio", name_or_path=name, device="cpu"))
+    msg = str(err.value)
+    assert msg.startswith(f"model path {name} does not exist") and "hub name" in msg and "\n" not in msg
+    assert "Repo id" not in msg
+
+
+def test_folder_without_a_model_and_an_invalid_hub_name_are_one_line(tmp_path):
+    from cord import CordError
+    from cord.config import ModelConfig
+    from cord.models import load_adapter
+
+    with pytest.raises(CordError, match="has no config.json: not a saved model"):
+        load_adapter(ModelConfig(family="qwen2-audio", name_or_path=str(tmp_path), device="cpu"))
+    for name in ("not a name!", "org/no-such-model-cord-test"):  # offline in tests (conftest)
+        with pytest.raises(CordError, match=r"cannot load model .* \(and no local folder has that name\)") as err:
+            load_adapter(ModelConfig(family="qwen2-audio", name_or_path=name, device="cpu"))
+        assert "\n" not in str(err.value)
+
+
+# ------------------------------------------------------- presets (issue 11 item 5)
+
+PRESET_DIRS = ["tiny", "mini", "qwen2-audio-7b", "qwen2.5-omni-7b"]
+
+
+def _presets():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "configs"
+    found = sorted(p for d in PRESET_DIRS for p in (root / d).glob("*.yaml"))
+    # every folder of cord presets is covered (configs/accelerate holds accelerate's own files)
+    assert {p.name for p in root.iterdir() if p.is_dir()} == {*PRESET_DIRS, "accelerate"}
+    return found
+
+
+def test_every_shipped_preset_loads_and_has_no_lora_dropout():
+    from cord.config import load_config
+
+    presets = _presets()
+    assert len(presets) >= 20
+    with_lora = 0
+    for path in presets:
+        cfg = load_config(path)
+        if cfg.model.lora is not None:
+            with_lora += 1
+            assert cfg.model.lora.dropout == 0.0, path
+    assert with_lora >= 14  # the 7B presets train LoRA adapters

@@ -115,7 +115,9 @@ class _BaseAndAdapter:
     def save_pretrained(self, directory: str) -> None:
         base = self.peft_model.get_base_model()
         base.save_pretrained(directory, state_dict=base_state_dict(self.peft_model))
-        self.peft_model.save_pretrained(directory)
+        # cord never resizes the vocabulary, so no embedding copy (and no hub request to
+        # compare vocabulary sizes, which "auto" makes at save time)
+        self.peft_model.save_pretrained(directory, save_embedding_layers=False)
         # The base is this folder (it may hold parts trained in full), not the hub model the
         # run started from: a base name here would let a peft loader pair the adapter with
         # the wrong weights.

@@ -67,6 +67,11 @@ def check_model_path(name: str) -> str:
     """``name`` with ``~`` expanded when it is a local path; a CordError when it has the form
     of a path that does not exist (else the hub reports "Repo id must be in the form ...")."""
     local = os.path.expanduser(name)
+    if os.path.isdir(local) and not os.path.isfile(os.path.join(local, "config.json")):
+        raise CordError(
+            f"model folder {name} has no config.json: not a saved model (use a folder written by "
+            "save_pretrained, e.g. <train.output_dir>/model)"
+        )
     if os.path.exists(local):
         return local
     if looks_like_path(name):
@@ -146,12 +151,9 @@ def _load_hf(model_cls_name: str, cfg):
             tokenizer = AutoTokenizer.from_pretrained(name)
             feature_extractor = AutoFeatureExtractor.from_pretrained(name)
         model = model_cls.from_pretrained(name, **kwargs)
-    except HFValidationError as e:
-        raise CordError(
-            f"model '{cfg.name_or_path}' is neither a local folder nor a hub name: {str(e).splitlines()[0]}"
-        ) from None
-    except OSError as e:
-        raise CordError(f"cannot load model '{cfg.name_or_path}': {str(e).splitlines()[0]}") from None
+    except (HFValidationError, OSError, ValueError) as e:
+        where = "" if os.path.exists(name) else " (and no local folder has that name)"
+        raise CordError(f"cannot load model '{cfg.name_or_path}'{where}: {str(e).strip().splitlines()[0]}") from None
     if not on_device:
         model.to(device)
     model.eval()
@@ -172,6 +174,7 @@ def _load_like_checkpoint(model, device: torch.device, dtype: torch.dtype):
         None, config=model.config, state_dict=model.state_dict(), dtype=dtype, device_map={"": device}
     )
     loaded.generation_config = copy.deepcopy(model.generation_config)
+    loaded.config.name_or_path = model.config.name_or_path  # not the string "None"
     return loaded.eval()
 
 
