@@ -76,8 +76,14 @@ class RolloutConfig(_Section):
     #: the KL is then taken on samples at seq_temperature
     share_rollouts: bool = False
     stop_strings: list[str] = Field(default_factory=list)
-    #: max prompts per generate call (memory knob; does not change results)
+    #: max decoding rows per engine call, whole groups (memory knob; greedy results do not
+    #: depend on it, sampled ones are the same distribution)
     batch_size: int = Field(64, ge=1)
+    #: rollout engine (cord.rollout.make_engine): "hf" encodes and prefills each prompt once
+    #: and samples n rows from its repeated KV cache; "hf-generate" runs transformers generate
+    #: on the prompt repeated n times (reference / fallback). Both sample purely: no top-k or
+    #: other setting from the checkpoint's generation_config, only top_p above.
+    engine: Literal["hf", "hf-generate"] = "hf"
 
 
 def method_names() -> list[str]:

@@ -472,13 +472,43 @@ class MiniAdapter:
     def generate(self, prompts: PromptBatch, **kwargs: Any) -> torch.Tensor:
         """Qwen2 ``generate`` with a KV cache from the merged input embeddings; returns only the
         new tokens (B, T_new). Positions come from the attention mask (left padding safe)."""
+        from cord.rollout.sampling import clean_generation_defaults
+
         prompts = prompts.to(self.device)
         embeds = self._core().embed(prompts.input_ids, prompts.extra)
-        out = self._language_model().generate(
-            input_ids=prompts.input_ids, inputs_embeds=embeds, attention_mask=prompts.attention_mask, **kwargs
-        )
+        lm = self._language_model()
+        with clean_generation_defaults(lm.get_base_model() if hasattr(lm, "get_base_model") else lm):
+            out = lm.generate(
+                input_ids=prompts.input_ids, inputs_embeds=embeds, attention_mask=prompts.attention_mask, **kwargs
+            )
         sequences = out.sequences if hasattr(out, "sequences") else out
         return sequences[:, prompts.input_ids.shape[1] :]
+
+    def prefill(self, prompts: PromptBatch):
+        """Encode each clip and prefill the decoder once (cord.rollout.decode): the last prompt
+        position's hidden state (B, H) and the DecodeState; no logits."""
+        from cord.rollout.decode import DecodeState, cache_kwargs, new_cache, next_positions
+
+        prompts = prompts.to(self.device)
+        embeds = self._core().embed(prompts.input_ids, prompts.extra)
+        position_ids = (prompts.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        decoder = self._language_model().model
+        cache = new_cache(self._core().language_model.config)
+        out = decoder(inputs_embeds=embeds, attention_mask=prompts.attention_mask, position_ids=position_ids,
+                      **cache_kwargs(decoder, cache))
+        state = DecodeState(cache, prompts.attention_mask.long(), next_positions(position_ids, prompts.attention_mask))
+        return out.last_hidden_state[:, -1], state
+
+    def decode(self, state, tokens: torch.Tensor) -> torch.Tensor:
+        """One token per row (R,) against the cache; the new hidden states (R, H)."""
+        from cord.rollout.decode import cache_kwargs
+
+        decoder = self._language_model().model
+        position_ids = state.position[:, None]
+        state.advance()
+        out = decoder(input_ids=tokens[:, None], attention_mask=state.attention_mask, position_ids=position_ids,
+                      **cache_kwargs(decoder, state.cache))
+        return out.last_hidden_state[:, -1]
 
     # ------------------------------------------------------------------- save
     def save_pretrained(self, directory: str | Path) -> Path:

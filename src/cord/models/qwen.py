@@ -186,16 +186,69 @@ class QwenAudioAdapter:
         return hidden[:, width - 1 : width - 1 + completion_ids.shape[1]]
 
     # --------------------------------------------------------------- generate
+    def _generation_model(self) -> nn.Module:
+        """The transformers model under a possible peft wrapper (LoRA layers stay in it)."""
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
     def generate(self, prompts: PromptBatch, **kwargs: Any) -> torch.Tensor:
+        """transformers ``generate``; returns only the new tokens. The checkpoint's
+        ``generation_config`` is set aside during the call: every sampling setting comes from
+        the caller (see cord.rollout.sampling)."""
+        from cord.rollout.sampling import clean_generation_defaults
+
         prompts = prompts.to(self.device)
-        out = self.model.generate(
-            input_ids=prompts.input_ids,
-            attention_mask=prompts.attention_mask,
-            **prompts.extra,
-            **kwargs,
-        )
+        with clean_generation_defaults(self._generation_model()):
+            out = self.model.generate(
+                input_ids=prompts.input_ids,
+                attention_mask=prompts.attention_mask,
+                **prompts.extra,
+                **kwargs,
+            )
         sequences = out.sequences if hasattr(out, "sequences") else out
         return sequences[:, prompts.input_ids.shape[1] :]
+
+    # ------------------------------------------------- cached decoding (cord.rollout.decode)
+    def _prompt_position_ids(self, core: nn.Module, prompts: PromptBatch) -> torch.Tensor:
+        """Position ids of the prompt as the training forward uses them: counted over attended
+        tokens, so left padding does not shift them."""
+        return (prompts.attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+    def _decode_position_ids(self, position: torch.Tensor) -> torch.Tensor:
+        return position[:, None]
+
+    def prefill(self, prompts: PromptBatch):
+        """Encode each prompt's audio and prefill the decoder once: (hidden (B, H) of the last
+        prompt position, DecodeState). No logits are formed here."""
+        from cord.rollout.decode import DecodeState, cache_kwargs, new_cache, next_positions
+
+        prompts = prompts.to(self.device)
+        core = self._generation_model().model
+        position_ids = self._prompt_position_ids(core, prompts)
+        cache = new_cache(self.model.config.get_text_config())
+        out = core(
+            input_ids=prompts.input_ids,
+            attention_mask=prompts.attention_mask,
+            position_ids=position_ids,
+            **cache_kwargs(core, cache),
+            **prompts.extra,
+        )
+        state = DecodeState(cache, prompts.attention_mask.long(), next_positions(position_ids, prompts.attention_mask))
+        return out.last_hidden_state[:, -1], state
+
+    def decode(self, state, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row (R,) against the cache; returns the new hidden states (R, H)."""
+        from cord.rollout.decode import cache_kwargs
+
+        core = self._generation_model().model
+        position_ids = self._decode_position_ids(state.position)
+        state.advance()
+        out = core(
+            input_ids=tokens[:, None],
+            attention_mask=state.attention_mask,
+            position_ids=position_ids,
+            **cache_kwargs(core, state.cache),
+        )
+        return out.last_hidden_state[:, -1]
 
 
 class Qwen2AudioAdapter(QwenAudioAdapter):
@@ -225,6 +278,22 @@ class Qwen25OmniThinkerAdapter(QwenAudioAdapter):
     def audio_user_content(self) -> str:
         # The Omni chat template puts the audio item inline, without an "Audio 1:" label.
         return f"{self.audio_item}{self.instruction}".rstrip()
+
+    def _prompt_position_ids(self, core, prompts):
+        # the thinker's own 3-D (mrope) positions, exactly as its forward computes them for the
+        # training pass (get_rope_index on ids, mask and audio lengths): (3, B, P)
+        fmask = prompts.extra.get("feature_attention_mask")
+        position_ids, _ = core.get_rope_index(
+            input_ids=prompts.input_ids,
+            attention_mask=prompts.attention_mask,
+            use_audio_in_video=False,
+            audio_seqlens=None if fmask is None else fmask.sum(-1),
+        )
+        return position_ids
+
+    def _decode_position_ids(self, position):
+        # text tokens after the prompt: the same position on all three rope axes
+        return position[None, :, None].expand(3, -1, 1)
 
     def _decoder_hidden(self, input_ids, attention_mask, extra):
         # The thinker computes its own 3-D (mrope) positions from input_ids and the mask.

@@ -1,5 +1,5 @@
-"""Rollout engines: sample completions from prompts."""
+"""Rollout engines: sample completions from prompts (see :func:`make_engine`)."""
 
-from cord.rollout.engine import Engine, HFEngine, Rollouts
+from cord.rollout.engine import ENGINES, Engine, GenerateEngine, HFEngine, Rollouts, make_engine
 
-__all__ = ["Engine", "HFEngine", "Rollouts"]
+__all__ = ["ENGINES", "Engine", "GenerateEngine", "HFEngine", "Rollouts", "make_engine"]

@@ -27,7 +27,7 @@ from cord.objectives import (
     reverse_kl_per_token,
     token_logprobs,
 )
-from cord.rollout import HFEngine, Rollouts
+from cord.rollout import HFEngine, Rollouts, make_engine
 from cord.train.methods import METHODS
 
 
@@ -105,7 +105,7 @@ class StepContext:
 
         examples = [PairedExample(f"judge-{i}", p, None) for i, p in enumerate(prompts)]
         with self.teacher.scope() as t_adapter:
-            engine = HFEngine(t_adapter, batch_size=self.engine.batch_size)
+            engine = make_engine(t_adapter, self.cfg)
             return engine.generate(t_adapter.text_prompts(examples), greedy=True, max_new_tokens=16).text
 
 
@@ -161,7 +161,7 @@ def run_micro_step(ctx: StepContext, examples: list, step: int, micro: int) -> t
         )
         if obj.reward_reference == "text":
             with teacher.scope() as t_adapter:
-                ref_engine = engine if t_adapter is adapter else HFEngine(t_adapter, stop_strings=engine.stop_strings)
+                ref_engine = engine if t_adapter is adapter else make_engine(t_adapter, cfg)
                 refs = ref_engine.generate(text, greedy=True, max_new_tokens=ro.max_new_tokens).text
         else:
             refs = [ex.answer for ex in kept]
@@ -208,7 +208,7 @@ def run_micro_step(ctx: StepContext, examples: list, step: int, micro: int) -> t
                 ), ro.token_n
         else:  # off-policy: the teacher samples from the text prompt
             with teacher.scope() as t_adapter:
-                t_engine = engine if t_adapter is adapter else HFEngine(t_adapter, stop_strings=engine.stop_strings)
+                t_engine = engine if t_adapter is adapter else make_engine(t_adapter, cfg)
                 roll = t_engine.generate(
                     text, n=ro.token_n, temperature=ro.token_temperature, top_p=ro.top_p,
                     max_new_tokens=ro.max_new_tokens, seed=_rollout_seed(cfg, step, micro, 3),

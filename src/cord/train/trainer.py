@@ -26,7 +26,7 @@ from cord import CordError
 from cord.config import CordConfig, dump_config
 from cord.data.paired import load_paired
 from cord.models import load_adapter
-from cord.rollout import HFEngine
+from cord.rollout import make_engine
 from cord.train.checkpoint import (
     check_config_change,
     latest_checkpoint,
@@ -141,7 +141,7 @@ class Trainer:
             if lora and hasattr(self.adapter.model, "enable_input_require_grads"):
                 self.adapter.model.enable_input_require_grads()
         self.adapter.model.train()
-        self.engine = HFEngine(self.adapter, stop_strings=cfg.rollout.stop_strings, batch_size=cfg.rollout.batch_size)
+        self.engine = make_engine(self.adapter, cfg)
         self.optimizer = torch.optim.AdamW(
             self.params, lr=cfg.train.lr, betas=tuple(cfg.train.adam_betas), weight_decay=cfg.train.weight_decay
         )
@@ -221,6 +221,7 @@ class Trainer:
         t_start = time.perf_counter()
         accum = cfg.train.grad_accum
         records = []
+        self.ctx.engine.sync_weights(self.step)  # once per optimizer step, before its rollouts
         for a in range(accum):
             micro = a * self.world + self.rank
             loss, m = run_micro_step(self.ctx, self.micro_examples(self.step, micro), self.step, micro)
