@@ -193,7 +193,7 @@ def test_resume_refuses_a_config_that_changes_the_math(tmp_path):
     assert "objective.method: 'cord' → 'sft'" in msg and "--allow-config-change" in msg and "\n" not in msg
     for change in ("train.lr=5e-4", "train.seed=1", "train.batch_size=4", "data.train=other", "rollout.seq_n=8",
                    "model.lora.r=4", "judge.kind=math", "objective.top_k=2", "train.trainable=[projector]",
-                   "model.name_or_path=other", "train.bf16=true", "train.grad_accum=2"):
+                   "model.name_or_path=other", "train.bf16=true", "objective.alpha=3"):
         key = change.split("=")[0]
         with pytest.raises(CordError, match=key.replace(".", r"\.")):
             ck.plan_run(out, _cfg(f"train.output_dir={out}", change))
@@ -202,7 +202,8 @@ def test_resume_refuses_a_config_that_changes_the_math(tmp_path):
     harmless = ["train.max_steps=99", "train.save_every=1", "train.keep_last=9", "train.log_every=3",
                 "train.progress=false", "train.tensorboard=false", "train.max_bad_steps=2",
                 f"train.output_dir={tmp_path}/elsewhere", "rollout.batch_size=3", "objective.chunk_size=7",
-                "model.device=auto", "judge.timeout=5", "eval.limit=3", "synth.workers=5"]
+                "model.device=auto", "judge.timeout=5", "eval.limit=3", "synth.workers=5", "train.grad_accum=2",
+                "train.gradient_checkpointing=true"]
     plan = ck.plan_run(out, _cfg(*harmless))
     assert plan == ck.RunPlan(out / "checkpoints" / "step-00000004", False, [])
 

@@ -44,9 +44,12 @@ RUN_ARTIFACTS = ("checkpoints", "metrics.jsonl", "config.yaml", "model", "tensor
 
 #: config keys that do not change what is computed: they may differ when a run resumes.
 #: A key ending in "." covers a whole section (synth and eval are not read by training).
+#: train.grad_accum only splits the global batch (train.batch_size); a change of the global
+#: batch itself is refused by Trainer.resume from the checkpoint's trainer_state.json.
 HARMLESS_KEYS = (
     "train.max_steps", "train.save_every", "train.keep_last", "train.log_every", "train.progress",
     "train.tensorboard", "train.output_dir", "train.max_bad_steps", "train.gradient_checkpointing",
+    "train.grad_accum",
     "rollout.batch_size", "objective.chunk_size", "model.device",
     "judge.timeout", "judge.max_retries", "judge.concurrency", "judge.cache_dir", "judge.api_key_env",
     "synth.", "eval.",
