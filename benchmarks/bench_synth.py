@@ -1,4 +1,4 @@
-"""Synthesis throughput of `cord synth` with the default TTS (espeak-ng).
+"""Synthesis throughput of `cord synth` per TTS engine (espeak-ng by default; Piper with --tts).
 
 Generates N NuminaMath-like word problems (gsm8k / orca_math / synthetic_math style: money,
 percentages, fractions, a little inline LaTeX; ~215 characters each),
@@ -9,6 +9,7 @@ in the same run, and the projected wall time for 80k questions (the paper's data
 
     .venv/bin/python benchmarks/bench_synth.py            # 200 problems, workers 1 and 2
     .venv/bin/python benchmarks/bench_synth.py --n 50 --workers 1 2 4 --repeat 1
+    .venv/bin/python benchmarks/bench_synth.py --tts espeak piper --n 16 --repeat 1   # engines, same run
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from cord.config import SynthConfig
 from cord.data.synth import synthesize
+from cord.data.tts import make_tts
 
 TEMPLATES = [
     "{name} buys {a} notebooks for ${p} each and a backpack for ${q}. She pays with a ${bill} bill. "
@@ -93,6 +95,14 @@ def _load() -> str:
         return "n/a"
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (espeak-ng runs as a subprocess)."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200)
@@ -100,41 +110,48 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--target", type=int, default=80_000, help="questions to project the wall time for")
     ap.add_argument("--repeat", type=int, default=3, help="rounds; worker counts are interleaved, medians reported")
+    ap.add_argument("--tts", nargs="+", default=["espeak"], help="engines (or mixes such as espeak,piper), interleaved")
     args = ap.parse_args()
 
     load0 = _load()
     rows = make_problems(args.n, args.seed)
     chars = sum(len(r["question"]) for r in rows) / len(rows)
-    runs: dict[int, list[dict]] = {w: [] for w in args.workers}
+    runs: dict[tuple[str, int], list[dict]] = {(t, w): [] for t in args.tts for w in args.workers}
     with tempfile.TemporaryDirectory(prefix="bench_synth_") as tmp:
         src = Path(tmp) / "problems.jsonl"
         src.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        for rep in range(args.repeat):  # interleaved, so load drift hits every worker count alike
-            for w in args.workers:
-                out = Path(tmp) / f"out_w{w}_r{rep}"
-                cfg = SynthConfig(input=str(src), out=str(out), workers=w, seed=args.seed)
-                s = synthesize(cfg, progress=False)
-                assert s["written"] == args.n, s["skipped"]
-                runs[w].append(s)
-                shutil.rmtree(out)
+        engines = {t: make_tts(SynthConfig(tts=t)) for t in args.tts}  # loaded once, outside the timings
+        for rep in range(args.repeat):  # interleaved, so load drift hits every engine and worker count alike
+            for t in args.tts:
+                for w in args.workers:
+                    out = Path(tmp) / f"out_{t.replace(',', '+').replace(':', '')}_w{w}_r{rep}"
+                    cfg = SynthConfig(input=str(src), out=str(out), workers=w, seed=args.seed, tts=t)
+                    cpu0 = _cpu_seconds()
+                    s = synthesize(cfg, progress=False, tts=engines[t])
+                    s["cpu_s_per_utt"] = (_cpu_seconds() - cpu0) / max(1, s["written"])
+                    assert s["written"] == args.n, s["skipped"]
+                    runs[(t, w)].append(s)
+                    shutil.rmtree(out)
     results = []
-    for w, ss in runs.items():
+    for (t, w), ss in runs.items():
         mid = sorted(ss, key=lambda x: x["utterances_per_second"])[len(ss) // 2]
         results.append({
-            "workers": w, "utt_per_s": mid["utterances_per_second"], "audio_s_per_s": mid["audio_seconds_per_second"],
-            "all_utt_per_s": [x["utterances_per_second"] for x in ss],
+            "tts": mid["tts"], "workers": w, "utt_per_s": mid["utterances_per_second"],
+            "audio_s_per_s": mid["audio_seconds_per_second"], "all_utt_per_s": [x["utterances_per_second"] for x in ss],
             "mean_audio_s": round(mid["audio_seconds"] / mid["written"], 2),
+            "cpu_s_per_utt": round(mid["cpu_s_per_utt"], 3),
         })
-    base = results[0]["utt_per_s"]
     print(f"machine: {machine()}; load average before/after: {load0} / {_load()}")
-    print(f"{args.n} word problems, mean {chars:.0f} characters; TTS {s['tts']}; median of {args.repeat} interleaved rounds")
-    print("| workers | utterances/s | audio s per wall s | speed-up vs 1st | mean audio s | projected time for "
-          f"{args.target // 1000}k |")
-    print("|---|---|---|---|---|---|")
+    print(f"{args.n} word problems, mean {chars:.0f} characters; median of {args.repeat} interleaved rounds")
+    print("| TTS | workers | utterances/s | audio s per wall s | vs 1st worker count | mean audio s | "
+          f"projected time for {args.target // 1000}k | CPU s per utterance | {args.target // 1000}k in CPU-hours |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
+        base = next(x["utt_per_s"] for x in results if x["tts"] == r["tts"])
         hours = args.target / r["utt_per_s"] / 3600
-        print(f"| {r['workers']} | {r['utt_per_s']:.1f} | {r['audio_s_per_s']:.0f} | {r['utt_per_s'] / base:.2f}x "
-              f"| {r['mean_audio_s']:.1f} | {hours:.1f} h |")
+        print(f"| {r['tts']} | {r['workers']} | {r['utt_per_s']:.2f} | {r['audio_s_per_s']:.1f} | "
+              f"{r['utt_per_s'] / base:.2f}x | {r['mean_audio_s']:.1f} | {hours:.1f} h | {r['cpu_s_per_utt']:.3f} | "
+              f"{args.target * r['cpu_s_per_utt'] / 3600:.1f} |")
     print(json.dumps(results))
 
 
