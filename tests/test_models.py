@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -299,3 +301,20 @@ def test_every_shipped_preset_loads_and_has_no_lora_dropout():
             with_lora += 1
             assert cfg.model.lora.dropout == 0.0, path
     assert with_lora >= 14  # the 7B presets train LoRA adapters
+
+
+def test_lora_dropout_with_an_on_policy_method_warns_at_validation():
+    from cord.config import load_config
+    from cord.train.methods import METHODS
+
+    on_policy = {name for name, spec in METHODS.items() if spec.seq or spec.token == "reverse_kl"}
+    assert on_policy == {"opd", "opd_weighted", "grpo", "grpo_opd", "cord"}
+    for method in METHODS:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            load_config(None, [f"objective.method={method}", "model.lora.dropout=0.05"])
+            load_config(None, [f"objective.method={method}", "model.lora.dropout=0"])
+        hits = [w for w in caught if "no longer on-policy" in str(w.message)]
+        assert len(hits) == (method in on_policy), method
+        if hits:
+            assert "model.lora.dropout=0.05" in str(hits[0].message) and repr(method) in str(hits[0].message)

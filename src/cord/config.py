@@ -28,6 +28,7 @@ class LoraConfig(_Section):
 
     r: int = Field(16, ge=1)
     alpha: int = Field(32, ge=1)
+    #: keep 0 for the on-policy methods (a warning says why otherwise); sft / forward_kl may use it
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
@@ -275,6 +276,29 @@ class CordConfig(_Section):
                              "term, whose group-relative advantage is 0 for a group of one; use seq_n >= 2")
         if self.judge.kind == "llm" and not (self.judge.base_url and self.judge.model):
             raise ValueError("judge kind 'llm' needs judge.base_url and judge.model (an OpenAI-compatible server)")
+        return self
+
+    @model_validator(mode="after")
+    def _lora_dropout_on_policy(self) -> "CordConfig":
+        """LoRA dropout with an on-policy method (the student samples its own rollouts: reverse
+        KL and/or GRPO) warns: rollouts are sampled without dropout (eval mode), the trained
+        forward applies it, so the policy whose log-probs are trained is not the policy that
+        sampled (the GRPO ratio and the reverse-KL estimator assume it is). A warning, not an
+        error: it is a deliberate regulariser some may accept; sft and forward_kl train on
+        reference / teacher tokens, where dropout is ordinary regularisation."""
+        from cord.train.methods import METHODS
+
+        lora, spec = self.model.lora, METHODS[self.objective.method]
+        if lora is not None and lora.dropout > 0 and (spec.seq or spec.token == "reverse_kl"):
+            import warnings
+
+            warnings.warn(
+                f"model.lora.dropout={lora.dropout:g} with the on-policy method {self.objective.method!r}: the "
+                "trained forward drops what the sampler did not, so training is no longer on-policy; "
+                "set model.lora.dropout: 0",
+                UserWarning,
+                stacklevel=2,
+            )
         return self
 
 
