@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from cord import CordError
 from cord.cli import main
 from cord.config import CordConfig, ModelConfig
 from cord.eval import analyze, kl_diagnostics, plot_kl_comparison
@@ -45,8 +46,13 @@ def sharp_adapter():
     return a
 
 
-def _rollouts(out: Path) -> list[dict]:
+def _lines(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+
+
+def _rollouts(out: Path) -> list[dict]:
+    """The rollout lines (an example the long-audio policy skipped has a status line)."""
+    return [r for r in _lines(out) if r.get("status") != "skipped"]
 
 
 def _naive_kl(adapter, example, ids: list[int]) -> np.ndarray:
@@ -73,6 +79,7 @@ def test_analysis_matches_a_naive_float64_recomputation(tmp_path, paired_dir, sh
     rolls = _rollouts(tmp_path)
     assert res["n_examples"] == 5 and res["n_skipped"] == 1 and res["n_rollouts"] == 4 == len(rolls)
     assert [r["id"] for r in rolls] == ["p0", "p1", "p2", "p4"]
+    assert [(r["id"], r.get("status")) for r in _lines(tmp_path)][3] == ("p3", "skipped")
     assert res["n_tokens"] == sum(len(r["ids"]) for r in rolls) == sum(len(r["kl"]) for r in rolls)
 
     examples = {ex.id: ex for ex in load_paired(paired_dir)}
@@ -121,7 +128,10 @@ def test_cli_writes_json_and_valid_pngs(tmp_path, paired_dir, capsys):
             "--limit", "3", "--set", "model.dtype=float32", "--set", "model.device=cpu",
             "--set", "rollout.max_new_tokens=8"]
     assert main(argv) == 0
-    assert "rollouts" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "rollouts" in captured.out
+    # stderr is not a terminal here: progress comes as plain lines (a log shows them)
+    assert any(line.startswith("cord analyze: 3/3 examples (100%), ") for line in captured.err.split("\n"))
     res = json.loads((out / "analysis.json").read_text())
     assert res["n_rollouts"] == 3 and res["max_new_tokens"] == 8
     assert res["n_tokens"] == sum(len(r["ids"]) for r in _rollouts(out)) and res["mean_length"] <= 8
@@ -131,6 +141,72 @@ def test_cli_writes_json_and_valid_pngs(tmp_path, paired_dir, capsys):
         img = matplotlib.image.imread(out / name)
         assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
     assert res["files"] == {"rollouts": "rollouts.jsonl", "histogram": "kl_hist.png", "by_position": "kl_by_position.png"}
+
+
+class CountingEngine:
+    """HFEngine that counts its calls and can raise at call ``fail_at`` (an interruption)."""
+
+    def __init__(self, adapter, fail_at: int | None = None):
+        from cord.rollout import HFEngine
+
+        self.inner, self.fail_at, self.calls = HFEngine(adapter, batch_size=2), fail_at, []
+
+    def generate(self, prompts, **kw):
+        self.calls.append(kw["seed"])
+        if self.fail_at is not None and len(self.calls) == self.fail_at:
+            raise KeyboardInterrupt
+        return self.inner.generate(prompts, **kw)
+
+
+def test_interrupted_analyze_resumes_to_the_uninterrupted_result(tmp_path, paired_dir, sharp_adapter):
+    cfg = CordConfig(model=ModelConfig(**MODEL))
+    kw = dict(data=paired_dir, max_new_tokens=10, batch_size=2, seed=3, plots=False, progress=False)
+    full = tmp_path / "full"
+    analyze(cfg, sharp_adapter, out=full, engine=CountingEngine(sharp_adapter), **kw)
+
+    # batches: [p0, p1] seed 3, [p2, p3 (skipped)] seed 4, [p4] seed 5; stop in the second
+    part = tmp_path / "part"
+    with pytest.raises(KeyboardInterrupt):
+        analyze(cfg, sharp_adapter, out=part, engine=CountingEngine(sharp_adapter, fail_at=2), **kw)
+    assert [r["id"] for r in _lines(part)] == ["p0", "p1"]  # the finished batch is on disk
+    assert _lines(part) == _lines(full)[:2] and not (part / "analysis.json").exists()
+
+    engine = CountingEngine(sharp_adapter)
+    res = analyze(cfg, sharp_adapter, out=part, engine=engine, **kw)
+    assert engine.calls == [4, 5]  # only the unfinished batches, with their own seeds
+    assert (part / "analysis.json").read_text() == (full / "analysis.json").read_text()
+    assert (part / "rollouts.jsonl").read_text() == (full / "rollouts.jsonl").read_text()
+    assert res["n_rollouts"] == 4 and res["n_skipped"] == 1
+
+    # a killed run's torn last line is dropped and its batch redone; a finished run asks nothing
+    text = (part / "rollouts.jsonl").read_text()
+    (part / "rollouts.jsonl").write_text(text[: len(text) - 40])
+    engine = CountingEngine(sharp_adapter)
+    analyze(cfg, sharp_adapter, out=part, engine=engine, **kw)
+    assert engine.calls == [5] and (part / "analysis.json").read_text() == (full / "analysis.json").read_text()
+    engine = CountingEngine(sharp_adapter)
+    analyze(cfg, sharp_adapter, out=part, engine=engine, **kw)
+    assert engine.calls == []
+
+    # rollouts from other settings are not mixed in
+    with pytest.raises(CordError, match="another analysis.*seed: 3, now 4"):
+        analyze(cfg, sharp_adapter, out=part, engine=CountingEngine(sharp_adapter), **{**kw, "seed": 4})
+
+
+def test_data_problems_and_a_file_as_out_fail_before_the_model_loads(tmp_path, paired_dir):
+    bad = tmp_path / "bad"
+    (bad / "audio").mkdir(parents=True)
+    sf.write(bad / "audio" / "e.wav", np.zeros(0, np.float32), 16000)
+    rows = [{"id": "e", "question": "q", "audio": "audio/e.wav"}, {"id": "m", "question": "q", "audio": "audio/m.wav"}]
+    (bad / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = CordConfig(model=ModelConfig(name_or_path="/nonexistent/model"))  # never reached
+    with pytest.raises(CordError, match=r"1 audio file\(s\) missing \(m\); 1 empty, 0 samples \(e\)"):
+        analyze(cfg, out=tmp_path / "o", data=bad)
+    f = tmp_path / "file"
+    f.write_text("keep")
+    with pytest.raises(CordError, match="exists and is not a directory"):
+        analyze(cfg, out=f, data=paired_dir)
+    assert f.read_text() == "keep" and not (tmp_path / "o").exists()
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

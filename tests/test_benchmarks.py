@@ -348,7 +348,7 @@ def test_hub_errors_are_one_line(monkeypatch):
 def test_hub_benchmark_without_datasets_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets → ImportError
     for name in ("voicebench-mmsu", "voicebench-openbookqa", "gsm8k-audio"):
-        with pytest.raises(CordError, match=r"pip install 'cord\[hub\]'"):
+        with pytest.raises(CordError, match=r"pip install -e \"\.\[hub\]\""):
             load_benchmark(name, limit=1)
 
 

@@ -227,42 +227,72 @@ def test_gap_reduction_and_its_guards():
     assert report["average"]["gap_reduction_benchmarks"] == 1
 
 
+def _greedy(adapter, item, modality: str, max_new_tokens: int) -> str:
+    """Independent: one item alone, HF greedy straight through the adapter."""
+    from transformers import GenerationConfig
+
+    gen = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=adapter.eos_token_ids,
+                           pad_token_id=adapter.pad_token_id, suppress_tokens=adapter.placeholder_token_ids)
+    prompts = adapter.audio_prompts([item]) if modality == "audio" else adapter.text_prompts([item])
+    with torch.no_grad():
+        new = adapter.generate(prompts, generation_config=gen)[0].tolist()
+    cut = next((k + 1 for k, t in enumerate(new) if t in adapter.eos_token_ids), len(new))
+    return adapter.tokenizer.decode(new[:cut], skip_special_tokens=True)
+
+
 def test_cli_tiny_model_matches_independent_greedy_and_baseline(tmp_path, adapter, bench_dirs, capsys):
+    """The real tiny model through `cord eval`, on a benchmark whose references are the
+    model's own independent greedy answers ("exact" judge): m0, m1 from the audio prompt,
+    m2 from the text prompt, none for m3 and long. So the accuracies are known and not
+    0 = 0: audio at least 2 of 4 answered (the long clip is skipped by eval's default),
+    text at least 1 of 5, plus any item whose two answers happen to agree (computed below
+    with the judge, independently of eval)."""
     spoken, _ = bench_dirs
+    greedy = {(it.id, mod): _greedy(adapter, it, mod, 6) for it in load_benchmark(spoken).items
+              for mod in ("audio", "text") if not (mod == "audio" and it.id == "long")}
+    assert all(greedy.values())  # each item has a non-empty answer to be judged on
+    assert "no such answer" not in greedy.values()
+    bench = tmp_path / "spoken"
+    (bench / "audio").mkdir(parents=True)
+    rows = []
+    for rid, q, _, _ in SPOKEN:
+        (bench / "audio" / f"{rid}.wav").write_bytes((spoken / "audio" / f"{rid}.wav").read_bytes())
+        ref = greedy[(rid, "audio")] if rid in ("m0", "m1") else greedy[(rid, "text")] if rid == "m2" else "no such answer"
+        rows.append({"id": rid, "question": q, "answer": ref, "audio": f"audio/{rid}.wav", "judge": "exact"})
+    (bench / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    refs = {r["id"]: r["answer"].strip() for r in rows}
+    expected = {}
+    for mod in ("audio", "text"):
+        scores = [judge(greedy[(rid, mod)], refs[rid], "exact").score for rid in refs if (rid, mod) in greedy]
+        expected[mod] = sum(scores) / len(scores)
+    assert expected["audio"] >= 0.5 and expected["text"] >= 0.2 and expected["audio"] != expected["text"]
+
     base = tmp_path / "base.json"
     base.write_text(json.dumps({"spoken": {"gap": 0.5}}))
     out = tmp_path / "out"
-    argv = ["eval", "--model", "tiny", "--family", "qwen2-audio", "--benchmarks", str(spoken), "--out", str(out),
+    # no model.long_audio given: eval skips the 2 s clip (window 1.5 s) instead of stopping
+    argv = ["eval", "--model", "tiny", "--family", "qwen2-audio", "--benchmarks", str(bench), "--out", str(out),
             "--max-new-tokens", "6", "--batch-size", "3", "--baseline", str(base), "--set", "model.dtype=float32",
-            "--set", "model.device=cpu", "--set", "model.long_audio=skip", "--set", "model.max_audio_seconds=1.5"]
+            "--set", "model.device=cpu", "--set", "model.max_audio_seconds=1.5"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
+    s = report["spoken"]
     assert "| spoken | 5 |" in printed and "gap reduction" in (out / "report.md").read_text()
+    assert "1 audio item(s) longer than model.max_audio_seconds=1.5 s were skipped (model.long_audio=skip" in printed
+    assert (s["audio_n"], s["audio_skipped"], s["text_n"], s["text_skipped"]) == (4, 1, 5, 0)
+    assert json.loads((out / "run.json").read_text())["fingerprint"]["long_audio"] == "skip"
 
-    # independent: each item alone, HF greedy straight through the adapter, judged here
-    from transformers import GenerationConfig
-
-    gen = GenerationConfig(do_sample=False, max_new_tokens=6, eos_token_id=adapter.eos_token_ids,
-                           pad_token_id=adapter.pad_token_id, suppress_tokens=adapter.placeholder_token_ids)
-    bench = load_benchmark(spoken)
     for mod in ("audio", "text"):
         recs = {r["id"]: r for r in _lines(out / "spoken" / f"{mod}.jsonl")}
-        correct = []
-        for it in bench.items:
-            if mod == "audio" and it.id == "long":
-                assert recs[it.id]["status"] == "skipped"
-                continue
-            prompts = adapter.audio_prompts([it]) if mod == "audio" else adapter.text_prompts([it])
-            with torch.no_grad():
-                new = adapter.generate(prompts, generation_config=gen)[0].tolist()
-            cut = next((k + 1 for k, t in enumerate(new) if t in adapter.eos_token_ids), len(new))
-            text = adapter.tokenizer.decode(new[:cut], skip_special_tokens=True)
-            assert recs[it.id]["response"] == text
-            correct.append(judge(text, it.answer, "math").score)
-        assert report["spoken"][f"{mod}_acc"] == sum(correct) / len(correct)
-    gap = report["spoken"]["gap"]
-    assert report["spoken"]["gap_reduction"] == pytest.approx((0.5 - gap) / 0.5)
+        for rid in refs:
+            if (rid, mod) in greedy:
+                assert recs[rid]["response"] == greedy[(rid, mod)]
+            else:
+                assert recs[rid]["status"] == "skipped"
+        assert s[f"{mod}_acc"] == expected[mod]
+    assert s["gap"] == pytest.approx(expected["text"] - expected["audio"])
+    assert s["gap_reduction"] == pytest.approx((0.5 - s["gap"]) / 0.5)
 
 
 def test_cli_one_line_errors(tmp_path, bench_dirs, capsys):
@@ -289,6 +319,41 @@ def test_cli_one_line_errors(tmp_path, bench_dirs, capsys):
     code = main(["eval", "--benchmarks", str(bench_dirs[0]), "--baseline", str(bad), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "bad.json: malformed JSON" in err and "line 1" in err
+
+    # a non-numeric gap in the baseline: refused before any model loads or item is asked
+    bad.write_text(json.dumps({"spoken": {"gap": "n/a"}, "average": {"gap": 0.1}}))
+    code = main(["eval", "--model", "tiny", "--benchmarks", str(bench_dirs[0]), "--baseline", str(bad),
+                 "--out", str(tmp_path / "o"), "--set", "model.long_audio=skip"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "spoken.gap must be a number or null" in err
+    assert not (tmp_path / "o").exists()
+
+    # --out is a file (or inside one): one line, the file untouched
+    f = tmp_path / "file.txt"
+    f.write_text("keep")
+    for out in (f, f / "sub"):
+        code = main(["eval", "--model", "tiny", "--benchmarks", str(bench_dirs[0]), "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and f"--out {out}:" in err
+    assert f.read_text() == "keep"
+
+    # an explicit long_audio=error keeps its meaning: the long clip is named before the model loads
+    code = main(["eval", "--model", "/nonexistent/model", "--benchmarks", str(bench_dirs[0]), "--out",
+                 str(tmp_path / "o"), "--set", "model.long_audio=error", "--set", "model.max_audio_seconds=1.5"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "1 longer than the 1.5 s window" in err and "(long 2.0 s" in err
+    assert "nonexistent" not in err and not (tmp_path / "o").exists()
+
+
+def test_progress_lines_in_a_log(tmp_path, adapter, bench_dirs, capsys):
+    """Not a terminal (pytest's captured stderr): plain progress lines, not a bar."""
+    spoken, _ = bench_dirs
+    evaluate(_cfg(tmp_path, [spoken], batch_size=2), adapter, progress=True, engine=_engine(adapter, bench_dirs))
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("cord eval spoken")]
+    assert lines[0].startswith("cord eval spoken [audio]: 2/5 items (40%), ")
+    assert "cord eval spoken [audio]: 5/5 items (100%), " in err and "cord eval spoken [text]: 5/5 items (100%), " in err
+    assert all("\r" not in line and ("items/s" in line or "s/item" in line) for line in lines)
 
 
 def test_local_mmau_copy_is_found_by_path(tmp_path):

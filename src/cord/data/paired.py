@@ -9,7 +9,6 @@ This is what ``cord synth`` writes and what the trainer, ``cord eval`` and ``cor
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +19,77 @@ from cord import CordError
 SAMPLE_RATE = 16_000
 
 
-@dataclass
 class PairedExample:
     """One question in two modalities.
 
     ``audio`` is 16 kHz mono float32 of shape (samples,), or None when only text is needed.
-    ``answer`` is the reference final answer (may be empty when unknown); ``solution`` an
-    optional reference worked solution (used by the ``sft`` baseline).
+    It is either held in memory (``PairedExample(id, text, array)``) or read from
+    ``audio_path`` on each access (what :func:`load_paired` makes: a dataset costs host
+    memory per micro-batch, not per clip; decoded clips go through the bounded
+    :data:`cord.data.audio.CLIP_CACHE`). ``answer`` is the reference final answer (may be
+    empty when unknown); ``solution`` an optional reference worked solution (used by the
+    ``sft`` baseline).
     """
 
-    id: str
-    question_text: str
-    audio: np.ndarray | None
-    answer: str = ""
-    solution: str = ""
-    meta: dict[str, Any] = field(default_factory=dict)
+    __slots__ = ("id", "question_text", "answer", "solution", "meta", "audio_path", "_audio")
+
+    def __init__(
+        self,
+        id: str,
+        question_text: str,
+        audio: np.ndarray | None = None,
+        answer: str = "",
+        solution: str = "",
+        meta: dict[str, Any] | None = None,
+        *,
+        audio_path: str | Path | None = None,
+    ) -> None:
+        if audio is not None and audio_path is not None:
+            raise ValueError("give audio or audio_path, not both")
+        self.id = id
+        self.question_text = question_text
+        self.answer = answer
+        self.solution = solution
+        self.meta = meta if meta is not None else {}
+        self.audio_path = Path(audio_path) if audio_path is not None else None
+        self._audio = audio
+
+    @property
+    def audio(self) -> np.ndarray | None:
+        if self._audio is not None or self.audio_path is None:
+            return self._audio
+        from cord.data.audio import CLIP_CACHE
+
+        return CLIP_CACHE.load(self.audio_path)
+
+    @audio.setter
+    def audio(self, value: np.ndarray | None) -> None:
+        self._audio = value
+        self.audio_path = None
+
+    @property
+    def has_audio(self) -> bool:
+        """Whether the example has audio (without decoding it)."""
+        return self._audio is not None or self.audio_path is not None
+
+    @property
+    def audio_samples(self) -> int:
+        """Length of ``audio`` in 16 kHz samples, from the file header when it is not loaded
+        (0 without audio)."""
+        if self._audio is not None:
+            return int(len(self._audio))
+        if self.audio_path is None:
+            return 0
+        from cord.data.audio import audio_header
+
+        return audio_header(self.audio_path).samples_16k
+
+    def __repr__(self) -> str:
+        if self._audio is not None:
+            audio = f"array({len(self._audio)} samples)"
+        else:
+            audio = f"path {str(self.audio_path)!r}" if self.audio_path is not None else "None"
+        return f"PairedExample(id={self.id!r}, question_text={self.question_text[:40]!r}, audio={audio}, answer={self.answer!r})"
 
 
 MANIFEST = "manifest.jsonl"
@@ -83,25 +138,26 @@ def read_manifest(directory: str | Path) -> list[dict[str, Any]]:
 
 
 def load_paired(directory: str | Path, limit: int | None = None, with_audio: bool = True) -> list[PairedExample]:
-    """Load a paired dataset directory as written by ``cord synth``."""
-    from cord.data.audio import load_audio
+    """Load a paired dataset directory as written by ``cord synth``.
 
+    Nothing is decoded here: each example reads its clip when ``ex.audio`` is accessed
+    (missing or unreadable files then fail with one clear line; :func:`cord.data.check.check_examples`
+    finds them all up front from the headers)."""
     directory = Path(directory)
     rows = read_manifest(directory)
     if limit is not None:
         rows = rows[:limit]
     out = []
     for row in rows:
-        audio = load_audio(directory / row["audio"]) if with_audio else None
         meta = {k: v for k, v in row.items() if k not in ("id", "question", "answer", "solution")}
         out.append(
             PairedExample(
                 id=str(row["id"]),
                 question_text=row["question"],
-                audio=audio,
                 answer=str(row.get("answer", "")),
                 solution=str(row.get("solution", "")),
                 meta=meta,
+                audio_path=directory / str(row["audio"]) if with_audio else None,
             )
         )
     return out

@@ -17,17 +17,24 @@ token-level loss weights. Outputs in ``OUT``:
   top-divergent tokens: tokens ranked by how often they fall in the top 10 % of KL, with
   their total count and mean KL.
 * ``rollouts.jsonl``: per rollout its id, token ids, text and per-token KL (every number in
-  analysis.json can be recomputed from it).
+  analysis.json can be recomputed from it); an example the long-audio policy skipped is a
+  line ``{"id", "status": "skipped", "reason"}``.
+* ``run.json``: what produced the rollouts (model, data, seed, temperature, lengths).
 * ``kl_hist.png`` (log counts) and ``kl_by_position.png``.
 
-Rollouts are reproducible for the same seed and batch size.
+Rollouts are reproducible for the same seed and batch size (batch ``b`` samples with seed
+``seed + b``). Each batch's lines are flushed to ``rollouts.jsonl`` as it finishes; a rerun
+with the same ``OUT`` skips the batches already there (a line torn by a killed run is
+dropped first) and recomputes ``analysis.json`` from all lines, so an interrupted analysis
+resumes to exactly what an uninterrupted one writes. A rerun with other settings is refused.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Container, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +44,15 @@ import torch
 from cord import CordError
 from cord.data.paired import PairedExample
 from cord.eval.plots import plot_kl_by_position, plot_kl_histogram
-from cord.eval.report import dump_json, write_atomic
+from cord.eval.report import dump_json, read_records, write_atomic
 
 PERCENTILES = (50, 80, 90, 99)
 ANALYSIS_JSON = "analysis.json"
 ROLLOUTS_JSONL = "rollouts.jsonl"
 HIST_PNG = "kl_hist.png"
 POSITION_PNG = "kl_by_position.png"
+RUN_JSON = "run.json"
+SKIP_LONG_AUDIO = "audio longer than model.max_audio_seconds (model.long_audio=skip)"
 
 
 def _finite(x: float) -> float | None:
@@ -171,30 +180,39 @@ def _examples(data, limit: int | None) -> tuple[list[PairedExample], str]:
 
 
 def rollout_kl(adapter, engine, examples: list[PairedExample], *, max_new_tokens: int, temperature: float = 1.0,
-               seed: int = 0, batch_size: int = 16, chunk_size: int = 512, progress: bool = False):
+               seed: int = 0, batch_size: int = 16, chunk_size: int = 512, progress: bool = False,
+               done: Container[str] = frozenset(), write: Callable[[list[dict]], None] | None = None):
     """Audio rollouts and their per-token reverse KL against the text-conditioned model.
 
     Returns (records, skipped): one record per rollout ``{"id", "ids", "text", "kl"}``
     (lists of the rollout's length) and how many examples the long-audio policy skipped.
-    Batch ``b`` samples with seed ``seed + b``.
+    Batch ``b`` samples with seed ``seed + b``. A batch whose ids are all in ``done`` is not
+    computed again (resume); ``write`` receives each computed batch's lines (rollouts and
+    ``{"id", "status": "skipped", "reason"}`` for skipped examples) as soon as it finishes.
     """
-    from tqdm.auto import tqdm
-
     from cord.objectives import reverse_kl_per_token
+    from cord.progress import progress_bar
 
     head = adapter.lm_head()
     weight, bias = head.weight, getattr(head, "bias", None)
     records, skipped = [], 0
     model = adapter.model
     was_training = model.training
+    starts = range(0, len(examples), batch_size)
+    finished = {s for s in starts if all(ex.id in done for ex in examples[s : s + batch_size])}
+    initial = sum(len(examples[s : s + batch_size]) for s in finished)
     model.eval()
     try:
-        with tqdm(total=len(examples), desc="analyze", unit="ex", disable=not progress) as bar:
-            for b, start in enumerate(range(0, len(examples), batch_size)):
+        with progress_bar(len(examples), "cord analyze", "example", enabled=progress, initial=initial) as bar:
+            for b, start in enumerate(starts):
+                if start in finished:
+                    continue
                 batch = examples[start : start + batch_size]
                 audio = adapter.audio_prompts(batch)
                 keep = list(audio.keep) if audio.keep or not len(audio) else list(range(len(audio)))
-                skipped += len(batch) - len(keep)
+                lines = {i: {"id": ex.id, "status": "skipped", "reason": SKIP_LONG_AUDIO}
+                         for i, ex in enumerate(batch) if i not in set(keep)}
+                skipped += len(lines)
                 if keep:
                     kept = [batch[i] for i in keep]
                     text = adapter.text_prompts(kept)
@@ -207,14 +225,51 @@ def rollout_kl(adapter, engine, examples: list[PairedExample], *, max_new_tokens
                                                   student_bias=bias, teacher_bias=bias, temperature=1.0,
                                                   chunk_size=chunk_size)
                     kl = kl.float().cpu()
-                    for r, ex in enumerate(kept):
+                    for r, (i, ex) in enumerate(zip(keep, kept)):
                         n = int(ro.mask[r].sum())
-                        records.append({"id": ex.id, "ids": ro.ids[r, :n].tolist(), "text": ro.text[r],
-                                        "kl": kl[r, :n].tolist()})
+                        lines[i] = {"id": ex.id, "ids": ro.ids[r, :n].tolist(), "text": ro.text[r],
+                                    "kl": kl[r, :n].tolist()}
+                        records.append(lines[i])
+                if write is not None:
+                    write([lines[i] for i in sorted(lines)])
                 bar.update(len(batch))
     finally:
         model.train(was_training)
     return records, skipped
+
+
+def _fingerprint(cfg, adapter, source: str, seed: int, temperature: float, max_new_tokens: int,
+                 batch_size: int) -> dict[str, Any]:
+    """What determines the rollouts; a resumed analysis must match it."""
+    return {
+        "model": cfg.model.name_or_path,
+        "family": getattr(adapter, "family", cfg.model.family),
+        "data": source,
+        "system_prompt": getattr(adapter, "system_prompt", None),
+        "instruction": getattr(adapter, "instruction", None),
+        "long_audio": getattr(adapter, "long_audio", cfg.model.long_audio),
+        "max_audio_seconds": getattr(adapter, "max_audio_seconds", cfg.model.max_audio_seconds),
+        "seed": seed,
+        "temperature": temperature,
+        "max_new_tokens": max_new_tokens,
+        "batch_size": batch_size,
+    }
+
+
+def _check_resume(out: Path, fingerprint: dict[str, Any]) -> None:
+    run_json = out / RUN_JSON
+    if not (out / ROLLOUTS_JSONL).is_file() or not run_json.is_file():
+        return
+    try:
+        old = json.loads(run_json.read_text(encoding="utf-8")).get("fingerprint", {})
+    except (json.JSONDecodeError, AttributeError):
+        return
+    for k, v in fingerprint.items():
+        if k in old and old[k] != v:
+            raise CordError(
+                f"{out} holds rollouts from another analysis ({k}: {old[k]!r}, now {v!r}); "
+                "use another --out, or delete that folder to start over"
+            )
 
 
 def analyze(
@@ -243,25 +298,51 @@ def analyze(
     ``data``: a paired-dataset folder or a list of PairedExamples.
     """
     from cord.config import CordConfig
+    from cord.data.check import check_examples, check_out_dir
 
     cfg = cfg if cfg is not None else CordConfig()
+    out = check_out_dir(out)
     examples, source = _examples(data if data is not None else cfg.data.train, limit if limit is not None else cfg.data.limit)
     if not examples:
         raise CordError(f"no examples to analyze in {source}")
+    check_examples(examples, max_seconds=getattr(adapter, "max_audio_seconds", cfg.model.max_audio_seconds),
+                   policy=getattr(adapter, "long_audio", cfg.model.long_audio), source=source)
     if adapter is None:
         from cord.models import load_adapter
 
         adapter = load_adapter(cfg.model)
+    batch_size = batch_size or cfg.eval.batch_size
     if engine is None:
         from cord.rollout import HFEngine
 
-        engine = HFEngine(adapter, batch_size=batch_size or cfg.eval.batch_size)
+        engine = HFEngine(adapter, batch_size=batch_size)
     max_new_tokens = max_new_tokens or cfg.rollout.max_new_tokens
     seed = cfg.train.seed if seed is None else seed
-    records, skipped = rollout_kl(
-        adapter, engine, examples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-        batch_size=batch_size or cfg.eval.batch_size, chunk_size=cfg.objective.chunk_size, progress=progress,
-    )
+    fingerprint = _fingerprint(cfg, adapter, source, seed, temperature, max_new_tokens, batch_size)
+    _check_resume(out, fingerprint)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / RUN_JSON, dump_json({"fingerprint": fingerprint}))
+    path = out / ROLLOUTS_JSONL
+    done = read_records(path, repair=True)
+
+    with open(path, "a", encoding="utf-8") as f:
+        def write(lines: list[dict]) -> None:
+            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines))
+            f.flush()
+            os.fsync(f.fileno())
+
+        rollout_kl(adapter, engine, examples, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                   batch_size=batch_size, chunk_size=cfg.objective.chunk_size, progress=progress,
+                   done=done, write=write)
+
+    # the analysis is recomputed from every line on disk (this run's and earlier runs')
+    on_disk = read_records(path)
+    lines = [on_disk[ex.id] for ex in examples]
+    wanted = {ex.id for ex in examples}
+    others = [r for i, r in on_disk.items() if i not in wanted]  # kept: another --limit's work
+    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines + others))
+    records = [r for r in lines if r.get("status") != "skipped"]
+    skipped = len(lines) - len(records)
     if not records:
         raise CordError(f"all {len(examples)} examples were skipped by the long-audio policy; nothing to analyze")
 
@@ -287,9 +368,6 @@ def analyze(
     }
     result.update(kl_diagnostics([r["kl"] for r in records], [r["ids"] for r in records], decode, top_tokens, piece))
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / ROLLOUTS_JSONL, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     files = {"rollouts": ROLLOUTS_JSONL}
     if plots:
         kl = np.concatenate([np.asarray(r["kl"], dtype=np.float64) for r in records])

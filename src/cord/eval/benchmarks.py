@@ -26,7 +26,7 @@ Local folder format
 - any other field is kept in ``meta`` (e.g. ``"text_with_audio": true`` for items whose
   audio is a sound to ask about rather than the spoken question, as in MMAU).
 
-Hub benchmarks (need the optional ``datasets`` library: ``pip install 'cord[hub]'``)
+Hub benchmarks (need the optional ``datasets`` library: ``pip install -e ".[hub]"`` from the clone)
 -----------------------------------------------------------------------------------
 - ``voicebench-mmsu``: ``hlt-lab/voicebench`` config ``mmsu``, its 12 domain splits
   (biology … psychology); fields ``audio``, ``prompt`` (the text question with its
@@ -446,7 +446,7 @@ def _datasets(name: str):
     try:
         import datasets
     except ImportError:
-        raise CordError(f"benchmark {name!r} loads from the Hugging Face hub and needs `datasets`: pip install 'cord[hub]'") from None
+        raise CordError(f"benchmark {name!r} loads from the Hugging Face hub and needs `datasets`: pip install -e \".[hub]\" (from the cord clone)") from None
     return datasets
 
 

@@ -7,7 +7,7 @@ Precedence: defaults < ``--config`` file < ``--set key=value`` < the command's o
 
 from __future__ import annotations
 
-import sys
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -36,8 +36,14 @@ def _model_flags(cfg, args) -> None:
 
 
 def eval_config(args):
-    """The CordConfig for ``cord eval`` from parsed arguments."""
+    """The CordConfig for ``cord eval`` from parsed arguments.
+
+    ``model.long_audio`` defaults to ``skip`` here (not ``error``, training's default): a
+    benchmark's long clip is left out and counted in the report instead of stopping the
+    run. A value the user sets (config file or ``--set``) is kept."""
     cfg = load_config(args.config, args.overrides)
+    if "long_audio" not in cfg.model.model_fields_set:
+        _set(cfg.model, "long_audio", "skip", "model.long_audio")
     _model_flags(cfg, args)
     ev = cfg.eval
     if args.benchmarks is not None:
@@ -53,13 +59,36 @@ def eval_config(args):
     return cfg
 
 
+def check_local_benchmarks(cfg) -> None:
+    """The pre-flight data check on every benchmark that is a local folder (the hub ones
+    are checked as they load): all missing, unreadable, empty or (under
+    ``long_audio: error``) too-long clips in one line, before the model loads."""
+    from cord.data.check import check_dataset
+    from cord.data.paired import MANIFEST
+
+    if "audio" not in cfg.eval.modalities:
+        return
+    for name in cfg.eval.benchmarks:
+        if (Path(name) / MANIFEST).is_file():
+            check_dataset(name, cfg.model, limit=cfg.eval.limit)
+
+
 def run_eval(args) -> int:
-    from cord.eval.report import AVERAGE, REPORT_JSON, REPORT_MD, format_markdown
+    from cord.data.check import check_out_dir
+    from cord.eval.report import AVERAGE, REPORT_JSON, REPORT_MD, format_markdown, load_report
     from cord.eval.runner import evaluate
 
     cfg = eval_config(args)
-    report = evaluate(cfg, progress=sys.stderr.isatty())
+    check_out_dir(cfg.eval.out)
+    if cfg.eval.baseline:
+        load_report(cfg.eval.baseline)  # a bad baseline fails now, not after the whole evaluation
+    check_local_benchmarks(cfg)
+    report = evaluate(cfg, progress=True)  # a bar on a terminal, progress lines in a log
     print(format_markdown(report), end="")
+    skipped = sum(int(e.get("audio_skipped") or 0) for k, e in report.items() if k != AVERAGE)
+    if skipped:
+        print(f"{skipped} audio item(s) longer than model.max_audio_seconds={cfg.model.max_audio_seconds:g} s were "
+              f"skipped (model.long_audio={cfg.model.long_audio}; not counted in the accuracies)")
     print(f"report: {cfg.eval.out}/{REPORT_JSON}, {cfg.eval.out}/{REPORT_MD}; "
           f"answers: {cfg.eval.out}/<benchmark>/<modality>.jsonl")
     avg = report.get(AVERAGE, {})
@@ -89,7 +118,7 @@ def run_analyze(args) -> int:
     if not args.out:
         raise CordError("cord analyze needs --out DIR (where analysis.json and the plots go)")
     cfg = analyze_config(args)
-    res = analyze(cfg, out=args.out, progress=sys.stderr.isatty())
+    res = analyze(cfg, out=args.out, progress=True)  # a bar on a terminal, progress lines in a log
     kl = res["kl"]
     corr = res.get("pearson_position")
     print(f"{res['n_rollouts']} rollouts, {res['n_tokens']} tokens ({res['n_skipped']} examples skipped); "

@@ -265,6 +265,10 @@ def load_report(path: str | Path) -> dict[str, Any]:
     data = read_json(path)
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise CordError(f"{path}: expected a report of the form {{benchmark: {{audio_acc, text_acc, gap, ...}}}}")
+    for name, entry in data.items():  # checked before any generation, not after the whole evaluation
+        gap = entry.get("gap")
+        if gap is not None and (isinstance(gap, bool) or not isinstance(gap, (int, float)) or not math.isfinite(gap)):
+            raise CordError(f"{path}: {name}.gap must be a number or null, got {gap!r}")
     return data
 
 

@@ -82,7 +82,7 @@ def check_benchmark(name: str, protocol: str = "cord") -> None:
         raise CordError(f"benchmark {name!r} has no {protocol!r} protocol (it supports {', '.join(spec.protocols)})")
     if name in HUB_BENCHMARKS:
         if name != "mmau-test-mini" and importlib.util.find_spec("datasets") is None:
-            raise CordError(f"benchmark {name!r} loads from the Hugging Face hub and needs `datasets`: pip install 'cord[hub]'")
+            raise CordError(f"benchmark {name!r} loads from the Hugging Face hub and needs `datasets`: pip install -e \".[hub]\" (from the cord clone)")
         if name == "mmau-test-mini":
             raise CordError(
                 "mmau-test-mini has no hub copy: download mmau-test-mini.json and test-mini-audios.tar.gz "
@@ -169,8 +169,8 @@ def build_prompts(adapter, items: list[PairedExample], modality: str) -> PromptB
 
 
 def _item_length(it: PairedExample, modality: str) -> int:
-    if modality == "audio" and it.audio is not None:
-        return int(len(it.audio))
+    if modality == "audio" and it.has_audio:
+        return it.audio_samples  # from the header for a lazily loaded clip: nothing decoded
     return len(it.question_text)
 
 
@@ -233,7 +233,7 @@ def run_modality(
 ) -> int:
     """Answer every item of ``bench`` that ``path`` holds no record of; returns how many
     were asked. Longest prompts first (less padding per batch, memory trouble shows early)."""
-    from tqdm.auto import tqdm
+    from cord.progress import progress_bar
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -242,9 +242,9 @@ def run_modality(
     if not pending:
         return 0
     pending.sort(key=lambda it: -_item_length(it, modality))
-    with open(path, "a", encoding="utf-8") as f, tqdm(
-        total=len(pending), desc=f"{key or bench.name} [{modality}]", unit="item", disable=not progress,
-        initial=0, dynamic_ncols=True,
+    already = len(bench.items) - len(pending)
+    with open(path, "a", encoding="utf-8") as f, progress_bar(  # a bar on a terminal, lines in a log
+        len(bench.items), f"cord eval {key or bench.name} [{modality}]", "item", enabled=progress, initial=already,
     ) as bar:
         for start in range(0, len(pending), batch_size):
             batch = pending[start : start + batch_size]

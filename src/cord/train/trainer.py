@@ -127,6 +127,8 @@ class Trainer:
         self.data = load_paired(resolve_data(cfg.data.train), limit=cfg.data.limit)
         if not self.data:
             raise CordError(f"dataset {cfg.data.train} is empty")
+        from cord.data.check import check_examples  # every bad clip in one line, from the headers
+        check_examples(self.data, cfg.model, source=cfg.data.train, quiet=self.rank != 0)
         torch.manual_seed(cfg.train.seed)
         model_cfg = cfg.model
         if model_cfg.device == "auto":
