@@ -116,13 +116,10 @@ def test_judges_never_raise_on_garbage():
             assert judge(cand, ref, kind, **ctx).score in (0, 1)
 
 
+@pytest.mark.timeout(60)  # linear: well under a second each; quadratic scanning took minutes
 def test_long_degenerate_responses_stay_linear():
     """A rollout looping to the token limit must not stall the judge (these inputs took
-    minutes with quadratic scanning)."""
-    import time
-
+    minutes with quadratic scanning). No stopwatch: a stall fails the test's timeout."""
     for text in ("\\boxed{" * 5_000, "answer is " * 5_000, "A " * 5_000, "option " * 5_000 + "B"):
-        t0 = time.perf_counter()
         for kind, ctx in _KINDS:
-            judge(text, "1", kind, **ctx)
-        assert time.perf_counter() - t0 < 10
+            assert judge(text, "1", kind, **ctx).score in (0, 1)

@@ -275,8 +275,10 @@ def test_autocast_does_not_round_the_head_products():
 
 
 class BigBuffers(TorchDispatchMode):
-    """Records every float tensor of >= ``limit`` elements, 4+ bytes each, that an op
-    returns, except views of the inputs ``known`` (by storage)."""
+    """Records every float tensor of >= ``limit`` elements, 4+ bytes each, that an aten op
+    returns, in forward and backward, except views of the inputs ``known`` (by storage).
+    (A dispatch mode, because autograd carries it into backward, where a function mode is
+    not active; its first use imports torch._dynamo, a few seconds once per session.)"""
 
     def __init__(self, limit, known):
         super().__init__()
