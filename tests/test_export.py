@@ -157,3 +157,27 @@ def test_trainer_export_writes_the_unmerged_export_and_replaces_the_old_one(tmp_
     names = {p.name for p in target.iterdir()}
     assert "adapter_config.json" in names and "stale.bin" not in names
     assert not (tmp_path / "model.tmp").exists()
+
+
+def test_a_lora_training_run_exports_the_model_it_trained(tmp_path):
+    """End to end: `cord train` (Trainer.fit) with LoRA, then the export loaded as `cord eval`
+    loads it (model.name_or_path: <run>/model, no model.lora) computes the trained logits."""
+    from pathlib import Path
+
+    from cord.config import load_config
+    from cord.train.trainer import Trainer
+
+    root = Path(__file__).resolve().parent.parent
+    cfg = load_config(root / "configs" / "tiny" / "opd.yaml", [
+        f"train.output_dir={tmp_path}/run", "train.batch_size=2", "train.max_steps=2", "train.lr=1e-2",
+        "train.progress=false", "train.tensorboard=false", "rollout.max_new_tokens=4", "data.limit=4",
+        "model.lora.r=4", "model.lora.target_modules=[q_proj,v_proj]",
+    ])
+    trainer = Trainer(cfg)
+    trainer.fit()
+    trainer.adapter.model.eval()
+    want = _logits(trainer.adapter)
+    with trainer.adapter.model.disable_adapter():
+        assert (_logits(trainer.adapter) != want).any()  # training moved the adapter
+    exported = load_adapter(cfg.model.model_copy(update={"name_or_path": str(tmp_path / "run" / "model"), "lora": None}))
+    torch.testing.assert_close(_logits(exported), want, atol=0, rtol=0)
