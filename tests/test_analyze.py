@@ -4,6 +4,7 @@ recomputation on the same rollouts, and valid PNG plots."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -232,3 +233,15 @@ def test_kl_diagnostics_on_handmade_values():
     flat = kl_diagnostics([[0.5, 0.5]], [[1, 2]])
     assert flat["kl"]["skewness"] is None and flat["pearson_position"] is None
     assert kl_diagnostics([[0.5]], [[1]])["pearson_position"] is None
+
+
+def test_a_model_retrained_into_the_same_folder_is_another_model(tmp_path):
+    from cord.eval.analyze import _model_stamp
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"a" * 10)
+    first = _model_stamp(str(tmp_path / "m"))
+    assert first == _model_stamp(str(tmp_path / "m"))
+    os.utime(tmp_path / "m" / "model.safetensors", ns=(1, 1))  # rewritten (export replaces the folder)
+    assert _model_stamp(str(tmp_path / "m")) != first
+    assert _model_stamp("Qwen/Qwen2-Audio-7B-Instruct") is None

@@ -243,6 +243,7 @@ def _fingerprint(cfg, adapter, source: str, seed: int, temperature: float, max_n
     """What determines the rollouts; a resumed analysis must match it."""
     return {
         "model": cfg.model.name_or_path,
+        "model_files": _model_stamp(cfg.model.name_or_path),
         "family": getattr(adapter, "family", cfg.model.family),
         "data": source,
         "system_prompt": getattr(adapter, "system_prompt", None),
@@ -254,6 +255,21 @@ def _fingerprint(cfg, adapter, source: str, seed: int, temperature: float, max_n
         "max_new_tokens": max_new_tokens,
         "batch_size": batch_size,
     }
+
+
+def _model_stamp(name_or_path: str) -> str | None:
+    """Size and mtime of a local model folder's files (a model retrained into the same
+    folder is another model); None for a hub name."""
+    import hashlib
+
+    p = Path(name_or_path)
+    if not p.is_dir():
+        return None
+    h = hashlib.blake2b(digest_size=8)
+    for f in sorted(q for q in p.rglob("*") if q.is_file()):
+        st = f.stat()
+        h.update(f"{f.relative_to(p)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()
 
 
 def _check_resume(out: Path, fingerprint: dict[str, Any]) -> None:
