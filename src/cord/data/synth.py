@@ -18,7 +18,7 @@ to a temp name and renamed before its manifest line is appended, flushed and fsy
 killed run loses at most the items in flight and never leaves a half-written file that
 counts as finished; a truncated last manifest line is dropped on resume. The voice, speed
 and pitch of an item (and its engine, in a mix) depend only on (seed, id), and espeak-ng
-and Piper (with its default ``synth.piper_noise: false``) are deterministic, so the audio
+and Piper (its noise drawn from the item, see :class:`cord.data.tts.PiperTTS`) are deterministic, so the audio
 bytes for a given id and seed are identical across runs, worker counts and resumes.
 
 Cheap checks come before synthesis: a question whose spoken text could not fit in

@@ -14,11 +14,12 @@ draws the engine per item the same way (:class:`TTSMix`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import shutil
+import struct
 import subprocess
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -30,6 +31,7 @@ from cord import CordError
 __all__ = [
     "TTS", "EspeakTTS", "PiperTTS", "KokoroTTS", "TTSMix", "VoiceChoice", "ENGINES", "draw_voice", "make_tts",
     "parse_tts_spec", "parse_wav_bytes", "installed_piper_voices", "piper_missing", "resolve_piper_voice",
+    "seed_noise_inputs",
 ]
 
 #: engine names accepted by ``synth.tts`` / ``--tts`` (alone or in a weighted mix)
@@ -190,6 +192,125 @@ class EspeakTTS:
 # Piper
 
 
+# Seeded noise for Piper. A VITS voice draws its noise inside the ONNX graph
+# (RandomNormalLike, an RNG seeded once per session), so outputs depend on call order.
+# ``seed_noise_inputs`` rewrites each RandomNormalLike node into "the first Size(like)
+# values of a new graph input, reshaped to Shape(like)", and PiperTTS feeds those inputs
+# standard-normal noise drawn from (seed, id): the voice's own noise, reproducible per item.
+# The rewrite edits the protobuf wire format directly (ModelProto.graph = field 7,
+# GraphProto.node = 1 / initializer = 5 / input = 11; NodeProto input = 1, output = 2,
+# name = 3, op_type = 4, attribute = 5), so it needs no ``onnx`` package.
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    shift = n = 0
+    while True:
+        c = buf[i]
+        i += 1
+        n |= (c & 0x7F) << shift
+        shift += 7
+        if c < 0x80:
+            return n, i
+
+
+def _pb_fields(buf: bytes):
+    """(field number, wire type, value, raw bytes of the whole field) for each field."""
+    i = 0
+    while i < len(buf):
+        start = i
+        key, i = _varint(buf, i)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _varint(buf, i)
+        elif wire == 1:
+            value, i = buf[i:i + 8], i + 8
+        elif wire == 5:
+            value, i = buf[i:i + 4], i + 4
+        elif wire == 2:
+            n, i = _varint(buf, i)
+            value, i = buf[i:i + n], i + n
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        yield field, wire, value, buf[start:i]
+
+
+def _enc_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _pb(field: int, value: bytes | str | int) -> bytes:
+    if isinstance(value, int):
+        return _enc_varint(field << 3) + _enc_varint(value)
+    data = value.encode() if isinstance(value, str) else value
+    return _enc_varint(field << 3 | 2) + _enc_varint(len(data)) + data
+
+
+def _node(op: str, inputs: list[str], outputs: list[str], name: str) -> bytes:
+    return b"".join([*(_pb(1, x) for x in inputs), *(_pb(2, x) for x in outputs), _pb(3, name), _pb(4, op)])
+
+
+def seed_noise_inputs(model: bytes) -> tuple[bytes, list[str]]:
+    """The ONNX ``model`` with every ``RandomNormalLike`` (float, mean 0, scale 1) replaced by
+    a slice of a new 1-D float graph input, and the names of those inputs. Raises ValueError
+    for a RandomNormalLike it cannot replace (another dtype, mean or scale)."""
+    parts, graph = [], None
+    for field, _, value, raw in _pb_fields(model):
+        if field == 7 and graph is None:
+            graph = value
+            parts.append(None)
+        else:
+            parts.append(raw)
+    if graph is None:
+        raise ValueError("no graph in the ONNX model")
+    new_graph, inputs, consts = [], [], []
+    for field, _, value, raw in _pb_fields(graph):
+        if field != 1:
+            new_graph.append(raw)
+            continue
+        op = ins = outs = None
+        ins, outs, attrs = [], [], {}
+        for f, _, v, _ in _pb_fields(value):
+            if f == 1:
+                ins.append(v.decode())
+            elif f == 2:
+                outs.append(v.decode())
+            elif f == 4:
+                op = v.decode()
+            elif f == 5:
+                a = {af: av for af, _, av, _ in _pb_fields(v)}
+                attrs[a.get(1, b"").decode()] = a
+        if op != "RandomNormalLike":
+            new_graph.append(raw)
+            continue
+        if attrs.get("dtype", {}).get(3, 1) != 1 or any(
+                k in attrs and struct.unpack("<f", attrs[k].get(2, b"\0\0\0\0"))[0] != default
+                for k, default in (("mean", 0.0), ("scale", 1.0))) or len(ins) != 1 or len(outs) != 1:
+            raise ValueError(f"unsupported RandomNormalLike node (attributes {sorted(attrs)})")
+        k = len(inputs)
+        noise, like, out = f"cord_noise_{k}", ins[0], outs[0]
+        inputs.append(noise)
+        t = f"cord_noise_{k}_"
+        new_graph += [_pb(1, _node("Size", [like], [t + "n"], t + "size")),
+                      _pb(1, _node("Reshape", [t + "n", "cord_noise_shape1"], [t + "n1"], t + "n1")),
+                      _pb(1, _node("Slice", [noise, "cord_noise_zero", t + "n1"], [t + "flat"], t + "slice")),
+                      _pb(1, _node("Shape", [like], [t + "shape"], t + "shape")),
+                      _pb(1, _node("Reshape", [t + "flat", t + "shape"], [out], t + "reshape"))]
+    if inputs:
+        for name, val in (("cord_noise_shape1", 1), ("cord_noise_zero", 0)):  # int64 tensors of shape [1]
+            consts.append(_pb(5, _pb(1, 1) + _pb(2, 7) + _pb(8, name) + _pb(9, struct.pack("<q", val))))
+        for name in inputs:  # float tensor of shape [n]
+            shape = _pb(2, _pb(1, _pb(2, f"{name}_len")))
+            new_graph.append(_pb(11, _pb(1, name) + _pb(2, _pb(1, _pb(1, 1) + shape))))
+    graph_bytes = b"".join(new_graph + consts)
+    return b"".join(p if p is not None else _pb(7, graph_bytes) for p in parts), inputs
+
+
 def installed_piper_voices() -> list[str]:
     """Names of installed voice packages (distributions named ``*-piper-voice`` that ship an
     ``.onnx`` file), sorted: what ``synth.piper_voices`` defaults to."""
@@ -243,9 +364,23 @@ def piper_missing() -> str:
     return ""
 
 
+@functools.lru_cache(maxsize=8)
+def _piper_session(path: str, mtime_ns: int, size: int):
+    """One rewritten ONNX session per voice file and version of it, shared by every PiperTTS
+    in the process (sessions are thread-safe and hold no per-call state)."""
+    import onnxruntime
+
+    data, noise_inputs = seed_noise_inputs(Path(path).read_bytes())
+    opts = onnxruntime.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 4  # failures still raise; a too-short noise input is retried quietly
+    return onnxruntime.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"]), noise_inputs
+
+
 class PiperTTS:
     """Piper neural voices (VITS exported to ONNX, run by onnxruntime on the CPU) through the
-    optional ``piper-tts`` package, which bundles its own espeak-ng phonemiser.
+    optional ``piper-tts`` package (its espeak-ng phonemiser and voice config reader).
 
     ``voices`` are ``.onnx`` paths or installed voice package names (default: every
     installed ``*-piper-voice`` package). ``speed`` (espeak-style words per minute) sets
@@ -253,20 +388,24 @@ class PiperTTS:
     control, so ``pitch`` is ignored. Output is the voice's rate (22,050 Hz for medium
     voices), one ONNX thread per call: ``cord synth`` gets parallelism from its workers.
 
-    Determinism: a VITS voice samples noise inside the ONNX graph (``RandomNormalLike``,
-    seeded once per session), so the same text gives different audio on every call. With
-    ``noise=False`` (the default) both noise scales are 0 and synthesis is deterministic:
-    the same (seed, id) gives the same bytes across runs, worker counts and resumes.
-    ``noise=True`` uses the voice's own noise scales (livelier prosody) but then reruns are
-    not byte-identical (resume still works: finished ids are never redone)."""
+    Determinism: a VITS voice samples noise (prosody and durations) inside its ONNX graph
+    from an RNG seeded once per session, so plain Piper gives different audio on every call.
+    Here the graph is rewritten on load (:func:`seed_noise_inputs`) to take that noise as
+    inputs, drawn from a hash of (voice, speed, text, sentence): with ``noise=True`` (the
+    default) each item gets the voice's own noise scales, yet the same arguments give the
+    same samples in any process, worker count or resume, as with espeak-ng. ``noise=False``
+    sets both noise scales to 0 (flatter, every sentence said the same way)."""
 
     name = "piper"
     thread_safe = True
     REFERENCE_WPM = 170
+    #: noise values fed per graph input and sentence: 2^19 covers ~30 s of audio for a
+    #: 192-channel voice at 22,050 Hz / hop 256; a longer sentence retries with 4x more
+    NOISE_LEN = 1 << 19
 
-    def __init__(self, voices: list[str] | None = None, noise: bool = False):
+    def __init__(self, voices: list[str] | None = None, noise: bool = True):
         try:
-            import onnxruntime
+            import onnxruntime  # noqa: F401
             from piper import PiperVoice
             from piper.config import PiperConfig
         except ImportError:
@@ -283,20 +422,18 @@ class PiperTTS:
                     raise CordError(f"synth.piper_voices: two voices are named {name} ({resolved[name][0]} and {model})")
                 resolved[name] = (model, config)
         self.noise = bool(noise)
-        self._voices: dict[str, object] = {}
+        self._voices: dict[str, tuple[object, list[str]]] = {}
         for name, (model, config) in resolved.items():
             try:
                 import json
 
                 cfg = PiperConfig.from_dict(json.loads(config.read_text(encoding="utf-8")))
-                opts = onnxruntime.SessionOptions()
-                opts.intra_op_num_threads = 1
-                opts.inter_op_num_threads = 1
-                session = onnxruntime.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
+                stat = model.stat()
+                session, noise_inputs = _piper_session(str(model.resolve()), stat.st_mtime_ns, stat.st_size)
             except Exception as e:  # corrupt model or config: one line, naming the file
                 msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise CordError(f"cannot load Piper voice {model}: {msg[:200]}") from None
-            self._voices[name] = PiperVoice(session=session, config=cfg)
+            self._voices[name] = (PiperVoice(session=session, config=cfg), noise_inputs)
         self.version = f"piper-tts {importlib.metadata.version('piper-tts')}"
 
     def voices(self) -> list[str]:
@@ -308,16 +445,37 @@ class PiperTTS:
     def label(self, choice: VoiceChoice) -> str:
         return f"{choice.voice} s={choice.speed} ls={self.length_scale(choice.speed):g}"
 
-    def synthesize(self, text: str, voice: str, speed: int, pitch: int) -> tuple[np.ndarray, int]:
-        from piper import SynthesisConfig
+    def _sentence(self, voice, noise_inputs: list[str], ids: list[int], length_scale: float, key: tuple) -> np.ndarray:
+        cfg = voice.config
+        scales = [cfg.noise_scale, length_scale, cfg.noise_w_scale] if self.noise else [0.0, length_scale, 0.0]
+        x = np.asarray([ids], dtype=np.int64)
+        feeds = {"input": x, "input_lengths": np.asarray([x.shape[1]], dtype=np.int64),
+                 "scales": np.asarray(scales, dtype=np.float32)}
+        if cfg.num_speakers > 1:
+            feeds["sid"] = np.asarray([cfg.default_speaker_id], dtype=np.int64)
+        n = self.NOISE_LEN
+        for attempt in range(4):
+            for k, name in enumerate(noise_inputs):  # a prefix of the same stream whatever n is
+                feeds[name] = _rng("piper-noise", *key, k).standard_normal(n, dtype=np.float32)
+            try:
+                audio = voice.session.run(None, feeds)[0]
+            except Exception as e:
+                if noise_inputs and "cord_noise" in str(e) and attempt < 3:
+                    n *= 4
+                    continue
+                raise
+            return np.clip(np.asarray(audio, dtype=np.float32).reshape(-1), -1.0, 1.0)
+        raise AssertionError("unreachable")
 
-        v = self._voices.get(voice)
-        if v is None:
+    def synthesize(self, text: str, voice: str, speed: int, pitch: int) -> tuple[np.ndarray, int]:
+        entry = self._voices.get(voice)
+        if entry is None:
             raise RuntimeError(f"unknown Piper voice {voice!r} (loaded: {', '.join(self._voices)})")
-        syn = SynthesisConfig(length_scale=self.length_scale(speed), normalize_audio=False,
-                              noise_scale=None if self.noise else 0.0, noise_w_scale=None if self.noise else 0.0)
-        chunks = [np.asarray(c.audio_float_array, dtype=np.float32).reshape(-1)
-                  for c in v.synthesize(" ".join(text.split()), syn)]
+        v, noise_inputs = entry
+        text = " ".join(text.split())
+        ls = self.length_scale(speed)
+        chunks = [self._sentence(v, noise_inputs, v.phonemes_to_ids(phonemes), ls, (voice, int(speed), text, i))
+                  for i, phonemes in enumerate(v.phonemize(text)) if phonemes]
         if not chunks:
             raise RuntimeError("piper produced no audio")
         return np.concatenate(chunks), int(v.config.sample_rate)
