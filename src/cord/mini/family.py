@@ -1,4 +1,5 @@
-"""Registers the miniature as model family ``mini`` (imported by cord.models.registry).
+"""Registers the miniature as model family ``mini`` (imported by cord.models.registry on first
+use of the name, see ``BUILTIN_FAMILIES``).
 
 ``ModelConfig(family="mini", name_or_path="tiny", tiny_seed=S)`` builds a fresh random
 miniature; ``name_or_path=<dir>`` loads one written by ``MiniAdapter.save_pretrained(dir)``

@@ -324,6 +324,15 @@ class MiniAdapter:
     """
 
     family = "mini"
+    #: the trainable parts by module path (see cord.models.base.LALMAdapter)
+    module_map = {
+        "audio_encoder": ("audio_encoder",),
+        "projector": ("projector",),
+        "language_model": ("language_model",),
+        "lm_head": ("language_model.lm_head",),
+    }
+    lora_scope = ("language_model.model",)
+    lora_exclude: tuple[str, ...] = ()
 
     def __init__(
         self,

@@ -13,8 +13,9 @@ whatever the prompt lengths, padding or batch composition.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import nn
@@ -62,13 +63,82 @@ class PromptBatch:
         return self.select(rows)
 
 
+#: The trainable parts of an LALM, as ``train.trainable`` names them.
+PARTS = ("language_model", "audio_encoder", "projector", "lm_head")
+
+#: Wrapper prefixes that are not part of a family's module paths: peft's ``PeftModel``
+#: (``base_model.model.``), ``torch.compile`` (``_orig_mod.``), DDP (``module.``).
+_WRAPPER_PREFIXES = ("base_model.model.", "_orig_mod.", "module.")
+
+
+def unwrapped_name(name: str) -> str:
+    """``name`` (a parameter or module path) without wrapper prefixes."""
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _WRAPPER_PREFIXES:
+            if name.startswith(prefix):
+                name, changed = name[len(prefix) :], True
+    return name
+
+
+def part_of(name: str, module_map: Mapping[str, Sequence[str]]) -> str | None:
+    """The part (a key of ``module_map``) that parameter ``name`` belongs to: the part whose
+    module path is the longest prefix of the name (so ``language_model.lm_head`` beats
+    ``language_model``); None when no path is a prefix (e.g. a vision tower)."""
+    name = unwrapped_name(name)
+    best, best_len = None, -1
+    for part, paths in module_map.items():
+        for path in paths:
+            if (name == path or name.startswith(path + ".")) and len(path) > best_len:
+                best, best_len = part, len(path)
+    return best
+
+
+def lora_target_regex(scope: Sequence[str], names: Sequence[str], exclude: Sequence[str] = ()) -> str:
+    """The peft ``target_modules`` regex (matched with ``re.fullmatch`` on module paths) for
+    modules called one of ``names`` under one of the ``scope`` module paths, and under no
+    module called one of ``exclude`` (e.g. an MoE's ``experts``)."""
+    inside = "|".join(re.escape(p) for p in scope)
+    leaf = "|".join(re.escape(n) for n in names)
+    guard = rf"(?!(?:.*\.)?(?:{'|'.join(re.escape(e) for e in exclude)})\.)" if exclude else ""
+    return rf"{guard}(?:{inside})\.(?:[^.]+\.)*(?:{leaf})"
+
+
+def module_map_of(adapter: Any) -> Mapping[str, Sequence[str]]:
+    """The adapter's module map (see :class:`LALMAdapter`), checked."""
+    from cord import CordError
+
+    module_map = getattr(adapter, "module_map", None)
+    if not module_map:
+        raise CordError(
+            f"adapter {type(adapter).__name__} has no module_map: a family must say which modules are its "
+            f"{', '.join(PARTS)} (see docs/architecture.md, 'Adding a model family')"
+        )
+    unknown = sorted(set(module_map) - set(PARTS))
+    if unknown:
+        raise CordError(f"adapter {type(adapter).__name__}: module_map names unknown parts {unknown} (parts: {PARTS})")
+    return module_map
+
+
 @runtime_checkable
 class LALMAdapter(Protocol):
-    """What a model family provides. See the module docstring for the alignment contract."""
+    """What a model family provides. See the module docstring for the alignment contract.
+
+    ``module_map`` says which modules of ``model`` (dotted paths, as the family's transformers
+    class names them, without peft's wrapper) are each trainable part: ``{"audio_encoder":
+    ("model.audio_tower",), "projector": (...), "language_model": (...), "lm_head": (...)}``;
+    the trainer's ``train.trainable`` selects parameters through it. ``lora_scope`` lists the
+    module paths LoRA may target (the decoder: encoders have q/k/v projections with the same
+    names) and ``lora_exclude`` module names it never enters (an MoE's ``experts``).
+    """
 
     family: str
     model: nn.Module
     tokenizer: Any
+    module_map: Mapping[str, Sequence[str]]
+    lora_scope: Sequence[str]
+    lora_exclude: Sequence[str]
 
     @property
     def eos_token_ids(self) -> list[int]: ...

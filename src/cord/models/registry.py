@@ -1,8 +1,13 @@
 """Model families by name, and loading one from a :class:`~cord.config.ModelConfig`.
 
-A family registers a loader ``(ModelConfig) -> adapter``. ``name_or_path: tiny`` builds the
-family's tiny offline model (no network); anything else is a hub name or local path. A local
-folder written by ``cord train`` with LoRA holds base weights plus the adapter
+A family is a plug-in: its module calls :func:`register_family` (a loader
+``(ModelConfig) -> adapter``) when it is imported, and is found lazily by name — the built-in
+ones through :data:`BUILTIN_FAMILIES` (name -> module), a third party's through the
+``cord.families`` entry-point group (``name = "pkg.module"`` for a module that registers
+itself, or ``"pkg.module:load"`` for the loader). This module imports no family: adding one
+touches only its own files, presets and tests. ``name_or_path: tiny`` builds the family's
+tiny offline model (no network); anything else is a hub name or local path. A local folder
+written by ``cord train`` with LoRA holds base weights plus the adapter
 (:mod:`cord.models.export`); the adapter is applied with peft as it was in training.
 
 Models load straight onto the configured device in the configured dtype
@@ -12,6 +17,7 @@ Models load straight onto the configured device in the configured dtype
 from __future__ import annotations
 
 import difflib
+import importlib
 import os
 from typing import Any, Callable
 
@@ -22,33 +28,70 @@ from cord.models.export import base_only_kwargs, is_lora_export, load_lora_expor
 
 _FAMILIES: dict[str, Callable[[Any], Any]] = {}
 
+#: built-in families: name -> the module that registers it when imported
+BUILTIN_FAMILIES: dict[str, str] = {
+    "qwen2-audio": "cord.models.qwen",
+    "qwen2.5-omni": "cord.models.qwen",
+    "mini": "cord.mini.family",
+}
+
+#: the entry-point group third-party families register under (see the module docstring)
+ENTRY_POINT_GROUP = "cord.families"
+
 
 def register_family(name: str, loader: Callable[[Any], Any]) -> None:
-    """Register ``loader(model_config) -> adapter`` under ``name`` (later wins)."""
+    """Register ``loader(model_config) -> adapter`` under ``name`` (later wins). A family's
+    module calls this at import time."""
     _FAMILIES[name] = loader
 
 
+def _entry_points() -> dict[str, Any]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
 def families() -> list[str]:
-    _ensure_builtin()
-    return sorted(_FAMILIES)
+    """Every family name that can be loaded (nothing is imported to list them)."""
+    return sorted(set(_FAMILIES) | set(BUILTIN_FAMILIES) | set(_entry_points()))
+
+
+def family_loader(name: str) -> Callable[[Any], Any]:
+    """The loader registered under ``name``, importing its module on first use."""
+    if name not in _FAMILIES:
+        module = BUILTIN_FAMILIES.get(name)
+        if module is not None:
+            importlib.import_module(module)
+        else:
+            ep = _entry_points().get(name)
+            if ep is not None:
+                try:
+                    obj = ep.load()
+                except ImportError as e:
+                    raise CordError(f"model family '{name}' (entry point {ep.value}) cannot be imported: {e}") from None
+                if name not in _FAMILIES and callable(obj):
+                    register_family(name, obj)  # "pkg.module:load": the loader itself
+    loader = _FAMILIES.get(name)
+    if loader is None:
+        known = families()
+        near = difflib.get_close_matches(name, known, n=1)
+        hint = f" — did you mean '{near[0]}'?" if near else ""
+        if name in known:
+            raise CordError(f"model family '{name}': its module did not call register_family('{name}', ...)")
+        raise CordError(f"model family '{name}' is not supported{hint} (supported: {', '.join(known)})")
+    return loader
 
 
 def load_adapter(cfg) -> Any:
     """Build the adapter for ``cfg`` (a ModelConfig), with LoRA applied when configured."""
-    _ensure_builtin()
-    loader = _FAMILIES.get(cfg.family)
-    if loader is None:
-        near = difflib.get_close_matches(cfg.family, list(_FAMILIES), n=1)
-        hint = f" — did you mean '{near[0]}'?" if near else ""
-        raise CordError(f"model family '{cfg.family}' is not supported{hint} (supported: {', '.join(families())})")
-    adapter = loader(cfg)
+    adapter = family_loader(cfg.family)(cfg)
     local = os.path.expanduser(cfg.name_or_path)
     if cfg.name_or_path != "tiny" and is_lora_export(local):
         # an export of a LoRA run: base weights + adapter; with model.lora set, training
         # continues the saved adapter rather than stacking a fresh one on it
         adapter.model = load_lora_export(adapter.model, local, trainable=cfg.lora is not None, lora_cfg=cfg.lora)
     elif cfg.lora is not None:
-        adapter.model = apply_lora(adapter.model, cfg.lora)
+        adapter.model = apply_lora(adapter.model, cfg.lora, adapter=adapter)
     return adapter
 
 
@@ -94,16 +137,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def apply_lora(model, lora_cfg):
-    """Wrap ``model`` with a peft LoRA adapter on the language model's ``target_modules``."""
+def apply_lora(model, lora_cfg, *, adapter):
+    """Wrap ``model`` with a peft LoRA adapter on the ``target_modules`` inside the adapter's
+    ``lora_scope`` (its decoder: the audio encoder has q/k/v projections with the same names),
+    never inside a module named in its ``lora_exclude`` (an MoE's experts)."""
+    import re
+
     from peft import LoraConfig, get_peft_model
 
-    names = "|".join(lora_cfg.target_modules)
-    # Restrict to the decoder: the audio encoder has q/k/v projections with the same names.
-    target = rf".*language_model.*\.({names})$"
-    if not any(__import__("re").fullmatch(target, n) for n, _ in model.named_modules()):
+    from cord.models.base import lora_target_regex
+
+    scope = tuple(getattr(adapter, "lora_scope", ()) or ())
+    if not scope:
+        raise CordError(f"adapter {type(adapter).__name__} has no lora_scope: it cannot train with model.lora")
+    target = lora_target_regex(scope, lora_cfg.target_modules, tuple(getattr(adapter, "lora_exclude", ()) or ()))
+    if not any(re.fullmatch(target, n) for n, _ in model.named_modules()):
         raise CordError(
-            f"model.lora.target_modules {lora_cfg.target_modules} match no module of the language model"
+            f"model.lora.target_modules {lora_cfg.target_modules} match no module of the language model "
+            f"({', '.join(scope)})"
         )
     config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout, target_modules=target)
     return get_peft_model(model, config)
@@ -178,7 +229,12 @@ def _load_like_checkpoint(model, device: torch.device, dtype: torch.dtype):
     return loaded.eval()
 
 
-def _qwen_loader(adapter_cls, model_cls_name: str, tiny_builder):
+def hf_family_loader(adapter_cls, model_cls_name: str, tiny_builder, **adapter_kwargs):
+    """A loader for a family whose model is a transformers class (``model_cls_name``) and whose
+    adapter takes ``(model, tokenizer, feature_extractor, system_prompt=..., instruction=...,
+    long_audio=..., max_audio_seconds=...)``; ``tiny_builder(seed, device)`` returns the tiny
+    offline ``(model, tokenizer, feature_extractor)``."""
+
     def load(cfg):
         if cfg.name_or_path == "tiny":
             device = resolve_device(cfg.device)
@@ -197,32 +253,7 @@ def _qwen_loader(adapter_cls, model_cls_name: str, tiny_builder):
             instruction=cfg.instruction,
             long_audio=cfg.long_audio,
             max_audio_seconds=cfg.max_audio_seconds,
+            **adapter_kwargs,
         )
 
     return load
-
-
-_BUILTIN_DONE = False
-
-
-def _ensure_builtin() -> None:
-    global _BUILTIN_DONE
-    if _BUILTIN_DONE:
-        return
-    _BUILTIN_DONE = True
-    from cord.models.qwen import Qwen2AudioAdapter, Qwen25OmniThinkerAdapter
-    from cord.models.tiny import build_tiny_qwen2_5_omni_thinker, build_tiny_qwen2_audio
-
-    register_family(
-        "qwen2-audio", _qwen_loader(Qwen2AudioAdapter, "Qwen2AudioForConditionalGeneration", build_tiny_qwen2_audio)
-    )
-    register_family(
-        "qwen2.5-omni",
-        _qwen_loader(
-            Qwen25OmniThinkerAdapter, "Qwen2_5OmniThinkerForConditionalGeneration", build_tiny_qwen2_5_omni_thinker
-        ),
-    )
-    try:  # the CPU miniature's family (cord demo), when present
-        import cord.mini.family  # noqa: F401
-    except ImportError:
-        pass
