@@ -27,7 +27,6 @@ from cord.config import CordConfig, dump_config
 from cord.data.paired import load_paired
 from cord.models import load_adapter
 from cord.models.base import module_map_of, part_of
-from cord.models.base import module_map_of, part_of
 from cord.rollout import make_engine
 from cord.train.checkpoint import (
     check_config_change,
