@@ -130,6 +130,9 @@ class ObjectiveConfig(_Section):
     #: frozen initial weights (LoRA: adapter disabled) or live weights under no_grad
     teacher: Literal["frozen", "live"] = "frozen"
     chunk_size: int = Field(512, ge=1)
+    #: method sft: the most tokens of a reference solution trained on, its end-of-turn token
+    #: included; a longer solution is cut (no end-of-turn) and counted in targets_truncated
+    sft_max_tokens: int = Field(1024, ge=1)
 
     @field_validator("method")
     @classmethod
@@ -162,7 +165,9 @@ class TrainConfig(_Section):
     output_dir: str = "runs/cord"
     seed: int = 0
     max_steps: int = Field(1000, ge=1)
-    #: prompts per optimizer step per process = batch_size × grad_accum
+    #: the GLOBAL batch: prompts per optimizer step, over all processes and accumulation steps.
+    #: Each micro-batch holds batch_size / (processes × grad_accum) prompts (must divide), so
+    #: the update and the data order do not depend on the number of GPUs.
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(3e-5, gt=0)
@@ -203,8 +208,8 @@ class SynthConfig(_Section):
     voices: list[str] | None = None
     #: Piper voices: .onnx files or installed voice packages (None = every installed *-piper-voice)
     piper_voices: list[str] | None = None
-    #: Piper's noise (prosody, durations), drawn per item so reruns stay byte-identical; false = none
-    piper_noise: bool = True
+    #: Piper's own noise (livelier, but reruns are then not byte-identical); off = deterministic
+    piper_noise: bool = False
     speed_range: tuple[int, int] = (140, 190)
     pitch_range: tuple[int, int] = (30, 70)
     kokoro_model: str | None = None

@@ -32,15 +32,6 @@ class QwenAudioAdapter:
     family = "qwen-audio"
     default_system_prompt = "You are a helpful assistant."
     audio_item = AUDIO_ITEM
-    #: the trainable parts by module path (see cord.models.base.LALMAdapter)
-    module_map = {
-        "audio_encoder": ("model.audio_tower",),
-        "projector": ("model.multi_modal_projector",),
-        "language_model": ("model.language_model",),
-        "lm_head": ("lm_head",),
-    }
-    lora_scope = ("model.language_model",)
-    lora_exclude: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -80,6 +71,12 @@ class QwenAudioAdapter:
             if isinstance(tid, int) and tid != self.tokenizer.unk_token_id and tid is not None:
                 ids.add(tid)
         return sorted(i for i in ids if i is not None)
+
+    @property
+    def end_of_turn_token_id(self) -> int:
+        """``<|im_end|>``: what the chat template ends an assistant turn with (SFT targets end
+        with it; ``<|endoftext|>`` is the pretraining document separator)."""
+        return self.tokenizer.convert_tokens_to_ids("<|im_end|>")
 
     @property
     def placeholder_token_ids(self) -> list[int]:
@@ -279,12 +276,6 @@ class Qwen2AudioAdapter(QwenAudioAdapter):
 
 class Qwen25OmniThinkerAdapter(QwenAudioAdapter):
     family = "qwen2.5-omni"
-    # the audio tower ends in its own projection (audio_tower.proj); no separate projector
-    module_map = {
-        "audio_encoder": ("model.audio_tower",),
-        "language_model": ("model.language_model",),
-        "lm_head": ("lm_head",),
-    }
     default_system_prompt = (
         "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving "
         "auditory and visual inputs, as well as generating text and speech."
@@ -315,21 +306,3 @@ class Qwen25OmniThinkerAdapter(QwenAudioAdapter):
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         out = base.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra)
         return out.last_hidden_state
-
-
-def _register() -> None:
-    from cord.models.registry import hf_family_loader, register_family
-    from cord.models.tiny import build_tiny_qwen2_5_omni_thinker, build_tiny_qwen2_audio
-
-    register_family(
-        "qwen2-audio", hf_family_loader(Qwen2AudioAdapter, "Qwen2AudioForConditionalGeneration", build_tiny_qwen2_audio)
-    )
-    register_family(
-        "qwen2.5-omni",
-        hf_family_loader(
-            Qwen25OmniThinkerAdapter, "Qwen2_5OmniThinkerForConditionalGeneration", build_tiny_qwen2_5_omni_thinker
-        ),
-    )
-
-
-_register()

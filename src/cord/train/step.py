@@ -5,18 +5,26 @@
                                                ├─ teacher hidden (no grad) on x_t ⊕ y
                                                └─ judge(y, greedy answer from x_t) → r
     L = Σ w_t KL_t / n_tokens  +  λ · GRPO(r)
+
+Devices: rollouts, targets and rewards are made on the CPU (decoding, tokenizing, judging);
+every tensor that enters an objective is moved to the adapter's device first.
+Metrics: every path returns the same keys (:data:`METRIC_KEYS`; NaN where a term is absent),
+so all processes run the same collectives whatever their micro-batch held.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from cord import CordError
 from cord.config import CordConfig
 from cord.judges import judge_batch
 from cord.models.base import PromptBatch, right_pad
@@ -30,6 +38,24 @@ from cord.objectives import (
 from cord.rollout import HFEngine, Rollouts, make_engine
 from cord.train.methods import METHODS
 
+#: The metrics of one micro-batch, the same keys on every path (NaN: not computed here).
+METRIC_KEYS: tuple[str, ...] = (
+    "loss", "loss_tok", "loss_seq", "nll",
+    "kl_mean", "kl_weighted", "kl_p80", "topk_weight_share",
+    "reward_mean", "reward_std", "adv_std", "agreement",
+    "completion_tokens", "completion_len", "skipped_long_audio", "targets_truncated",
+    "time_rollout", "time_teacher", "time_student",
+)
+
+
+def sync_clock(device: torch.device | str | None) -> float:
+    """``time.perf_counter()`` once the device's queued work is done. CUDA runs kernels
+    asynchronously, so without the synchronize a phase's time would be its launch time and
+    the wait would be billed to whichever phase synchronizes next."""
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
 
 class Teacher:
     """The text-conditioned teacher: the same network under stop-gradient.
@@ -38,6 +64,7 @@ class Teacher:
     (no second copy in memory). With full fine-tuning a frozen copy is kept — unless nothing
     on the text path trains (only the audio encoder/projector), where the live model *is*
     the initial text model and no copy is needed. ``live``: current weights, no grad.
+    Either way the teacher runs in eval mode (no dropout), like the sampler.
     """
 
     def __init__(self, adapter, mode: str, text_path_trains: bool) -> None:
@@ -57,12 +84,24 @@ class Teacher:
                     p.requires_grad_(False)
                 self.adapter = frozen
 
+    @property
+    def static(self) -> bool:
+        """True when the teacher's outputs never change during training (frozen weights)."""
+        return self.mode == "frozen"
+
     @contextlib.contextmanager
     def scope(self):
-        """Run teacher computations inside this context (no grad; adapter off if LoRA)."""
+        """Run teacher computations inside this context: no grad, eval mode (no dropout; the
+        previous mode is restored on exit), adapter off if LoRA."""
+        model = self.adapter.model
+        was_training = model.training
         ctx = self.student.model.disable_adapter() if self.kind == "adapter-disabled" else contextlib.nullcontext()
-        with torch.no_grad(), ctx:
-            yield self.adapter
+        model.eval()
+        try:
+            with torch.no_grad(), ctx:
+                yield self.adapter
+        finally:
+            model.train(was_training)
 
     def parameters(self):
         return self.adapter.model.parameters()
@@ -79,8 +118,11 @@ class StepContext:
     autocast: Any = field(default_factory=lambda: contextlib.nullcontext)
     #: (audio rollout texts, reference texts) -> 0/1 rewards; default: the configured judge
     reward_fn: Any = None
+    #: example id -> greedy text-prompt answer of a static (frozen) teacher
+    reference_cache: dict[str, str] = field(default_factory=dict)
 
     def rewards(self, candidates: list[str], references: list[str], questions: list[str]) -> torch.Tensor:
+        """(R,) float32 rewards on the CPU (the caller moves them to the device)."""
         if self.reward_fn is not None:
             return torch.as_tensor(self.reward_fn(candidates, references), dtype=torch.float32)
         kind = self.cfg.judge.kind
@@ -95,9 +137,28 @@ class StepContext:
             ctx["generate_text"] = self.self_generate
         contexts = [{"question": q} for q in questions] if kind in ("llm", "self") else None
         results = judge_batch(candidates, references, kind, contexts=contexts, **ctx)
-        return torch.tensor([float(r.score) for r in results])
+        return torch.tensor([float(r.score) for r in results], dtype=torch.float32)
 
     _llm: Any = None
+
+    def text_references(self, examples: list, text: PromptBatch) -> list[str]:
+        """The teacher's greedy answer to each example's text prompt (the reward's reference).
+        A frozen teacher's answers never change, so they are generated once per example id
+        and cached; a live teacher's are generated every time."""
+        engine, adapter = self.engine, self.adapter
+        cache = self.reference_cache if self.teacher.static else None
+        missing = [i for i, ex in enumerate(examples) if cache is None or ex.id not in cache]
+        fresh: dict[int, str] = {}
+        if missing:
+            prompts = text if len(missing) == len(examples) else text.select(missing)
+            with self.teacher.scope() as t_adapter:
+                ref_engine = engine if t_adapter is adapter else make_engine(t_adapter, self.cfg)
+                out = ref_engine.generate(prompts, greedy=True, max_new_tokens=self.cfg.rollout.max_new_tokens).text
+            fresh = dict(zip(missing, out, strict=True))
+            if cache is not None:
+                for i, ref in fresh.items():
+                    cache[examples[i].id] = ref
+        return [fresh[i] if i in fresh else cache[ex.id] for i, ex in enumerate(examples)]
 
     def self_generate(self, prompts: list[str]) -> list[str]:
         """The "self" judge: the teacher (the policy under a text prompt) answers ``prompts``."""
@@ -120,15 +181,39 @@ def _rollout_seed(cfg: CordConfig, step: int, micro: int, purpose: int) -> int:
     return (cfg.train.seed * 1_000_003 + step * 10_007 + micro * 101 + purpose) % (2**63 - 1)
 
 
-def _targets(adapter, examples, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference solutions (or answers) tokenized, each ending with EOS, right-padded."""
-    eos = adapter.eos_token_ids[0]
-    seqs = []
+def end_of_turn_id(adapter) -> int:
+    """The token an assistant turn ends with: the adapter's ``end_of_turn_token_id`` (the chat
+    template's, e.g. ``<|im_end|>``), else its first EOS id for families without one."""
+    eot = getattr(adapter, "end_of_turn_token_id", None)
+    return int(adapter.eos_token_ids[0] if eot is None else eot)
+
+
+def _targets(adapter, examples, max_tokens: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Reference solutions (or answers) tokenized and right-padded, each ending with the
+    end-of-turn token, at most ``max_tokens`` tokens. A longer target is cut to its first
+    ``max_tokens`` tokens *without* the end-of-turn token (the model is not taught to stop
+    mid-solution); the third value counts them."""
+    eot = end_of_turn_id(adapter)
+    seqs, truncated = [], 0
     for ex in examples:
         text = ex.solution or ex.answer
-        ids = adapter.tokenizer(text, add_special_tokens=False)["input_ids"][: max_len - 1] + [eos]
-        seqs.append(ids)
-    return right_pad(seqs, adapter.pad_token_id)
+        if not text:
+            raise CordError(f"example {ex.id!r} has neither a solution nor an answer to train on (method sft)")
+        ids = adapter.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) + 1 <= max_tokens:
+            seqs.append(ids + [eot])
+        else:
+            seqs.append(ids[:max_tokens])
+            truncated += 1
+    ids, mask = right_pad(seqs, adapter.pad_token_id)
+    return ids, mask, truncated
+
+
+def sft_loss(logprobs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean negative log-likelihood over the valid target tokens, and its metrics."""
+    loss = -(logprobs * mask).sum() / mask.sum().clamp(min=1)
+    value = float(loss.detach())
+    return loss, {"loss": value, "loss_tok": value, "loss_seq": 0.0, "nll": value}
 
 
 def run_micro_step(ctx: StepContext, examples: list, step: int, micro: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -139,37 +224,39 @@ def run_micro_step(ctx: StepContext, examples: list, step: int, micro: int) -> t
     timings = {"rollout": 0.0, "teacher": 0.0, "student": 0.0}
     device = adapter.device
 
+    def clock() -> float:
+        return sync_clock(device)
+
     audio = adapter.audio_prompts(examples)  # long-audio policy may drop examples
     kept = [examples[i] for i in audio.keep]
+    extra: dict[str, float] = {"skipped_long_audio": float(len(examples) - len(kept)), "targets_truncated": 0.0}
     if not kept:
         zero = torch.zeros((), device=device, requires_grad=True)
-        return zero, {"skipped_examples": float(len(examples))}
+        return zero, _finish({}, timings, 0, torch.zeros(0), extra)
     text = adapter.text_prompts(kept)
     weight, bias = _head(adapter)
     kl = kl_mask = seq_lp = seq_mask = rewards = None
     n_completion_tokens = 0
-    extra: dict[str, float] = {"skipped_long_audio": float(len(examples) - len(kept))}
 
     # ---- sequence level: a group of N rollouts at temperature 1.5, judged ------------------
     seq_roll: Rollouts | None = None
     seq_hidden: torch.Tensor | None = None
     if spec.seq:
-        t0 = time.perf_counter()
+        t0 = clock()
         seq_roll = engine.generate(
             audio, n=ro.seq_n, temperature=ro.seq_temperature, top_p=ro.top_p,
             max_new_tokens=ro.max_new_tokens, seed=_rollout_seed(cfg, step, micro, 1),
         )
         if obj.reward_reference == "text":
-            with teacher.scope() as t_adapter:
-                ref_engine = engine if t_adapter is adapter else make_engine(t_adapter, cfg)
-                refs = ref_engine.generate(text, greedy=True, max_new_tokens=ro.max_new_tokens).text
+            refs = ctx.text_references(kept, text)
         else:
             refs = [ex.answer for ex in kept]
-        timings["rollout"] += time.perf_counter() - t0
-        rewards = ctx.rewards(seq_roll.text, [refs[i] for i in seq_roll.prompt_index],
-                              [kept[i].question_text for i in seq_roll.prompt_index])
-        extra["agreement"] = float(rewards.mean())
-        t0 = time.perf_counter()
+        timings["rollout"] += clock() - t0
+        rewards_cpu = ctx.rewards(seq_roll.text, [refs[i] for i in seq_roll.prompt_index],
+                                  [kept[i].question_text for i in seq_roll.prompt_index])
+        extra["agreement"] = float(rewards_cpu.float().mean())
+        rewards = rewards_cpu.to(device=device, dtype=torch.float32)
+        t0 = clock()
         with ctx.autocast():
             seq_hidden = h = adapter.completion_hidden(audio.repeat_interleave(ro.seq_n), seq_roll.ids,
                                                        seq_roll.mask)
@@ -177,26 +264,29 @@ def run_micro_step(ctx: StepContext, examples: list, step: int, micro: int) -> t
             seq_lp = token_logprobs(h, weight, seq_roll.ids.to(device), seq_roll.mask.to(device), bias=bias,
                                     temperature=ro.seq_temperature, chunk_size=obj.chunk_size)
         seq_mask = seq_roll.mask.to(device)
-        timings["student"] += time.perf_counter() - t0
+        timings["student"] += clock() - t0
         n_completion_tokens += int(seq_roll.mask.sum())
 
     # ---- token level ---------------------------------------------------------------------
     if spec.token == "sft":
-        ids, mask = _targets(adapter, kept, ro.max_new_tokens)
-        t0 = time.perf_counter()
+        ids, mask, truncated = _targets(adapter, kept, obj.sft_max_tokens)
+        if truncated:
+            warnings.warn(f"{truncated} of {len(kept)} SFT targets are longer than objective.sft_max_tokens="
+                          f"{obj.sft_max_tokens} tokens and were cut (their ends, and final answers, are not "
+                          "trained); raise objective.sft_max_tokens", stacklevel=2)
+        extra["targets_truncated"] = float(truncated)
+        t0 = clock()
+        ids_d, mask_d = ids.to(device), mask.to(device)
         with ctx.autocast():
             h = adapter.completion_hidden(audio, ids, mask)
-            lp = token_logprobs(h, weight, ids.to(device), mask.to(device), bias=bias, chunk_size=obj.chunk_size)
-        timings["student"] += time.perf_counter() - t0
-        mask = mask.to(device)
-        loss = -(lp * mask).sum() / mask.sum().clamp(min=1)
-        metrics = {"loss": float(loss.detach()), "loss_tok": float(loss.detach()), "loss_seq": 0.0,
-                   "nll": float(loss.detach())}
+            lp = token_logprobs(h, weight, ids_d, mask_d, bias=bias, chunk_size=obj.chunk_size)
+        loss, metrics = sft_loss(lp, mask_d)
+        timings["student"] += clock() - t0
         n_completion_tokens += int(mask.sum())
         return loss, _finish(metrics, timings, n_completion_tokens, mask.sum(-1).float(), extra)
 
     if spec.token in ("reverse_kl", "forward_kl"):
-        t0 = time.perf_counter()
+        t0 = clock()
         shared = spec.token == "reverse_kl" and ro.share_rollouts and seq_roll is not None
         if spec.token == "reverse_kl":
             if shared:
@@ -214,15 +304,15 @@ def run_micro_step(ctx: StepContext, examples: list, step: int, micro: int) -> t
                     max_new_tokens=ro.max_new_tokens, seed=_rollout_seed(cfg, step, micro, 3),
                 )
             n = ro.token_n
-        timings["rollout"] += time.perf_counter() - t0
+        timings["rollout"] += clock() - t0
         a_rep: PromptBatch = audio.repeat_interleave(n) if n > 1 else audio
         t_rep: PromptBatch = text.repeat_interleave(n) if n > 1 else text
-        t0 = time.perf_counter()
+        t0 = clock()
         with teacher.scope() as t_adapter, ctx.autocast():
             t_hidden = t_adapter.completion_hidden(t_rep, roll.ids, roll.mask)
             t_weight, t_bias = _head(t_adapter)
-        timings["teacher"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
+        timings["teacher"] += clock() - t0
+        t0 = clock()
         kl_fn = reverse_kl_per_token if spec.token == "reverse_kl" else forward_kl_per_token
         kl_mask = roll.mask.to(device)
         # With a trainable lm_head, a guess of the incoming gradient (the position weights)
@@ -238,11 +328,11 @@ def run_micro_step(ctx: StepContext, examples: list, step: int, micro: int) -> t
             kl = kl_fn(s_hidden, weight, t_hidden, t_weight.detach(), kl_mask, student_bias=bias,
                        teacher_bias=None if t_bias is None else t_bias.detach(),
                        temperature=obj.temperature, chunk_size=obj.chunk_size, grad_hint=hint)
-        timings["student"] += time.perf_counter() - t0
+        timings["student"] += clock() - t0
         n_completion_tokens += int(roll.mask.sum())
         lengths = roll.mask.sum(-1).float()
     else:
-        lengths = seq_roll.mask.sum(-1).float() if seq_roll is not None else torch.zeros(1)
+        lengths = seq_roll.mask.sum(-1).float() if seq_roll is not None else torch.zeros(0)
 
     weighted = spec.weighted
     loss, metrics = cord_loss(
@@ -264,9 +354,14 @@ def _advantages(rewards: torch.Tensor, group: int, std_norm: bool) -> torch.Tens
 
 
 def _finish(metrics, timings, n_tokens, lengths, extra) -> dict[str, float]:
-    out = dict(metrics)
+    """The micro-batch's metrics under exactly :data:`METRIC_KEYS` (NaN where absent)."""
+    out = {k: math.nan for k in METRIC_KEYS}
+    out.update(metrics)
     out.update(extra)
-    out.update({f"time_{k}": v for k, v in timings.items()})
+    out.update({f"time_{k}": float(v) for k, v in timings.items()})
     out["completion_tokens"] = float(n_tokens)
-    out["completion_len"] = float(lengths.mean()) if lengths.numel() else 0.0
+    out["completion_len"] = float(lengths.float().mean()) if lengths.numel() else math.nan
+    unknown = set(out) - set(METRIC_KEYS)
+    if unknown:  # every process must reduce the same keys (the trainer's all-reduce)
+        raise KeyError(f"metrics {sorted(unknown)} are not in cord.train.step.METRIC_KEYS")
     return out

@@ -17,7 +17,7 @@ import time
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +26,6 @@ from cord import CordError
 from cord.config import CordConfig, dump_config
 from cord.data.paired import load_paired
 from cord.models import load_adapter
-from cord.models.base import module_map_of, part_of
 from cord.rollout import make_engine
 from cord.train.checkpoint import (
     check_config_change,
@@ -38,24 +37,35 @@ from cord.train.checkpoint import (
     save_checkpoint,
 )
 from cord.train.methods import METHODS
-from cord.train.step import StepContext, Teacher, run_micro_step
+from cord.train.step import METRIC_KEYS, StepContext, Teacher, run_micro_step, sync_clock
+
+#: metrics every process all-reduces at every step, in this order (see Trainer._reduce_metrics)
+REDUCED_KEYS: tuple[str, ...] = (*METRIC_KEYS, "time_backward", "loss_finite")
+#: counts reported as totals over the whole global batch
+TOTAL_KEYS = frozenset({"completion_tokens", "skipped_long_audio", "targets_truncated"})
+
+PARTS = ("language_model", "audio_encoder", "projector", "lm_head")
 
 
-def parameter_part(name: str, module_map: Mapping[str, Sequence[str]]) -> str | None:
-    """Which trainable part a parameter belongs to: the family adapter's ``module_map`` says
-    (cord.models.base.part_of); None for modules no part names (e.g. a vision tower)."""
-    return part_of(name, module_map)
+def parameter_part(name: str) -> str | None:
+    """Which trainable part a parameter belongs to (by its module path)."""
+    if "lm_head" in name:
+        return "lm_head"
+    if "multi_modal_projector" in name or "projector" in name:
+        return "projector"
+    if "audio_tower" in name or "audio_encoder" in name:
+        return "audio_encoder"
+    if "language_model" in name:
+        return "language_model"
+    return None
 
 
-def select_trainable(
-    model: torch.nn.Module, parts: list[str], lora: bool, module_map: Mapping[str, Sequence[str]]
-) -> list[torch.nn.Parameter]:
-    """Set requires_grad by part (``module_map``: the adapter's, see cord.models.base); with
-    LoRA the language model trains through its adapter."""
+def select_trainable(model: torch.nn.Module, parts: list[str], lora: bool) -> list[torch.nn.Parameter]:
+    """Set requires_grad by part; with LoRA the language model trains through its adapter."""
     if lora and "lm_head" in parts:
         raise CordError("train.trainable: lm_head cannot train with model.lora; use full fine-tuning or drop lm_head")
     for name, p in model.named_parameters():
-        part = parameter_part(name, module_map)
+        part = parameter_part(name)
         if lora and "lora_" in name:
             p.requires_grad_("language_model" in parts)
         elif lora and part == "language_model":
@@ -117,6 +127,14 @@ class Trainer:
         self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
+        parts = self.world * cfg.train.grad_accum
+        if cfg.train.batch_size % parts:
+            fit = max(parts, cfg.train.batch_size // parts * parts)
+            raise CordError(
+                f"train.batch_size={cfg.train.batch_size} is the global batch (prompts per optimizer step) and must "
+                f"split evenly over {self.world} process(es) x train.grad_accum={cfg.train.grad_accum} = {parts} "
+                f"micro-batches; use a multiple of {parts} (e.g. train.batch_size={fit})"
+            )
         self.out = Path(cfg.train.output_dir)
         # data first: a missing dataset is reported before any model loads
         self.data = load_paired(resolve_data(cfg.data.train), limit=cfg.data.limit)
@@ -130,7 +148,8 @@ class Trainer:
             model_cfg = model_cfg.model_copy(update={"device": str(self.accelerator.device)})
         self.adapter = load_adapter(model_cfg)
         lora = cfg.model.lora is not None
-        self.params = select_trainable(self.adapter.model, list(cfg.train.trainable), lora, module_map_of(self.adapter))
+        self.params = select_trainable(self.adapter.model, list(cfg.train.trainable), lora)
+        self._broadcast_trainable()  # before the frozen teacher copy is taken
         text_path_trains = any(p in cfg.train.trainable for p in ("language_model", "lm_head"))
         self.teacher = Teacher(self.adapter, cfg.objective.teacher, text_path_trains)
         if cfg.train.gradient_checkpointing and hasattr(self.adapter.model, "gradient_checkpointing_enable"):
@@ -204,31 +223,43 @@ class Trainer:
 
     @property
     def global_batch(self) -> int:
-        return self.cfg.train.batch_size * self.cfg.train.grad_accum * self.world
+        """Prompts per optimizer step, over all processes: ``train.batch_size``."""
+        return self.cfg.train.batch_size
+
+    @property
+    def micro_batch(self) -> int:
+        """Prompts per micro-batch: the global batch over processes x accumulation steps."""
+        return self.cfg.train.batch_size // (self.world * self.cfg.train.grad_accum)
 
     def micro_examples(self, step: int, micro: int) -> list:
-        b = self.cfg.train.batch_size
+        """Micro-batch ``micro`` (0 .. world x grad_accum - 1) of step ``step``'s global batch:
+        positions step*B + micro*b .. + b - 1 of the data stream (B global, b micro). The global
+        batch is the same stream slice whatever the number of processes; process r takes
+        micro-batches r, r + world, r + 2 world, ..."""
+        b = self.micro_batch
         start = step * self.global_batch + micro * b
         return [self.data[self.order[start + j]] for j in range(b)]
 
     # --------------------------------------------------------------------------------- step
     def train_step(self) -> dict[str, Any]:
-        """One optimizer step over this process's micro-batches; returns its metrics."""
+        """One optimizer step over this process's micro-batches; returns its metrics (the same
+        on every process)."""
         cfg = self.cfg
-        t_start = time.perf_counter()
+        device = self.adapter.device
+        t_start = sync_clock(device)
         accum = cfg.train.grad_accum
         records = []
         self.ctx.engine.sync_weights(self.step)  # once per optimizer step, before its rollouts
         for a in range(accum):
             micro = a * self.world + self.rank
             loss, m = run_micro_step(self.ctx, self.micro_examples(self.step, micro), self.step, micro)
-            t0 = time.perf_counter()
+            t0 = sync_clock(device)
             if loss.requires_grad:
                 (loss / accum).backward()
-            m["time_backward"] = time.perf_counter() - t0
+            m["time_backward"] = sync_clock(device) - t0
             m["loss_finite"] = float(bool(torch.isfinite(loss.detach())))
             records.append(m)
-        t0 = time.perf_counter()
+        t0 = sync_clock(device)
         if self.world > 1:
             self._average_gradients()
         max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm is not None else float("inf")
@@ -246,11 +277,11 @@ class Trainer:
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        metrics["time_backward"] += time.perf_counter() - t0  # optimizer step counts with backward
+        metrics["time_backward"] += sync_clock(device) - t0  # optimizer step counts with backward
         self.step += 1
-        elapsed = time.perf_counter() - t_start
+        elapsed = sync_clock(device) - t_start
         metrics.update(step=self.step, grad_norm=grad_norm, lr=lr, skipped=not finite, step_time=elapsed,
-                       tokens_per_s=metrics.get("completion_tokens", 0.0) * self.world / max(elapsed, 1e-9))
+                       tokens_per_s=metrics["completion_tokens"] / max(elapsed, 1e-9))
         metrics.pop("loss_finite", None)
         if self.bad_steps > cfg.train.max_bad_steps:
             raise CordError(
@@ -259,7 +290,22 @@ class Trainer:
             )
         return metrics
 
+    def _broadcast_trainable(self) -> None:
+        """Every process starts from process 0's trainable weights (gradients are averaged
+        explicitly, not through DDP, so nothing else would keep the replicas identical if a
+        random initialisation, e.g. LoRA's, differed between processes)."""
+        if self.world <= 1:
+            return
+        import torch.distributed as dist
+
+        with torch.no_grad():
+            for p in self.params:
+                dist.broadcast(p.data, src=0)
+
     def _average_gradients(self) -> None:
+        """Gradients averaged over processes (all-reduce, on the parameters' device); a
+        parameter without a gradient here contributes zeros, so every process runs the same
+        collectives in the same order."""
         import torch.distributed as dist
 
         for p in self.params:
@@ -269,21 +315,40 @@ class Trainer:
             p.grad.div_(self.world)
 
     def _reduce_metrics(self, records: list[dict[str, float]]) -> dict[str, float]:
-        keys = sorted({k for r in records for k in r})
-        out = {}
-        for k in keys:
-            vals = [r[k] for r in records if k in r and not (isinstance(r[k], float) and math.isnan(r[k]))]
-            if k.startswith("time_") or k == "completion_tokens":
-                out[k] = float(sum(vals))
-            else:
-                out[k] = float(sum(vals) / len(vals)) if vals else float("nan")
+        """One step's metrics from this process's micro-batch records, the same on every process.
+
+        Each of :data:`REDUCED_KEYS` (a fixed list, so every process all-reduces the same
+        tensor whatever its micro-batches held) becomes: for :data:`TOTAL_KEYS` the total over
+        all micro-batches of all processes (the global batch); for ``time_*`` the per-process
+        sum averaged over processes; for the others the mean over the
+        micro-batches (of all processes) where it is not NaN — NaN only if it is NaN in all.
+        Other keys (none from run_micro_step) are this process's mean.
+        """
+        nan = float("nan")
+        sums, counts = [], []
+        for k in REDUCED_KEYS:
+            vals = [float(r.get(k, nan)) for r in records]
+            vals = [v for v in vals if not math.isnan(v)]
+            sums.append(math.fsum(vals))
+            counts.append(float(len(vals)))
         if self.world > 1:
             import torch.distributed as dist
 
-            t = torch.tensor([out[k] for k in keys], dtype=torch.float64)
+            # on the accelerator's device: NCCL reduces CUDA tensors only
+            t = torch.tensor([sums, counts], dtype=torch.float64, device=self.adapter.device)
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
-            for k, v in zip(keys, (t / self.world).tolist()):
-                out[k] = v
+            sums, counts = t.cpu().tolist()
+        out = {}
+        for k, total, n in zip(REDUCED_KEYS, sums, counts, strict=True):
+            if k in TOTAL_KEYS:
+                out[k] = total
+            elif k.startswith("time_"):
+                out[k] = total / self.world
+            else:
+                out[k] = total / n if n else nan
+        for k in sorted({k for r in records for k in r} - set(REDUCED_KEYS)):
+            vals = [float(r[k]) for r in records if k in r and not math.isnan(float(r[k]))]
+            out[k] = math.fsum(vals) / len(vals) if vals else nan
         return out
 
     # --------------------------------------------------------------------------------- loop
