@@ -208,8 +208,8 @@ class SynthConfig(_Section):
     voices: list[str] | None = None
     #: Piper voices: .onnx files or installed voice packages (None = every installed *-piper-voice)
     piper_voices: list[str] | None = None
-    #: Piper's own noise (livelier, but reruns are then not byte-identical); off = deterministic
-    piper_noise: bool = False
+    #: Piper's noise (prosody, durations), drawn per item so reruns stay byte-identical; false = none
+    piper_noise: bool = True
     speed_range: tuple[int, int] = (140, 190)
     pitch_range: tuple[int, int] = (30, 70)
     kokoro_model: str | None = None

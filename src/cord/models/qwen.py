@@ -32,6 +32,15 @@ class QwenAudioAdapter:
     family = "qwen-audio"
     default_system_prompt = "You are a helpful assistant."
     audio_item = AUDIO_ITEM
+    #: the trainable parts by module path (see cord.models.base.LALMAdapter)
+    module_map = {
+        "audio_encoder": ("model.audio_tower",),
+        "projector": ("model.multi_modal_projector",),
+        "language_model": ("model.language_model",),
+        "lm_head": ("lm_head",),
+    }
+    lora_scope = ("model.language_model",)
+    lora_exclude: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -276,6 +285,12 @@ class Qwen2AudioAdapter(QwenAudioAdapter):
 
 class Qwen25OmniThinkerAdapter(QwenAudioAdapter):
     family = "qwen2.5-omni"
+    # the audio tower ends in its own projection (audio_tower.proj); no separate projector
+    module_map = {
+        "audio_encoder": ("model.audio_tower",),
+        "language_model": ("model.language_model",),
+        "lm_head": ("lm_head",),
+    }
     default_system_prompt = (
         "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving "
         "auditory and visual inputs, as well as generating text and speech."
@@ -306,3 +321,21 @@ class Qwen25OmniThinkerAdapter(QwenAudioAdapter):
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         out = base.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra)
         return out.last_hidden_state
+
+
+def _register() -> None:
+    from cord.models.registry import hf_family_loader, register_family
+    from cord.models.tiny import build_tiny_qwen2_5_omni_thinker, build_tiny_qwen2_audio
+
+    register_family(
+        "qwen2-audio", hf_family_loader(Qwen2AudioAdapter, "Qwen2AudioForConditionalGeneration", build_tiny_qwen2_audio)
+    )
+    register_family(
+        "qwen2.5-omni",
+        hf_family_loader(
+            Qwen25OmniThinkerAdapter, "Qwen2_5OmniThinkerForConditionalGeneration", build_tiny_qwen2_5_omni_thinker
+        ),
+    )
+
+
+_register()

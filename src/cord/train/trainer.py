@@ -17,7 +17,7 @@ import time
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from cord import CordError
 from cord.config import CordConfig, dump_config
 from cord.data.paired import load_paired
 from cord.models import load_adapter
+from cord.models.base import module_map_of, part_of
 from cord.rollout import make_engine
 from cord.train.checkpoint import (
     check_config_change,
@@ -44,28 +45,22 @@ REDUCED_KEYS: tuple[str, ...] = (*METRIC_KEYS, "time_backward", "loss_finite")
 #: counts reported as totals over the whole global batch
 TOTAL_KEYS = frozenset({"completion_tokens", "skipped_long_audio", "targets_truncated"})
 
-PARTS = ("language_model", "audio_encoder", "projector", "lm_head")
+
+def parameter_part(name: str, module_map: Mapping[str, Sequence[str]]) -> str | None:
+    """Which trainable part a parameter belongs to: the family adapter's ``module_map`` says
+    (cord.models.base.part_of); None for modules no part names (e.g. a vision tower)."""
+    return part_of(name, module_map)
 
 
-def parameter_part(name: str) -> str | None:
-    """Which trainable part a parameter belongs to (by its module path)."""
-    if "lm_head" in name:
-        return "lm_head"
-    if "multi_modal_projector" in name or "projector" in name:
-        return "projector"
-    if "audio_tower" in name or "audio_encoder" in name:
-        return "audio_encoder"
-    if "language_model" in name:
-        return "language_model"
-    return None
-
-
-def select_trainable(model: torch.nn.Module, parts: list[str], lora: bool) -> list[torch.nn.Parameter]:
-    """Set requires_grad by part; with LoRA the language model trains through its adapter."""
+def select_trainable(
+    model: torch.nn.Module, parts: list[str], lora: bool, module_map: Mapping[str, Sequence[str]]
+) -> list[torch.nn.Parameter]:
+    """Set requires_grad by part (``module_map``: the adapter's, see cord.models.base); with
+    LoRA the language model trains through its adapter."""
     if lora and "lm_head" in parts:
         raise CordError("train.trainable: lm_head cannot train with model.lora; use full fine-tuning or drop lm_head")
     for name, p in model.named_parameters():
-        part = parameter_part(name)
+        part = parameter_part(name, module_map)
         if lora and "lora_" in name:
             p.requires_grad_("language_model" in parts)
         elif lora and part == "language_model":
@@ -148,7 +143,7 @@ class Trainer:
             model_cfg = model_cfg.model_copy(update={"device": str(self.accelerator.device)})
         self.adapter = load_adapter(model_cfg)
         lora = cfg.model.lora is not None
-        self.params = select_trainable(self.adapter.model, list(cfg.train.trainable), lora)
+        self.params = select_trainable(self.adapter.model, list(cfg.train.trainable), lora, module_map_of(self.adapter))
         self._broadcast_trainable()  # before the frozen teacher copy is taken
         text_path_trains = any(p in cfg.train.trainable for p in ("language_model", "lm_head"))
         self.teacher = Teacher(self.adapter, cfg.objective.teacher, text_path_trains)
