@@ -137,7 +137,7 @@ def test_shared_rollouts_equal_separate_ones_with_one_student_forward_less(tmp_p
 
 
 def _naive_loss(trainer, examples, method: str) -> torch.Tensor:
-    """The method's loss written out from DESIGN.md in float64 with full-vocabulary logits and
+    """The method's loss written out from docs/architecture.md in float64 with full-vocabulary logits and
     python loops. Its rollouts and references are drawn again here with the seeds the step
     uses (seeded sampling is reproducible): what run_micro_step must equal."""
     cfg = trainer.cfg

@@ -111,7 +111,7 @@ def _one_of(what: str, value: str, options: list[str]) -> str:
 
 
 class ObjectiveConfig(_Section):
-    """Which loss terms and their settings (DESIGN.md, "The method")."""
+    """Which loss terms and their settings (docs/architecture.md, "The method as implemented")."""
 
     #: one of :func:`method_names` (sft, forward_kl, opd, opd_weighted, grpo, grpo_opd, cord)
     method: str = "cord"

@@ -1,4 +1,4 @@
-"""One CORD step on one micro-batch, as plain code (DESIGN.md, "One step, as data").
+"""One CORD step on one micro-batch, as plain code (docs/architecture.md, "One step, as data").
 
     audio prompt x_a ──rollouts y~p_θ(·|x_a)──┐
     text prompt  x_t ──────────────────────────┼─ student hidden (grad) on x_a ⊕ y
