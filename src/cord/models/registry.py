@@ -33,6 +33,7 @@ BUILTIN_FAMILIES: dict[str, str] = {
     "qwen2-audio": "cord.models.qwen",
     "qwen2.5-omni": "cord.models.qwen",
     "mini": "cord.mini.family",
+    "step-audio2": "cord.models.step_audio2",
 }
 
 #: the entry-point group third-party families register under (see the module docstring)
