@@ -439,6 +439,17 @@ def _checkpoint_files(directory: Path) -> list[Path]:
     return files
 
 
+def _release_shape(directory: Path, key: str, default: int) -> list[int]:
+    """The shape of tensor ``key`` in a release folder (read from the safetensors header)."""
+    from safetensors import safe_open
+
+    for path in _checkpoint_files(directory):
+        with safe_open(str(path), framework="pt") as f:
+            if key in f.keys():
+                return list(f.get_slice(key).get_shape())
+    return [default]
+
+
 def load_release_state_dict(directory: str | os.PathLike, expected: set[str], dtype: torch.dtype) -> dict:
     """The release tensors under cord's names, cast to ``dtype``; a CordError names every
     missing or unexpected key (first five of each, with counts)."""
@@ -838,6 +849,8 @@ def load_model(name_or_path: str, *, device: torch.device, dtype: torch.dtype, a
     tokenizer = _tokenizer(path)
     if kind == RELEASE_MODEL_TYPE:
         config = config_from_release(data)
+        # the adapter's hidden width is fixed in the reference's code (2048), not in config.json
+        config.adapter_hidden_size = _release_shape(path, "adapter.linear1.weight", config.adapter_hidden_size)[0]
         ids = tokenizer.convert_tokens_to_ids
         for field, token in (("audio_start_token_id", AUDIO_START), ("audio_end_token_id", AUDIO_END),
                              ("audio_patch_token_id", AUDIO_PATCH), ("audio_output_start_id", "<audio_0>")):
