@@ -43,7 +43,7 @@ def test_registry_imports_no_family_a_family_imports_only_its_module_and_there_i
     assert not {m for m in after_registry if m.startswith(families)}  # listing names imports nothing
     assert "cord.models.qwen" in after_qwen
     assert not {m for m in after_qwen if m.startswith(("cord.mini", "cord.models.voxtral", "cord.models.qwen3_omni"))}
-    assert {"qwen2-audio", "qwen2.5-omni", "mini"} <= names
+    assert {"qwen2-audio", "qwen2.5-omni", "qwen3-omni", "mini"} <= names
 
 
 def _toy_family_module(tmp_path, monkeypatch, body: str) -> None:

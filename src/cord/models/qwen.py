@@ -162,6 +162,10 @@ class QwenAudioAdapter:
             "feature_attention_mask": feats["attention_mask"].long(),
         }
 
+    def audio_token_count(self, n_frames: int) -> int:
+        """Placeholder tokens (= encoder output frames) for ``n_frames`` valid mel frames."""
+        return whisper_audio_token_count(n_frames)
+
     def audio_prompts(self, examples: list[PairedExample]) -> PromptBatch:
         arrays, keep = self.prepare_audio(examples)
         if not arrays:
@@ -173,7 +177,7 @@ class QwenAudioAdapter:
         template = self._encode(self.render(self.audio_user_content()))
         seqs = []
         for n in n_frames:
-            count = whisper_audio_token_count(int(n))
+            count = self.audio_token_count(int(n))
             seq: list[int] = []
             for tid in template:
                 seq.extend([tid] * count if tid == self.audio_token_id else [tid])

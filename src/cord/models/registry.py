@@ -32,6 +32,7 @@ _FAMILIES: dict[str, Callable[[Any], Any]] = {}
 BUILTIN_FAMILIES: dict[str, str] = {
     "qwen2-audio": "cord.models.qwen",
     "qwen2.5-omni": "cord.models.qwen",
+    "qwen3-omni": "cord.models.qwen3_omni",
     "mini": "cord.mini.family",
     "step-audio2": "cord.models.step_audio2",
 }
@@ -152,13 +153,27 @@ def apply_lora(model, lora_cfg, *, adapter):
     if not scope:
         raise CordError(f"adapter {type(adapter).__name__} has no lora_scope: it cannot train with model.lora")
     target = lora_target_regex(scope, lora_cfg.target_modules, tuple(getattr(adapter, "lora_exclude", ()) or ()))
-    if not any(re.fullmatch(target, n) for n, _ in model.named_modules()):
+    # Resolved here to full module paths: peft rewrites a regex on MoE models whose layout
+    # changed in transformers 5 (Qwen3-Omni) into bare leaf names, which would reach the
+    # audio encoder's q/k/v too; a list of full paths matches exactly those modules.
+    paths = [n for n, _ in model.named_modules() if re.fullmatch(target, n)]
+    if not paths:
         raise CordError(
             f"model.lora.target_modules {lora_cfg.target_modules} match no module of the language model "
             f"({', '.join(scope)})"
         )
-    config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout, target_modules=target)
-    return get_peft_model(model, config)
+    config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout, target_modules=paths)
+    wrapped = get_peft_model(model, config)
+    exclude = tuple(getattr(adapter, "lora_exclude", ()) or ())
+    inside = sorted({n.split(".lora_")[0] for n, _ in wrapped.named_parameters()
+                     if ".lora_" in n and any(f".{e}." in n or n.startswith(f"{e}.") for e in exclude)})
+    if inside:
+        # peft maps an MoE model's mlp gate/up/down_proj targets onto its fused experts
+        raise CordError(
+            f"model.lora.target_modules {lora_cfg.target_modules} put LoRA inside {', '.join(exclude)} "
+            f"({inside[0]}, peft's MoE mapping of gate/up/down_proj): drop gate_proj/up_proj/down_proj"
+        )
+    return wrapped
 
 
 def _deepspeed_zero3() -> bool:
