@@ -23,7 +23,14 @@ Time: per case, one more subprocess runs the variants interleaved (naive, chunke
 interleaving keeps a load change on a shared machine from favouring one variant. The growth
 series reports memory and the wall time of the single memory run.
 
+``--dtype bf16``: hidden states and heads in bf16 (the naive variant then runs its matmuls
+in bf16 and upcasts the logits, as an HF model computing logits in bf16 would; the chunked
+one accumulates the head products in fp32 without copying the head). An accuracy child then
+reports each variant's largest per-token KL error against float64 on the same bf16 values
+(first 64 positions).
+
     .venv/bin/python benchmarks/bench_objectives.py            # table + final JSON line
+    .venv/bin/python benchmarks/bench_objectives.py --dtype bf16 --growth
     .venv/bin/python benchmarks/bench_objectives.py --quick    # small shapes, a smoke run
 """
 
@@ -48,18 +55,26 @@ def _status_kb(key: str) -> int:
     raise RuntimeError(f"{key} not in /proc/self/status")
 
 
-def _setup(case: str, n: int, hdim: int, vocab: int, chunk: int):
+def _inputs(case: str, n: int, hdim: int, vocab: int, dtype: str):
+    import torch
+
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    torch.manual_seed(0)
+    seq_len = min(n, 256)
+    b = n // seq_len
+    hs = torch.randn(b, seq_len, hdim).to(dt).requires_grad_(True)
+    ht = torch.randn(b, seq_len, hdim).mul_(0.5).add_(hs.detach()).to(dt)
+    ws = torch.randn(vocab, hdim).mul_(0.05).to(dt)
+    return b, seq_len, hs, ht, ws
+
+
+def _setup(case: str, n: int, hdim: int, vocab: int, chunk: int, dtype: str = "fp32"):
     """Inputs for one case and a dict variant -> step() (forward + backward, returns the loss)."""
     import torch
 
     from cord.objectives import position_decay_weights, reverse_kl_per_token, token_weights
 
-    torch.manual_seed(0)
-    seq_len = min(n, 256)
-    b = n // seq_len
-    hs = torch.randn(b, seq_len, hdim).requires_grad_(True)
-    ht = torch.randn(b, seq_len, hdim).mul_(0.5).add_(hs.detach())
-    ws = torch.randn(vocab, hdim).mul_(0.05)
+    b, seq_len, hs, ht, ws = _inputs(case, n, hdim, vocab, dtype)
     if case == "trainable":
         ws.requires_grad_(True)
         wt = ws.detach().clone()  # teacher = frozen initial head
@@ -71,9 +86,9 @@ def _setup(case: str, n: int, hdim: int, vocab: int, chunk: int):
     def make(variant):
         def step():
             if variant == "naive":
-                lp = torch.log_softmax(hs @ ws.t(), -1)
+                lp = torch.log_softmax((hs @ ws.t()).float(), -1)
                 with torch.no_grad():
-                    lq = torch.log_softmax(ht @ wt.t(), -1)
+                    lq = torch.log_softmax((ht @ wt.t()).float(), -1)
                 kl = (lp.exp() * (lp - lq)).sum(-1)
             else:
                 kl = reverse_kl_per_token(hs, ws, ht, wt, mask, chunk_size=chunk,
@@ -89,9 +104,29 @@ def _setup(case: str, n: int, hdim: int, vocab: int, chunk: int):
     return {v: make(v) for v in ("naive", "chunked", "chunked_hint")}
 
 
-def child_memory(variant: str, case: str, n: int, hdim: int, vocab: int, chunk: int) -> dict:
+def child_accuracy(case: str, n: int, hdim: int, vocab: int, chunk: int, dtype: str, rows: int = 64) -> dict:
+    """Largest per-token KL error of each variant against float64 on the same input values."""
+    import torch
+
+    from cord.objectives import reverse_kl_per_token
+
+    _, _, hs, ht, ws = _inputs(case, n, hdim, vocab, dtype)
+    h, t = hs.detach().reshape(-1, hdim)[:rows], ht.reshape(-1, hdim)[:rows]
+    with torch.no_grad():
+        lp = torch.log_softmax(h.double() @ ws.double().t(), -1)
+        lq = torch.log_softmax(t.double() @ ws.double().t(), -1)
+        ref = (lp.exp() * (lp - lq)).sum(-1)
+        lp = torch.log_softmax((h @ ws.t()).float(), -1)
+        lq = torch.log_softmax((t @ ws.t()).float(), -1)
+        naive = (lp.exp() * (lp - lq)).sum(-1)
+        chunked = reverse_kl_per_token(h, ws, t, ws, chunk_size=chunk)
+    return dict(mean_kl=float(ref.mean()), naive=float((naive.double() - ref).abs().max()),
+                chunked=float((chunked.double() - ref).abs().max()))
+
+
+def child_memory(variant: str, case: str, n: int, hdim: int, vocab: int, chunk: int, dtype: str) -> dict:
     """One forward+backward in this fresh process; peak RSS it added over the inputs."""
-    step = _setup(case, n, hdim, vocab, chunk)[variant]
+    step = _setup(case, n, hdim, vocab, chunk, dtype)[variant]
     rss0 = _status_kb("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM so input construction does not count
@@ -101,9 +136,10 @@ def child_memory(variant: str, case: str, n: int, hdim: int, vocab: int, chunk: 
     return dict(peak_extra_mb=(_status_kb("VmHWM") - rss0) / 1024, first_s=wall, loss=loss)
 
 
-def child_time(variants: list[str], case: str, n: int, hdim: int, vocab: int, chunk: int, rounds: int) -> dict:
+def child_time(variants: list[str], case: str, n: int, hdim: int, vocab: int, chunk: int, dtype: str,
+               rounds: int) -> dict:
     """Variants run interleaved (A B A B ...) so a load change on a shared CPU hits all alike."""
-    steps = _setup(case, n, hdim, vocab, chunk)
+    steps = _setup(case, n, hdim, vocab, chunk, dtype)
     wall = {v: [] for v in variants}
     cpu = {v: [] for v in variants}
     for _ in range(rounds):
@@ -130,11 +166,12 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds at the headline N")
     p.add_argument("--growth", type=int, nargs="*", default=[256, 512, 2048],
                    help="further N for the frozen-head growth series (memory; time of one run)")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="hidden states and heads")
     p.add_argument("--quick", action="store_true", help="small shapes for a smoke run")
     a = p.parse_args()
     if a.child:
         args = json.loads(a.child)
-        fn = child_memory if args[0] == "memory" else child_time
+        fn = {"memory": child_memory, "time": child_time, "accuracy": child_accuracy}[args[0]]
         print(json.dumps(fn(*args[1:])))
         return
     if a.quick:
@@ -142,8 +179,8 @@ def main() -> None:
     import torch
 
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, H={a.hidden}, V={a.vocab}, "
-          f"fp32, chunk_size={a.chunk_size}", flush=True)
-    shape = (a.hidden, a.vocab, a.chunk_size)
+          f"{a.dtype}, chunk_size={a.chunk_size}", flush=True)
+    shape = (a.hidden, a.vocab, a.chunk_size, a.dtype)
     cases = {"frozen": ["naive", "chunked"], "trainable": ["naive", "chunked", "chunked_hint"]}
     mem, tim = {}, {}
     for case, variants in cases.items():
@@ -152,6 +189,9 @@ def main() -> None:
             print(f"  memory {case} N={HEADLINE_N} {v}: {mem[case, HEADLINE_N, v]['peak_extra_mb']:.0f} MB", flush=True)
         tim[case] = run_child("time", variants, case, HEADLINE_N, *shape, a.rounds)
         print(f"  timing {case} N={HEADLINE_N}: {json.dumps(tim[case]['wall'])}", flush=True)
+    acc = run_child("accuracy", "frozen", HEADLINE_N, *shape)
+    print(f"  accuracy (max |KL error| vs float64, first 64 positions, mean KL {acc['mean_kl']:.4f}): "
+          f"naive {acc['naive']:.2e}, chunked {acc['chunked']:.2e}", flush=True)
     for n in a.growth:
         for v in cases["frozen"]:
             mem["frozen", n, v] = run_child("memory", v, "frozen", n, *shape)
@@ -183,7 +223,8 @@ def main() -> None:
                   f"wall {time_ratio(v, case):.3f}  cpu {time_ratio(v, case, 'cpu'):.3f}")
     print("raw timings:", json.dumps(tim))
     print(json.dumps(dict(
-        n=HEADLINE_N, hidden=a.hidden, vocab=a.vocab, chunk_size=a.chunk_size,
+        n=HEADLINE_N, hidden=a.hidden, vocab=a.vocab, chunk_size=a.chunk_size, dtype=a.dtype,
+        max_kl_error_naive=acc["naive"], max_kl_error_chunked=acc["chunked"],
         peak_mem_ratio=round(mem_ratio("chunked", "frozen"), 4),
         time_ratio=round(time_ratio("chunked", "frozen"), 4),
         cpu_time_ratio=round(time_ratio("chunked", "frozen", "cpu"), 4),
