@@ -257,8 +257,8 @@ def test_batched_equals_one_by_one(adapter):
             h = adapter.completion_hidden(prompts, y, m)
             for i in range(len(exs)):
                 k = int(m[i].sum())
-                one = adapter.completion_hidden(prompts.select([i]) if prompts.modality == "text"
-                                                else adapter.audio_prompts([exs[i]]), y[i : i + 1, :k], m[i : i + 1, :k])
+                alone = prompts.select([i]) if prompts.modality == "text" else adapter.audio_prompts([exs[i]])
+                one = adapter.completion_hidden(alone, y[i : i + 1, :k], m[i : i + 1, :k])
                 torch.testing.assert_close(h[i : i + 1, :k], one, atol=1e-5, rtol=0)
 
 
@@ -305,7 +305,7 @@ def test_audio_output_tokens_are_never_sampled(adapter):
     tok = adapter.tokenizer
     assert tok.convert_tokens_to_ids("<audio_patch>") in ids and tok.convert_tokens_to_ids("<audio_start>") in ids
     assert set(range(tok.convert_tokens_to_ids("<audio_0>"), adapter.vocab_size)) <= set(ids)
-    assert tok.convert_tokens_to_ids(EOT) not in ids and ids == sorted(set(ids), key=ids.index)
+    assert tok.convert_tokens_to_ids(EOT) not in ids and len(set(ids)) == len(ids)
     assert all(i >= tok.convert_tokens_to_ids("<audio_start>") for i in ids)  # text ids are never suppressed
     # make the audio-output rows dominate the head: greedy and sampled rollouts still avoid them
     model = tiny().model
@@ -337,7 +337,8 @@ def test_checkpoint_names_round_trip(adapter):
     release_names = [checkpoint_name(n) for n in names]
     assert None not in release_names
     assert [native_name(n) for n in release_names] == names
-    assert "encoder.blocks.0.attn.query.weight" in release_names and "encoder.positional_embedding.weight" in release_names
+    assert "encoder.blocks.0.attn.query.weight" in release_names
+    assert "encoder.positional_embedding.weight" in release_names
     assert "adapter.linear2.bias" in release_names and "model.layers.1.mlp.down_proj.weight" in release_names
     assert "lm_head.weight" in release_names and "encoder.blocks.0.mlp.2.weight" in release_names
 
@@ -421,7 +422,7 @@ def test_check_model_agrees_with_a_faithful_reference(adapter, release):
         broken.lm_head.weight[:, :] = torch.randn_like(broken.lm_head.weight)
     result = compare(ours, CheckReference(broken, reference_mel), audio=[("a", clip(2000, 1))], question="2+2?",
                      max_new_tokens=4, out=lines.append)
-    assert not result["agree"] or max(r["max_abs_logit_diff"] for r in result["rows"]) > 1e-2
+    assert max(r["max_abs_logit_diff"] for r in result["rows"]) > 1e-2
 
 
 def test_check_model_cli_refusals(capsys):
@@ -443,7 +444,6 @@ def test_presets_are_the_paper_settings():
         assert (cfg.rollout.seq_n, cfg.rollout.seq_temperature, cfg.objective.top_k) == (4, 1.5, 20)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_every_preset_trains_two_steps_on_the_tiny_model(method, tmp_path, capsys):
     out = tmp_path / "run"

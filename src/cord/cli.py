@@ -82,10 +82,26 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=False, help="output directory")
     p.add_argument("--limit", type=int)
 
-    p = sub.add_parser("demo", help="CPU miniature: train a tiny audio LLM and watch CORD close the gap")
+    p = sub.add_parser("demo", help="CPU miniature: train a tiny audio LLM; does CORD close the gap better than a control?")
     p.add_argument("--out", default="cord-demo", help="output directory (default: cord-demo)")
-    p.add_argument("--seeds", type=int, default=None, help="seeds per method (default 3; 1 with --quick)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="Stage C seeds per arm (default 2; 3 with --study; 1 with --quick)")
     p.add_argument("--quick", action="store_true", help="a ~2-minute smoke version (used by the tests; its numbers mean nothing)")
+    p.add_argument("--study", action="store_true",
+                   help="the full study: 3 independent Stage A/B starts x 3 Stage C seeds (about 2 h on 2 cores)")
+
+    p = sub.add_parser("check-model", help="compare a natively re-implemented family with its checkpoint's own code")
+    p.add_argument("--family", required=True, help="step-audio2")
+    p.add_argument("--model", required=True, help="hub name or local folder of the released checkpoint")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow running the checkpoint's modeling code as the reference (required)")
+    p.add_argument("--audio", action="append", default=[], metavar="WAV",
+                   help="audio clip to compare on (repeatable; default: a built-in 3 s and 27 s signal)")
+    p.add_argument("--question", default="What is 12 times 7?", help="the text prompt's question")
+    p.add_argument("--instruction", default="", help="instruction after the audio / question (default none)")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
+    p.add_argument("--device", default="auto")
     return parser
 
 
@@ -96,6 +112,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("cord.eval.cli", "run_eval"),
     "analyze": ("cord.eval.cli", "run_analyze"),
     "demo": ("cord.mini.demo", "run"),
+    "check-model": ("cord.models.check", "run"),
 }
 
 

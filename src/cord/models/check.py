@@ -134,7 +134,8 @@ def _our_logits(adapter, prompts) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _reference_greedy(ref: Reference, ids: torch.Tensor, mels, n: int, suppress: list[int], eos: list[int]) -> list[int]:
+def _reference_greedy(ref: Reference, ids: torch.Tensor, mels, n: int, suppress: list[int],
+                      eos: list[int]) -> list[int]:
     out: list[int] = []
     for _ in range(n):
         logits = ref.logits(ids, mels)[0, -1]

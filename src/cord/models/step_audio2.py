@@ -373,9 +373,13 @@ def config_from_release(data: dict) -> StepAudio2Config:
             activation_function="gelu",
         )
     except KeyError as e:
-        raise CordError(f"Step-Audio2 config.json lacks {e.args[0]!r} (in text_config / audio_encoder_config)") from None
+        raise CordError(
+            f"Step-Audio2 config.json lacks {e.args[0]!r} (in text_config / audio_encoder_config)"
+        ) from None
     if audio.get("llm_dim", text_cfg["hidden_size"]) != text_cfg["hidden_size"]:
-        raise CordError(f"Step-Audio2 config: audio llm_dim {audio['llm_dim']} != text hidden_size {text_cfg['hidden_size']}")
+        raise CordError(
+            f"Step-Audio2 config: audio llm_dim {audio['llm_dim']} != text hidden_size {text_cfg['hidden_size']}"
+        )
     return StepAudio2Config(
         text_config=text_cfg,
         audio_config=audio_cfg,
@@ -692,7 +696,8 @@ class StepAudio2Adapter:
                 features[b, c, :, : f.shape[-1]] = f
                 lens[b, c] = f.shape[-1] - 2
         dtype = next(self.model.parameters()).dtype
-        return {"input_features": features.to(dtype), "feature_lens": lens}, [[int(x) for x in r if x] for r in lens.tolist()]
+        chunk_lens = [[int(x) for x in r if x] for r in lens.tolist()]
+        return {"input_features": features.to(dtype), "feature_lens": lens}, chunk_lens
 
     def audio_prompts(self, examples: list) -> PromptBatch:
         arrays, keep = self.prepare_audio(examples)
