@@ -77,7 +77,7 @@ def test_task_split_is_by_problem_and_deterministic():
     assert not keys["train"] & keys["dev"]
     assert not keys["dev"] & keys["test"]
     assert len(keys["test"]) == 400 and len(keys["dev"]) == 150  # one row per held-out problem
-    # held-out sets cover every template, so two-step problems are half of the test set
+    # held-out sets cover every template (each gives at most half of its problems)
     assert {k.split(":")[0] for k in keys["test"]} == set(TEMPLATES)
     assert make_task(4, n_train=50, n_dev=10, n_test=10)["test"] != a["test"][:10]
 
@@ -94,6 +94,17 @@ def test_solutions_are_correct_worked_arithmetic():
         assert sol.count("=") == len(p.numbers) - 1
     assert parse_answer("no final answer") is None
     assert parse_answer("The answer is 3. The answer is 12.") == "12"
+
+
+def test_large_held_out_sets_leave_every_template_half_its_problems_for_training():
+    # the demo's 1200 test + 300 dev problems: the small one-step templates must not be emptied
+    pools = split_problems(0, n_test=1200, n_dev=300)
+    assert len(pools["test"]) == 1200 and len(pools["dev"]) == 300
+    total = {t: sum(p.template == t for p in all_problems()) for t in TEMPLATES}
+    for t in TEMPLATES:
+        kept = sum(p.template == t for p in pools["train"])
+        assert kept >= total[t] / 2, (t, kept, total[t])
+        assert any(p.template == t for p in pools["test"])
 
 
 def test_split_refuses_more_held_out_than_exists():

@@ -59,17 +59,27 @@ def test_stage_a_trains_only_the_language_model(stage_a_result):
     assert all(p.requires_grad for p in adapter.model.parameters())  # left trainable for the next stage
 
 
-def test_choose_checkpoint_rule():
-    cfg = RecipeConfig()
+def test_choose_checkpoint_takes_the_best_dev_audio_accuracy():
     ev = lambda acc, text=1.0: {"audio_acc": acc, "gap": text - acc}  # noqa: E731
-    # closest to the 0.35 target among audio >= 0.3 and gap >= 0.25
-    evals = [ev(0.05), ev(0.45), ev(0.62), ev(0.70), ev(0.80)]
-    assert choose_checkpoint(evals, cfg)[0] == 2
-    # nothing reaches audio 0.3: the highest audio accuracy that keeps the gap
-    assert choose_checkpoint([ev(0.1), ev(0.25), ev(0.2)], cfg)[0] == 1
-    # everything closed the gap: the largest remaining gap
-    i, rule = choose_checkpoint([ev(0.9), ev(0.8), ev(0.85)], cfg)
-    assert i == 1 and "largest gap" in rule
+    assert choose_checkpoint([ev(0.05), ev(0.45), ev(0.72), ev(0.70), ev(0.71)])[0] == 2
+    assert choose_checkpoint([ev(0.6), ev(0.7), ev(0.7)])[0] == 1  # ties: the earlier one
+    # a single evaluation is chosen whatever it is
+    assert choose_checkpoint([ev(0.0)])[0] == 0
+
+
+def test_stage_b_converges_when_dev_audio_accuracy_stops_improving():
+    from cord.mini.stages import converged
+
+    ev = lambda accs: [{"audio_acc": a} for a in accs]  # noqa: E731
+    # still climbing: not converged
+    assert not converged(ev([0.3, 0.4, 0.5, 0.6, 0.7]), patience=2, min_delta=0.01)
+    # two evaluations without beating 0.70 by more than 0.01: converged
+    assert converged(ev([0.3, 0.5, 0.70, 0.71, 0.69]), patience=2, min_delta=0.01)
+    # a gain of more than min_delta inside the window resets it
+    assert not converged(ev([0.3, 0.5, 0.70, 0.69, 0.72]), patience=2, min_delta=0.01)
+    # too few evaluations to judge
+    assert not converged(ev([0.5, 0.5]), patience=2, min_delta=0.0)
+    assert RecipeConfig().b_patience >= 3 and RecipeConfig().b_max_steps >= 1000  # room to converge
 
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
@@ -81,7 +91,8 @@ def test_stage_b_trains_audio_side_only_and_restores_chosen_checkpoint(stage_a_r
     adapter = load_adapter(ModelConfig(family="mini", name_or_path=str(tmp_path / "a"), dtype="float32", device="cpu"))
     dirs = build_datasets(tmp_path / "data", DataSettings(seed=0, n_train=64, n_dev=8, n_test=8))
     train, dev = load_split(dirs["train"]), load_split(dirs["dev"])
-    cfg = replace(RecipeConfig.quick(), b_max_steps=24, b_eval_start=8, b_eval_every=8, b_min_steps=24, b_batch_size=16)
+    cfg = replace(RecipeConfig.quick(), b_max_steps=24, b_eval_start=8, b_eval_every=8, b_patience=3,
+                  b_batch_size=16)
     lm_before = {k: v.clone() for k, v in adapter.model.language_model.state_dict().items()}
     enc_before = {k: v.clone() for k, v in adapter.model.audio_encoder.state_dict().items()}
     metrics = stage_b(adapter, train, dev, cfg, dev_text_acc=1.0)

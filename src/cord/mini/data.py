@@ -43,8 +43,11 @@ class DataSettings:
 
     seed: int = 0
     n_train: int = 2000
-    n_dev: int = 200
-    n_test: int = 400
+    #: dev: Stage B's convergence rule reads it (300: one accuracy's standard error ≤ 2.9 points)
+    n_dev: int = 300
+    #: test: 1200 distinct problems, so one accuracy's standard error is ≤ 1.45 points
+    #: (√(0.25 / 1200)) at any accuracy
+    n_test: int = 1200
     train_voices: tuple[str, ...] = TRAIN_VOICES
     train_speed: tuple[int, int] = (170, 250)
     train_pitch: tuple[int, int] = (25, 75)
@@ -52,7 +55,8 @@ class DataSettings:
     test_speed: tuple[int, int] = (190, 220)
     test_pitch: tuple[int, int] = (40, 60)
     trim_db: float = 40.0  # leading/trailing silence below peak − trim_db is cut
-    version: int = 1
+    #: 2: held-out problems capped at half of each template (cord.mini.task.MAX_HELD_SHARE)
+    version: int = 2
 
     def voices_for(self, split: str) -> tuple[list[str], tuple[int, int], tuple[int, int]]:
         if split == "train":

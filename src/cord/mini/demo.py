@@ -76,26 +76,79 @@ def _stage_c_steps(quick: bool) -> int:
     return 10 if quick else 100
 
 
+#: Stage C seeds per start and independent Stage A/B starts: (quick, default, study)
+DEFAULT_SEEDS = {"quick": 1, "default": 2, "study": 3}
+DEFAULT_STARTS = {"quick": 1, "default": 1, "study": 3}
+#: the control arm's label (Stage B's own objective continued: cord.mini.control)
+CONTROL_LABEL = "control (Stage B objective continued)"
+BOOTSTRAP = {"replicates": 10_000, "seed": 0}
+
+
+def stage_c_config(method: str, stage_b: Path, train_dir: Path, run_dir: Path, seed: int, steps: int):
+    """The Stage C CordConfig of ``method`` (its preset in configs/mini/) for one run; the
+    control arm uses the ``cord`` preset's model and train sections (see :func:`check_presets`)."""
+    from cord.config import load_config
+
+    preset = "cord" if method == "control" else method
+    return load_config(presets_dir() / f"{preset}.yaml", [
+        f"model.name_or_path={stage_b}", f"data.train={train_dir}", f"train.output_dir={run_dir}",
+        f"train.seed={seed}", f"train.max_steps={steps}", "train.progress=false",
+    ])
+
+
+def check_presets(cfgs: dict[str, Any]) -> dict[str, Any]:
+    """Every method's preset must train the same parts with the same optimiser, lr, schedule,
+    batch and steps (only the objective differs), so the comparison is of objectives; returns
+    that shared recipe. A preset that differs is a CordError naming the setting."""
+    def shared(cfg) -> dict[str, Any]:
+        train = cfg.train.model_dump(exclude={"output_dir"})
+        lora = cfg.model.lora.model_dump() if cfg.model.lora is not None else None
+        return {"train": train, "lora": lora, "max_new_tokens": cfg.rollout.max_new_tokens}
+
+    ref_name, ref = next(iter(cfgs.items()))
+    want = shared(ref)
+    for name, cfg in cfgs.items():
+        got = shared(cfg)
+        for section in want:
+            if got[section] != want[section]:
+                diff = (sorted(k for k in want[section] if want[section][k] != got[section].get(k))
+                        if isinstance(want[section], dict) and isinstance(got[section], dict) else [section])
+                raise CordError(f"configs/mini/{name}.yaml differs from {ref_name}.yaml in {section} "
+                                f"({', '.join(diff)}): every Stage C method must share one recipe")
+    t = want["train"]
+    return {"steps": t["max_steps"], "lr": t["lr"], "batch_size": t["batch_size"], "warmup_steps": t["warmup_steps"],
+            "schedule": t["schedule"], "trainable": t["trainable"], "lora": want["lora"]}
+
+
 def run_demo(out: str | Path = "cord-demo", seeds: int | None = None, quick: bool = False,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, study: bool = False, starts: int | None = None) -> dict[str, Any]:
     """The whole miniature into ``out`` (resuming what is there); returns report.json's dict.
-    Runs on the recipe's fixed torch thread count (the stages' and Stage C's alike: the
-    count changes float reduction order, so a seed reproduces only at the same count) and
-    restores the caller's count after."""
+
+    ``starts`` independent Stage A/B starts (start ``s``: data, split and init seed ``s``),
+    each with the control arm and every method for ``seeds`` Stage C seeds. Defaults: one
+    start and 2 seeds; ``study``: 3 starts × 3 seeds; ``quick``: the test-sized recipe, one
+    start, one seed. Runs on the recipe's fixed torch thread count (the count changes float
+    reduction order, so a seed reproduces only at the same count) and restores the caller's."""
     from cord.mini.stages import RecipeConfig, auto_threads, torch_threads
 
-    seeds = seeds if seeds is not None else (1 if quick else 3)
+    mode = "quick" if quick else "study" if study else "default"
+    seeds = seeds if seeds is not None else DEFAULT_SEEDS[mode]
+    starts = starts if starts is not None else DEFAULT_STARTS[mode]
     if seeds < 1:
         raise CordError("--seeds must be at least 1")
+    if starts < 1:
+        raise CordError("--starts must be at least 1")
     if Path(out).exists() and not Path(out).is_dir():
         raise CordError(f"--out {out}: exists and is not a directory (give a new or an earlier demo directory)")
     recipe = RecipeConfig.quick(seed=0) if quick else RecipeConfig(seed=0)
     with torch_threads(recipe.threads or auto_threads()):
-        return _run_demo(Path(out), recipe, seeds, quick, progress)
+        return _run_demo(Path(out), recipe, seeds, starts, quick, study, progress)
 
 
-def _run_demo(out: Path, recipe, seeds: int, quick: bool, progress: bool) -> dict[str, Any]:
-    from cord.config import load_config
+def _run_demo(out: Path, recipe0, seeds: int, starts: int, quick: bool, study: bool, progress: bool) -> dict[str, Any]:
+    from dataclasses import replace
+
+    from cord.mini.control import control_done, run_control
     from cord.mini.stages import load_average, machine_info, run_stages
     from cord.train.trainer import Trainer
 
@@ -104,67 +157,83 @@ def _run_demo(out: Path, recipe, seeds: int, quick: bool, progress: bool) -> dic
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
     load_at_start = load_average()
-
-    # ---- stages A and B (shared by every method and seed) ---------------------------------
-    stages_dir = out / "stages"
-    stages_json = stages_dir / "stages.json"
-    previous = json.loads(stages_json.read_text()) if stages_json.is_file() else None
-    if previous is not None and previous.get("config") == recipe.to_dict():
-        stages = previous
-        say("stages A and B: reusing the finished run in " + str(stages_dir))
-    else:
-        say("building data, Stage A (text LM), Stage B (audio alignment) ...")
-        stages = run_stages(stages_dir, recipe, progress=progress)
-    timings.update({f"stages_{k}": v for k, v in stages["timings"].items()})
-    stage_b = Path(stages["paths"]["stage_b"])
-    train_dir = Path(stages["paths"]["data"]["train"])
-    test_dir = Path(stages["paths"]["data"]["test"])
-    max_new = recipe.max_new_tokens
-
-    t = time.perf_counter()
-    base = _evaluate(stage_b, test_dir, out / "eval" / "stage_b", max_new)
-    timings["eval_stage_b"] = round(time.perf_counter() - t, 2)
-    say(f"Stage B model on the held-out voice: text {base['text_acc']:.3f}, audio {base['audio_acc']:.3f}, "
-        f"gap {base['gap']:.3f}")
-
-    # ---- stage C: every method × seed, same budget, through the real trainer --------------
     steps = _stage_c_steps(quick)
-    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in METHODS}
-    t_c = time.perf_counter()
-    for method in METHODS:
+    per_start: list[dict[str, Any]] = []
+    recipe_c = None
+    for start in range(starts):
+        recipe = replace(recipe0, seed=start, data=replace(recipe0.data, seed=start))
+        sdir = out / f"start{start}"
+        # ---- stages A and B (shared by every arm and seed of this start) -------------------
+        stages_json = sdir / "stages" / "stages.json"
+        previous = json.loads(stages_json.read_text()) if stages_json.is_file() else None
+        if previous is not None and previous.get("config") == recipe.to_dict():
+            stages = previous
+            say(f"start {start}: reusing stages A and B in {sdir / 'stages'}")
+        else:
+            say(f"start {start}: data, Stage A (text LM), Stage B (audio alignment to convergence) ...")
+            stages = run_stages(sdir / "stages", recipe, progress=progress)
+        for k, v in stages["timings"].items():
+            timings[f"stages_{k}"] = round(timings.get(f"stages_{k}", 0.0) + v, 2)
+        stage_b = Path(stages["paths"]["stage_b"])
+        train_dir = Path(stages["paths"]["data"]["train"])
+        test_dir = Path(stages["paths"]["data"]["test"])
+        max_new = recipe.max_new_tokens
+
+        t = time.perf_counter()
+        base = _evaluate(stage_b, test_dir, sdir / "eval" / "stage_b", max_new)
+        timings["eval"] = round(timings.get("eval", 0.0) + time.perf_counter() - t, 2)
+        say(f"start {start}: Stage B on the held-out voice: text {base['text_acc']:.3f}, "
+            f"audio {base['audio_acc']:.3f}, gap {base['gap']:.3f}")
+
+        # ---- stage C: the control and every method × seed, one shared recipe ---------------
+        recipe_c = check_presets({m: stage_c_config(m, stage_b, train_dir, sdir / "runs" / "x", 0, steps)
+                                  for m in METHODS})
+        arms: dict[str, list[dict[str, Any]]] = {a: [] for a in ("control", *METHODS)}
+        t_c = time.perf_counter()
         for seed in range(seeds):
-            run_dir = out / "runs" / f"{method}-seed{seed}"
-            cfg = load_config(presets_dir() / f"{method}.yaml", [
-                f"model.name_or_path={stage_b}", f"data.train={train_dir}", f"train.output_dir={run_dir}",
-                f"train.seed={seed}", f"train.max_steps={steps}", "train.progress=false",
-            ])
-            t = time.perf_counter()
-            if not (run_dir / "model").is_dir() or _last_step(run_dir) < steps:
-                Trainer(cfg).fit()
-            train_s = round(time.perf_counter() - t, 2)
-            t = time.perf_counter()
-            result = _evaluate(run_dir / "model", test_dir, out / "eval" / f"{method}-seed{seed}", max_new)
-            result.update(seed=seed, train_seconds=train_s, eval_seconds=round(time.perf_counter() - t, 2),
-                          steps=steps, run_dir=str(run_dir))
-            result["gap_reduction"] = _reduction(base["gap"], result["gap"])
-            runs[method].append(result)
-            say(f"{method:>10} seed {seed}: text {result['text_acc']:.3f}, audio {result['audio_acc']:.3f}, "
-                f"gap {result['gap']:.3f} (reduction {_pct(result['gap_reduction'])}) [{train_s:.0f} s]")
-    timings["stage_c"] = round(time.perf_counter() - t_c, 2)
+            for arm in ("control", *METHODS):
+                run_dir = sdir / "runs" / f"{arm}-seed{seed}"
+                cfg = stage_c_config(arm, stage_b, train_dir, run_dir, seed, steps)
+                t = time.perf_counter()
+                if arm == "control":
+                    if not control_done(run_dir, steps):
+                        run_control(cfg, recipe)
+                elif not (run_dir / "model").is_dir() or _last_step(run_dir) < steps:
+                    Trainer(cfg).fit()
+                train_s = round(time.perf_counter() - t, 2)
+                t = time.perf_counter()
+                result = _evaluate(run_dir / "model", test_dir, sdir / "eval" / f"{arm}-seed{seed}", max_new)
+                result.update(seed=seed, train_seconds=train_s, eval_seconds=round(time.perf_counter() - t, 2),
+                              steps=steps, run_dir=str(run_dir), **_compute(run_dir, arm))
+                result["gap_reduction"] = _reduction(base["gap"], result["gap"])
+                arms[arm].append(result)
+                say(f"start {start} {arm:>10} seed {seed}: text {result['text_acc']:.3f}, audio "
+                    f"{result['audio_acc']:.3f}, gap {result['gap']:.3f} [{train_s:.0f} s]")
+        timings["stage_c"] = round(timings.get("stage_c", 0.0) + time.perf_counter() - t_c, 2)
+        per_start.append({"start": start, "seed": recipe.seed, "stage_a": stages["stage_a"],
+                          "stage_b": {"steps": stages["stage_b"].get("steps"),
+                                      "chosen_step": stages["stage_b"].get("chosen_step"),
+                                      "stopped": stages["stage_b"].get("stopped"),
+                                      "dev": stages["stage_b"].get("chosen"), "test": stages["test"]},
+                          "baseline": base, "control": arms.pop("control"), "methods": arms,
+                          "data": stages["paths"]["data"], "stage_b_dir": str(stage_b), "model_parameters": stages.get("model_parameters")})
 
-    # ---- diagnostics: where the divergence sits, before and after CORD ----------------------
+    # ---- diagnostics: where the divergence sits, before and after CORD (start 0, seed 0) ---
     t = time.perf_counter()
-    analysis = _analyze_before_after(out, stage_b, Path(runs["cord"][0]["run_dir"]) / "model", test_dir,
-                                     limit=60 if quick else 200, max_new_tokens=max_new)
+    first = per_start[0]
+    analysis = _analyze_before_after(out, Path(first["stage_b_dir"]), Path(first["methods"]["cord"][0]["run_dir"]) / "model",
+                                     Path(first["data"]["test"]), limit=60 if quick else 200,
+                                     max_new_tokens=recipe0.max_new_tokens)
     timings["analyze"] = round(time.perf_counter() - t, 2)
+    t = time.perf_counter()
+    report = build_report(per_start, recipe_c, analysis, {}, seeds, quick, study, machine_info(load_at_start))
+    timings["report"] = round(time.perf_counter() - t, 2)
     timings["total"] = round(time.perf_counter() - t_all, 2)
-
-    report = _build_report(stages, base, runs, analysis, timings, seeds, steps, quick,
-                           machine_info(load_at_start))
+    report["timings"] = timings
     _atomic_json(out / "report.json", report)
     _atomic_text(out / "report.md", render_markdown(report))
     _plots(out, report)
-    say(f"done in {timings['total']:.0f} s: {out / 'report.md'}")
+    say(f"done in {timings['total']:.0f} s: {out / 'report.md'} (conclusion: {report['conclusion']})")
     return report
 
 
@@ -180,6 +249,19 @@ def _metrics(path: Path) -> list[dict[str, Any]]:
     from cord.data.paired import read_jsonl
 
     return [row for _, row in read_jsonl(path)]
+
+
+#: arms whose training tokens are sampled (rollouts); sft and the control read reference solutions
+SAMPLING_ARMS = frozenset({"cord", "opd", "forward_kl", "grpo"})
+
+
+def _compute(run_dir: Path, arm: str) -> dict[str, float]:
+    """Training tokens of a run, summed over its steps from metrics.jsonl: ``tokens`` (every
+    completion token trained on) and ``rollout_tokens`` (those sampled: 0 for sft and the
+    control, which read the reference solution)."""
+    rows = _metrics(run_dir / "metrics.jsonl")
+    tokens = float(sum(float(r.get("completion_tokens") or 0.0) for r in rows))
+    return {"tokens": tokens, "rollout_tokens": tokens if arm in SAMPLING_ARMS else 0.0}
 
 
 def _reduction(base_gap: float, gap: float) -> float | None:
@@ -213,63 +295,195 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
-def _build_report(stages, base, runs, analysis, timings, seeds, steps, quick, machine) -> dict[str, Any]:
-    methods = {}
-    for method, results in runs.items():
-        summary = {}
-        for key in ("text_acc", "audio_acc", "gap", "gap_reduction"):
-            mean, sd = _mean_sd([r[key] for r in results])
-            summary[key] = {"mean": mean, "sd": sd, "min": min((r[key] for r in results if r[key] is not None), default=None),
-                            "max": max((r[key] for r in results if r[key] is not None), default=None)}
-        methods[method] = {"label": LABELS[method], "seeds": results, "summary": summary}
+# ------------------------------------------------------------------------------ report
+
+
+def item_outcomes(eval_dir: str | Path, test_name: str, modality: str) -> dict[str, bool]:
+    """{item id: correct} from a ``cord eval`` folder's per-item file (``<test>/<modality>.jsonl``).
+    Skipped items are left out (a paired comparison then refuses the run: the miniature's
+    clips are all short enough to answer)."""
+    from cord.data.paired import read_jsonl
+
+    path = Path(eval_dir) / test_name / f"{modality}.jsonl"
+    return {str(r["id"]): bool(r["correct"]) for _, r in read_jsonl(path)
+            if r.get("status", "answered") == "answered"}
+
+
+def _accuracies(eval_dir: str | Path, test_name: str) -> dict[str, Any]:
+    text = item_outcomes(eval_dir, test_name, "text")
+    audio = item_outcomes(eval_dir, test_name, "audio")
+    t = sum(text.values()) / max(1, len(text))
+    a = sum(audio.values()) / max(1, len(audio))
+    return {"text": text, "audio": audio, "text_acc": t, "audio_acc": a, "gap": t - a}
+
+
+def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    summary = {}
+    for key in ("text_acc", "audio_acc", "gap", "gap_reduction"):
+        vals = [r[key] for r in runs if r.get(key) is not None]
+        mean, sd = _mean_sd(vals)
+        summary[key] = {"mean": mean, "sd": sd, "min": min(vals, default=None), "max": max(vals, default=None)}
+    return summary
+
+
+def build_report(per_start: list[dict[str, Any]], recipe_c: dict[str, Any], analysis: dict[str, Any],
+                 timings: dict[str, float], seeds: int, quick: bool, study: bool,
+                 machine: dict[str, Any]) -> dict[str, Any]:
+    """report.json's dict. Every accuracy and interval is recomputed here from the per-item
+    files ``cord eval`` wrote (each run's ``eval_dir``), not taken from its summary: the
+    paired differences need the items anyway, and the report then cannot disagree with them."""
+    from cord.mini.stats import bootstrap_mean, conclusion, paired_matrix
+
+    arms = ("control", *METHODS)
+    outcomes: dict[str, list[dict[str, list]]] = {a: [] for a in arms}  # per start: {text, audio} per seed
+    baselines, ids_per_start = [], []
+    for st in per_start:
+        test_name = Path(st["data"]["test"]).name
+        b = _accuracies(st["baseline"]["eval_dir"], test_name)
+        ids = sorted(b["audio"])
+        ids_per_start.append(ids)
+        st["baseline"].update(text_acc=b["text_acc"], audio_acc=b["audio_acc"], gap=b["gap"], n=len(ids))
+        baselines.append(b)
+        for arm in arms:
+            runs = st["control"] if arm == "control" else st["methods"][arm]
+            per_seed = {"text": [], "audio": []}
+            for r in runs:
+                acc = _accuracies(r["eval_dir"], test_name)
+                r.update(text_acc=acc["text_acc"], audio_acc=acc["audio_acc"], gap=acc["gap"], n=len(acc["audio"]),
+                         gap_reduction=_reduction(b["gap"], acc["gap"]))
+                per_seed["text"].append(acc["text"])
+                per_seed["audio"].append(acc["audio"])
+            outcomes[arm].append(per_seed)
+
+    def compare(arm: str, ref: str, modality: str) -> dict[str, Any]:
+        mats = []
+        for s, ids in enumerate(ids_per_start):
+            ref_rows = [baselines[s][modality]] if ref == "stage_b" else outcomes[ref][s][modality]
+            mats.append(paired_matrix(outcomes[arm][s][modality], ref_rows, ids))
+        return bootstrap_mean(mats, **BOOTSTRAP)
+
+    def gap_compare(arm: str, ref: str) -> dict[str, Any]:
+        # gap = text − audio per item, so Δgap = Δtext − Δaudio item by item
+        mats = []
+        for s, ids in enumerate(ids_per_start):
+            def rows(name):
+                if name == "stage_b":
+                    return [baselines[s]["text"]], [baselines[s]["audio"]]
+                return outcomes[name][s]["text"], outcomes[name][s]["audio"]
+            at, aa = rows(arm)
+            rt, ra = rows(ref)
+            mats.append(paired_matrix(at, rt, ids) - paired_matrix(aa, ra, ids))
+        return bootstrap_mean(mats, **BOOTSTRAP)
+
+    all_runs = lambda arm: [r for st in per_start for r in (st["control"] if arm == "control" else st["methods"][arm])]  # noqa: E731
+    entries: dict[str, dict[str, Any]] = {}
+    for arm in arms:
+        runs = all_runs(arm)
+        entry = {
+            "label": CONTROL_LABEL if arm == "control" else LABELS[arm],
+            "summary": _summary(runs),
+            "delta_vs_stage_b": compare(arm, "stage_b", "audio"),
+            "text_delta_vs_stage_b": compare(arm, "stage_b", "text"),
+            "compute": {"tokens_per_run": statistics.fmean(r["tokens"] for r in runs),
+                        "rollout_tokens_per_run": statistics.fmean(r["rollout_tokens"] for r in runs),
+                        "train_seconds_per_run": statistics.fmean(r["train_seconds"] for r in runs)},
+        }
+        if arm != "control":
+            entry["delta_vs_control"] = compare(arm, "control", "audio")
+            entry["text_delta_vs_control"] = compare(arm, "control", "text")
+            entry["gap_delta_vs_control"] = gap_compare(arm, "control")
+            entry["seeds"] = runs
+        entries[arm] = entry
+    control = entries.pop("control")
+    control["seeds"] = all_runs("control")
+    base = {k: statistics.fmean(b[k] for b in baselines) for k in ("text_acc", "audio_acc", "gap")}
+    base["n"] = sum(len(ids) for ids in ids_per_start)
+    base["n_per_start"] = [len(ids) for ids in ids_per_start]
+    base["eval_dir"] = per_start[0]["baseline"]["eval_dir"]
+    first = per_start[0]
     return {
+        "version": 2,
         "quick": quick,
+        "study": study,
+        "starts": len(per_start),
         "seeds": seeds,
-        "stage_c_steps": steps,
-        "stage_a": stages["stage_a"],
-        "stage_b": {"chosen_step": stages["stage_b"].get("chosen_step"), "dev": stages["stage_b"].get("chosen"),
-                    "test": stages["test"]},
+        "stage_c_steps": recipe_c["steps"],
+        "stage_c": recipe_c,
+        "conclusion": conclusion(entries["cord"]["delta_vs_control"]),
+        "conclusion_rule": ("CORD's audio accuracy minus the control's on the same held-out-voice items (points), "
+                            "95% nested bootstrap interval over starts, Stage C seeds and items: wholly above 0 → "
+                            "cord_beats_control, wholly below 0 → cord_worse_than_control, else no_clear_difference"),
+        "bootstrap": {**BOOTSTRAP, "levels": ["starts", "Stage C seeds", "test items"]},
         "baseline": base,
-        "methods": methods,
+        "control": control,
+        "methods": entries,
+        "per_start": per_start,
+        "stage_a": first["stage_a"],
+        "stage_b": first["stage_b"],
         "analysis": analysis,
         "timings": timings,
         "machine": machine,
-        "model_parameters": stages.get("model_parameters"),
-        "data": stages["paths"]["data"],
+        "model_parameters": first.get("model_parameters"),
+        "data": first["data"],
     }
+
+
+def _ci(d: dict[str, Any] | None) -> str:
+    if not d:
+        return "—"
+    lo, hi = d["ci95"]
+    return f"{d['mean']:+.1f} [{lo:+.1f}, {hi:+.1f}]"
 
 
 def render_markdown(report: dict[str, Any]) -> str:
     """report.md from report.json alone (every number here is in report.json)."""
     base = report["baseline"]
+    rc = report["stage_c"]
+    lora = rc.get("lora")
+    trains = ", ".join(rc["trainable"]) + (f" (language model through LoRA r={lora['r']})" if lora else "")
+    scope = (f"{report['starts']} independent Stage A/B start(s) × {report['seeds']} Stage C seed(s)")
     lines = [
         "# cord demo: the audio-text gap on a tiny audio LLM",
         "",
-        f"Held-out voice test set: n = {base['n']}. Stage C: {report['stage_c_steps']} steps per run, "
-        f"{report['seeds']} seed(s) per method, all from the same Stage B checkpoint. Accuracies are greedy, "
-        "exact final answer. Mean ± sd over seeds (min–max in brackets for the gap reduction).",
+        f"**Conclusion: `{report['conclusion']}`** — {_conclusion_sentence(report)}",
         "",
-        "| method | text acc | audio acc | gap (text − audio) | gap reduction |",
-        "|---|---:|---:|---:|---:|",
-        f"| Stage B (before) | {base['text_acc']:.3f} | {base['audio_acc']:.3f} | {base['gap']:.3f} | — |",
+        f"Held-out voice test set: n = {base['n']} ({', '.join(map(str, base['n_per_start']))} per start). {scope}. "
+        f"Stage C: {rc['steps']} steps for every arm, lr {rc['lr']:g} ({rc['schedule']}, {rc['warmup_steps']} "
+        f"warmup), batch {rc['batch_size']}, training {trains}. The control continues Stage B's own objective "
+        "(answer CE + CTC) with exactly that recipe. Accuracies are greedy, exact final answer; Δ columns are "
+        "paired differences in accuracy points on the same items with 95% bootstrap intervals "
+        f"({report['bootstrap']['replicates']} replicates over {', '.join(report['bootstrap']['levels'])}).",
+        "",
+        "| arm | text acc | audio acc | gap | Δ audio vs control | Δ gap vs control | Δ audio vs Stage B | "
+        "Δ text vs Stage B | rollout tokens / run | train s / run |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| Stage B (before) | {base['text_acc']:.3f} | {base['audio_acc']:.3f} | {base['gap']:.3f} | | | | | | |",
     ]
-    for method, m in report["methods"].items():
-        s = m["summary"]
-        red = s["gap_reduction"]
-        red_txt = "n/a" if red["min"] is None else (
-            f"{100 * red['mean']:+.1f}% ± {100 * red['sd']:.1f} [{100 * red['min']:+.1f}, {100 * red['max']:+.1f}]")
+    for name, m in (("control", report["control"]), *report["methods"].items()):
+        s, c = m["summary"], m["compute"]
         lines.append(
-            f"| {m['label']} | {s['text_acc']['mean']:.3f} ± {s['text_acc']['sd']:.3f} | "
-            f"{s['audio_acc']['mean']:.3f} ± {s['audio_acc']['sd']:.3f} | "
-            f"{s['gap']['mean']:.3f} ± {s['gap']['sd']:.3f} | {red_txt} |")
-    lines += ["", "Per seed:", "", "| method | seed | text acc | audio acc | gap | gap reduction | train s |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
-    for method, m in report["methods"].items():
-        for r in m["seeds"]:
-            lines.append(f"| {method} | {r['seed']} | {r['text_acc']:.3f} | {r['audio_acc']:.3f} | {r['gap']:.3f} | "
-                         f"{_pct(r['gap_reduction'])} | {r['train_seconds']:.0f} |")
+            f"| {m['label']} | {s['text_acc']['mean']:.3f} | {s['audio_acc']['mean']:.3f} | {s['gap']['mean']:.3f} | "
+            f"{_ci(m.get('delta_vs_control'))} | {_ci(m.get('gap_delta_vs_control'))} | {_ci(m['delta_vs_stage_b'])} | "
+            f"{_ci(m['text_delta_vs_stage_b'])} | {c['rollout_tokens_per_run']:.0f} | {c['train_seconds_per_run']:.0f} |")
+    lines += ["", "Per start: Stage B and its test accuracies.", "",
+              "| start | Stage A steps | Stage B steps (kept) | stopped | dev gap (kept) | test text | test audio | test gap |",
+              "|---:|---:|---:|---|---:|---:|---:|---:|"]
+    for st in report["per_start"]:
+        b, dev = st["baseline"], st["stage_b"].get("dev") or {}
+        lines.append(f"| {st['start']} | {st['stage_a'].get('steps')} | {st['stage_b'].get('steps')} "
+                     f"({st['stage_b'].get('chosen_step')}) | {st['stage_b'].get('stopped')} | "
+                     f"{_num(dev.get('gap'), 3)} | {b['text_acc']:.3f} | {b['audio_acc']:.3f} | {b['gap']:.3f} |")
+    lines += ["", "Per run:", "", "| start | arm | seed | text acc | audio acc | gap | gap reduction | tokens | train s |",
+              "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for st in report["per_start"]:
+        for name, runs in (("control", st["control"]), *st["methods"].items()):
+            for r in runs:
+                lines.append(f"| {st['start']} | {name} | {r['seed']} | {r['text_acc']:.3f} | {r['audio_acc']:.3f} | "
+                             f"{r['gap']:.3f} | {_pct(r['gap_reduction'])} | {r['tokens']:.0f} | "
+                             f"{r['train_seconds']:.0f} |")
     a = report["analysis"]
-    lines += ["", "Token-level reverse KL(audio ‖ text) on audio rollouts (`cord analyze`, test voice):", "",
+    lines += ["", "Token-level reverse KL(audio ‖ text) on audio rollouts (`cord analyze`, test voice, start 0, "
+              "CORD seed 0):", "",
               "| model | mean KL | p80 KL | skewness | corr(position, KL) | tokens |", "|---|---:|---:|---:|---:|---:|"]
     for name in ("before", "after"):
         r = a[name]
@@ -283,6 +497,20 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _conclusion_sentence(report: dict[str, Any]) -> str:
+    d = report["methods"]["cord"]["delta_vs_control"]
+    lo, hi = d["ci95"]
+    what = {
+        "cord_beats_control": "CORD raised held-out-voice audio accuracy more than continuing Stage B's own "
+                              "training for the same steps and lr did",
+        "no_clear_difference": "CORD did not beat continuing Stage B's own training for the same steps and lr "
+                               "(the interval includes zero)",
+        "cord_worse_than_control": "CORD did worse than simply continuing Stage B's own training for the same "
+                                   "steps and lr",
+    }[report["conclusion"]]
+    return f"{what}: {d['mean']:+.1f} points of audio accuracy, 95% interval [{lo:+.1f}, {hi:+.1f}]."
+
+
 def _machine_line(m: dict[str, Any]) -> str:
     load = (f"; 1-minute load average {m['load_avg_1min_start']} at the start, {m['load_avg_1min_end']} at the end"
             if m.get("load_avg_1min_start") is not None else "")
@@ -294,58 +522,56 @@ def _num(x, digits: int) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
-def _text_unchanged(report: dict[str, Any]) -> bool:
-    base = report["baseline"]["text_acc"]
-    return all(abs(r["text_acc"] - base) < 1e-9 for m in report["methods"].values() for r in m["seeds"])
+def _excludes_zero(d: dict[str, Any]) -> int:
+    """+1 when the interval is wholly above 0, −1 wholly below, 0 when it holds 0."""
+    lo, hi = d["ci95"]
+    return 1 if lo > 0 else -1 if hi < 0 else 0
 
 
 def _honest_paragraph(report: dict[str, Any]) -> str:
     ms = report["methods"]
-    cord_red = ms["cord"]["summary"]["gap_reduction"]
-    mean_of = lambda k: ms[k]["summary"]["gap_reduction"]["mean"]  # noqa: E731
-    ranked = sorted(ms, key=lambda k: -(mean_of(k) if not math.isnan(mean_of(k)) else -1e9))
-    cleared, beaten_by, overlap = [], [], []  # baselines wholly below / wholly above / overlapping CORD's range
-    for other in ms:
-        o = ms[other]["summary"]["gap_reduction"]
-        if other == "cord" or o["max"] is None or cord_red["min"] is None:
-            continue
-        if o["max"] < cord_red["min"]:
-            cleared.append(other)
-        elif o["min"] > cord_red["max"]:
-            beaten_by.append(other)
-        else:
-            overlap.append(other)
+    cord = ms["cord"]
     params = report.get("model_parameters") or {}
     size = (f"{sum(params.values()) / 1e6:.2f} M parameters ({params.get('language_model', 0) / 1e3:.0f} k in the "
             "word-level decoder)") if params else "well under a million parameters"
-    n = report["seeds"]
+    rc = report["stage_c"]
     text = (f"This is a miniature: a model of {size}, templated arithmetic word problems, espeak-ng voices, "
-            f"{report['stage_c_steps']} training steps and {n} seed(s) per method, evaluated on "
-            f"{report['baseline']['n']} problems spoken by a voice never heard in training. CORD's mean gap "
-            f"reduction is {_pct(cord_red['mean'])} (sd {100 * cord_red['sd']:.1f} points); ranked by mean, "
-            f"the methods go {' > '.join(ranked)}. ")
-    if n < 2:
-        text += "With one seed there is no spread to compare, so this run ranks nothing. "
+            f"{rc['steps']} Stage C steps per arm, evaluated on {report['baseline']['n']} problems spoken by a "
+            "voice never heard in training. ")
+    text += _conclusion_sentence(report) + " "
+    if report["conclusion"] != "cord_beats_control":
+        text += "So this run does not show CORD beating more of the same training. "
+    above = [m for m in ms if m != "cord" and _excludes_zero(ms[m]["delta_vs_control"]) > 0]
+    below = [m for m in ms if m != "cord" and _excludes_zero(ms[m]["delta_vs_control"]) < 0]
+    if above:
+        text += f"Against the control, {', '.join(above)} also came out above it (interval above zero). "
+    if below:
+        text += f"{', '.join(below)} came out below the control (interval below zero). "
+    vs_b = _excludes_zero(cord["delta_vs_stage_b"])
+    text += {1: "Against the Stage B checkpoint itself CORD raised audio accuracy "
+                f"({_ci(cord['delta_vs_stage_b'])} points). ",
+             -1: "Against the Stage B checkpoint itself CORD lowered audio accuracy "
+                 f"({_ci(cord['delta_vs_stage_b'])} points). ",
+             0: "Against the Stage B checkpoint itself CORD's change in audio accuracy is within noise "
+                f"({_ci(cord['delta_vs_stage_b'])} points). "}[vs_b]
+    if _text_unchanged(report):
+        text += "Text accuracy did not move in any run. "
     else:
-        if cleared:
-            text += (f"Every CORD seed reduced the gap more than every seed of {', '.join(cleared)}"
-                     f" ({n} seeds each, a small sample, not a significance test). ")
-        if beaten_by:
-            text += f"Every seed of {', '.join(beaten_by)} reduced the gap more than every CORD seed. "
-        if overlap:
-            text += (f"The seed range of {', '.join(overlap)} overlaps CORD's, so this run does not show CORD "
-                     "beating " + ("it" if len(overlap) == 1 else "them") + ". ")
-    moved = not math.isnan(cord_red["mean"]) and cord_red["mean"] > 0
-    if moved:
-        text += ("What it does show is the machinery (on-policy rollouts from speech, the same network reading the "
-                 "text as teacher on the same prefix, weighted full-vocabulary reverse KL, judge-rewarded GRPO) "
-                 "moving audio accuracy toward text accuracy" + (
-                     " while text accuracy stays where it was. " if _text_unchanged(report) else ". "))
-    else:
-        text += "In this run CORD did not narrow the gap. "
+        text += (f"Text accuracy is measured, not frozen: CORD moved it by {_ci(cord['text_delta_vs_stage_b'])} "
+                 "points against Stage B. ")
+    if report["starts"] < 2:
+        text += ("All of this is one Stage A/B start: the intervals cover the test items and the Stage C seeds, "
+                 "not what another start (other data, other initialisation) would give; `cord demo --study` "
+                 "repeats it over independent starts. ")
     text += ("It does not reproduce the paper's numbers, which come from 7B models, 80k NuminaMath problems and "
-             "real benchmarks, and the ranking between methods close to each other can change with the seed.")
+             "real benchmarks.")
     return text
+
+
+def _text_unchanged(report: dict[str, Any]) -> bool:
+    base = {st["start"]: st["baseline"]["text_acc"] for st in report["per_start"]}
+    return all(abs(r["text_acc"] - base[st["start"]]) < 1e-9 for st in report["per_start"]
+               for runs in (st["control"], *st["methods"].values()) for r in runs)
 
 
 def _plots(out: Path, report: dict[str, Any]) -> None:
@@ -354,41 +580,56 @@ def _plots(out: Path, report: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = list(report["methods"])
-    fig, ax = plt.subplots(figsize=(8, 4))
-    x = range(len(methods) + 1)
-    labels = ["Stage B"] + methods
+    arms = ["control", *report["methods"]]
+    entry = lambda a: report["control"] if a == "control" else report["methods"][a]  # noqa: E731
+    fig, ax = plt.subplots(figsize=(9, 4))
+    labels = ["Stage B"] + arms
+    x = range(len(labels))
     for modality, offset, color in (("text_acc", -0.18, "tab:blue"), ("audio_acc", 0.18, "tab:orange")):
-        base_val = report["baseline"][modality]
-        means = [base_val] + [report["methods"][m]["summary"][modality]["mean"] for m in methods]
-        sds = [0.0] + [report["methods"][m]["summary"][modality]["sd"] for m in methods]
-        ax.bar([i + offset for i in x], means, width=0.36, yerr=sds, capsize=3, color=color,
-               label=modality.replace("_acc", ""))
-        for i, m in enumerate(methods, start=1):
-            pts = [r[modality] for r in report["methods"][m]["seeds"]]
+        means = [report["baseline"][modality]] + [entry(a)["summary"][modality]["mean"] for a in arms]
+        ax.bar([i + offset for i in x], means, width=0.36, color=color, label=modality.replace("_acc", ""))
+        for i, a in enumerate(arms, start=1):
+            pts = [r[modality] for r in entry(a)["seeds"]]
             ax.scatter([i + offset] * len(pts), pts, color="k", s=8, zorder=3)
     ax.set_xticks(list(x), labels)
     ax.set_ylabel("accuracy (held-out voice)")
     ax.set_ylim(0, 1.05)
-    ax.legend()
-    ax.set_title("Text vs audio accuracy per method (bars: mean over seeds, dots: seeds)")
+    ax.legend(loc="lower right")
+    ax.set_title("Text vs audio accuracy per arm (bars: mean over runs, dots: runs)")
     fig.tight_layout()
     fig.savefig(out / "accuracy_by_method.png", dpi=110)
     plt.close(fig)
 
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    methods = list(report["methods"])
+    for i, m in enumerate(methods):
+        d = report["methods"][m]["delta_vs_control"]
+        lo, hi = d["ci95"]
+        ax.errorbar([d["mean"]], [i], xerr=[[d["mean"] - lo], [hi - d["mean"]]], fmt="o", capsize=4,
+                    color="tab:red" if m == "cord" else "tab:gray")
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(range(len(methods)), methods)
+    ax.invert_yaxis()
+    ax.set_xlabel("audio accuracy minus the control's (points, 95% interval)")
+    ax.set_title(f"Each method against the control — conclusion: {report['conclusion']}")
+    fig.tight_layout()
+    fig.savefig(out / "delta_vs_control.png", dpi=110)
+    plt.close(fig)
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for method in methods:
-        for r in report["methods"][method]["seeds"]:
-            path = Path(r["run_dir"]) / "metrics.jsonl"
-            if not path.is_file():
-                continue
-            rows = _metrics(path)
-            steps = [row["step"] for row in rows]
-            axes[0].plot(steps, [row.get("loss") for row in rows], label=f"{method} s{r['seed']}", lw=0.8)
-            kl = [row.get("kl_mean") for row in rows]
-            if any(v is not None for v in kl):
-                axes[1].plot(steps, kl, label=f"{method} s{r['seed']}", lw=0.8)
-    axes[0].set_title("training loss")
+    for st in report["per_start"][:1]:
+        for name, runs in (("control", st["control"]), *st["methods"].items()):
+            for r in runs:
+                path = Path(r["run_dir"]) / "metrics.jsonl"
+                if not path.is_file():
+                    continue
+                rows = _metrics(path)
+                steps = [row["step"] for row in rows]
+                axes[0].plot(steps, [row.get("loss") for row in rows], label=f"{name} s{r['seed']}", lw=0.8)
+                kl = [row.get("kl_mean") for row in rows]
+                if any(v is not None for v in kl):
+                    axes[1].plot(steps, kl, label=f"{name} s{r['seed']}", lw=0.8)
+    axes[0].set_title("training loss (start 0)")
     axes[1].set_title("mean token KL (methods with a KL term)")
     for a in axes:
         a.set_xlabel("step")
@@ -399,8 +640,12 @@ def _plots(out: Path, report: dict[str, Any]) -> None:
 
 
 def run(args) -> int:
-    """CLI entry: ``cord demo [--out DIR] [--seeds N] [--quick]``."""
-    report = run_demo(args.out, seeds=args.seeds, quick=args.quick)
-    cord_red = report["methods"]["cord"]["summary"]["gap_reduction"]["mean"]
-    print(f"CORD mean gap reduction: {_pct(cord_red)}; report: {Path(args.out) / 'report.md'}")
+    """CLI entry: ``cord demo [--out DIR] [--seeds N] [--quick | --study]``."""
+    study = bool(getattr(args, "study", False))
+    if study and args.quick:
+        raise CordError("--quick and --study exclude each other")
+    report = run_demo(args.out, seeds=args.seeds, quick=args.quick, study=study)
+    d = report["methods"]["cord"]["delta_vs_control"]
+    print(f"conclusion: {report['conclusion']} (CORD vs control: {d['mean']:+.1f} points audio accuracy, "
+          f"95% interval [{d['ci95'][0]:+.1f}, {d['ci95'][1]:+.1f}]); report: {Path(args.out) / 'report.md'}")
     return 0

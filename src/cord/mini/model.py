@@ -366,6 +366,11 @@ class MiniAdapter:
         m = self.model
         return m.get_base_model() if hasattr(m, "get_base_model") else m
 
+    def core_model(self) -> MiniLALM:
+        """The :class:`MiniLALM` itself (under a peft wrapper when LoRA is applied; its
+        language model then holds the LoRA layers)."""
+        return self._core()
+
     # ----------------------------------------------------------------- tokens
     @property
     def eos_token_ids(self) -> list[int]:

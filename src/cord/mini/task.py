@@ -102,13 +102,20 @@ def all_problems(spec: TaskSpec = TaskSpec()) -> list[Problem]:
     return out
 
 
+#: at most this share of one template's problems is held out (dev + test), so a large test
+#: set cannot empty the small one-step templates of training problems
+MAX_HELD_SHARE = 0.5
+
+
 def split_problems(
-    seed: int, n_test: int, n_dev: int, spec: TaskSpec = TaskSpec()
+    seed: int, n_test: int, n_dev: int, spec: TaskSpec = TaskSpec(), max_held_share: float = MAX_HELD_SHARE
 ) -> dict[str, list[Problem]]:
     """Disjoint problem pools {train, dev, test}, balanced over templates, fixed by ``seed``.
 
-    Test and dev problems are drawn round-robin over templates (so two-step problems make up
-    their template share of the held-out sets); every other problem is in the train pool.
+    Test and dev problems are drawn round-robin over templates, each template giving at most
+    ``max_held_share`` of its problems (and always leaving one for training); once the small
+    one-step templates reach that cap the two-step ones fill the rest. Every other problem is
+    in the train pool.
     """
     by_template: dict[str, list[Problem]] = {t: [] for t in spec.templates}
     for p in all_problems(spec):
@@ -119,15 +126,17 @@ def split_problems(
     held: list[Problem] = []
     need = n_test + n_dev
     cursor = {t: 0 for t in spec.templates}
+    cap = {t: min(len(ps) - 1, max(1, int(max_held_share * len(ps)))) for t, ps in by_template.items()}
     while len(held) < need:
         progressed = False
         for t in spec.templates:
-            if len(held) < need and cursor[t] < len(by_template[t]) - 1:  # leave ≥1 for train
+            if len(held) < need and cursor[t] < cap[t]:
                 held.append(by_template[t][cursor[t]])
                 cursor[t] += 1
                 progressed = True
         if not progressed:
-            raise ValueError(f"the task has too few problems for {n_test} test + {n_dev} dev items")
+            raise ValueError(f"the task has too few problems for {n_test} test + {n_dev} dev items "
+                             f"(at most {max_held_share:g} of each template is held out)")
     rng.shuffle(held)
     test, dev = held[:n_test], held[n_test:]
     train = [p for t in spec.templates for p in by_template[t][cursor[t] :]]

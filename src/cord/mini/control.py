@@ -1,0 +1,96 @@
+"""The demo's control arm: Stage B's own objective, continued with Stage C's budget.
+
+The question the miniature asks is not "does more training help" (from an under-trained
+checkpoint anything does) but "does CORD close more of the gap than *more of the same*".
+The control answers the second half: from the Stage B checkpoint it trains
+
+    L_B = CE(solution | SpecAugmented audio prompt) + b_ctc_weight · CTC(question words)
+
+(:func:`cord.mini.stages.stage_b_loss`, Stage B's loss) with everything else taken from the
+Stage C preset it is compared with: the same trainable parts (and LoRA, when the preset has
+one), AdamW with the same lr, betas, weight decay, warmup and schedule, the same global batch,
+steps, gradient clipping and data order (``cord.train.trainer``'s ``DataOrder`` with the
+same ``train.seed``), and the same export (``cord.models.export.export_model``), so ``cord
+eval`` loads it exactly as it loads the methods' models.
+
+The run folder holds ``config.yaml``, ``metrics.jsonl`` (one row per step) and ``model/``.
+A finished folder (``model/`` and the last metrics row at ``train.max_steps``) is reused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cord import CordError
+
+
+def control_done(run_dir: Path, steps: int) -> bool:
+    path = run_dir / "metrics.jsonl"
+    if not (run_dir / "model").is_dir() or not path.is_file():
+        return False
+    lines = [x for x in path.read_text().splitlines() if x.strip()]
+    return bool(lines) and json.loads(lines[-1]).get("step") == steps
+
+
+def run_control(cfg, recipe) -> dict[str, Any]:
+    """Train the control arm described in the module doc; ``cfg``: the Stage C CordConfig
+    (model, data, train sections are used; objective and rollout are not), ``recipe``: the
+    :class:`cord.mini.stages.RecipeConfig` whose Stage B loss (CTC weight, masks) continues.
+    Returns {"steps", "seconds", "run_dir"}."""
+    from cord.config import dump_config
+    from cord.data.paired import load_paired
+    from cord.mini.stages import stage_b_loss
+    from cord.models import load_adapter
+    from cord.models.base import module_map_of
+    from cord.models.export import export_model
+    from cord.train.trainer import DataOrder, lr_lambda, select_trainable
+
+    t0 = time.perf_counter()
+    out = Path(cfg.train.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.train.grad_accum != 1:
+        raise CordError("the control arm runs on one process with train.grad_accum 1")
+    data = load_paired(cfg.data.train, limit=cfg.data.limit)
+    if not data:
+        raise CordError(f"dataset {cfg.data.train} is empty")
+    torch.manual_seed(cfg.train.seed)
+    adapter = load_adapter(cfg.model)
+    params = select_trainable(adapter.model, list(cfg.train.trainable), cfg.model.lora is not None,
+                              module_map_of(adapter))
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, betas=tuple(cfg.train.adam_betas),
+                                  weight_decay=cfg.train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    order = DataOrder(len(data), cfg.train.seed, cfg.data.shuffle)
+    # the masks' own stream, seeded like the data order (Stage B's is seed + 1 of the recipe)
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    batch_size = cfg.train.batch_size
+    (out / "config.yaml").write_text(dump_config(cfg))
+    metrics_path = out / "metrics.jsonl"
+    metrics_path.write_text("")
+    adapter.model.train()
+    max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm is not None else float("inf")
+    for step in range(cfg.train.max_steps):
+        t = time.perf_counter()
+        batch = [data[order[step * batch_size + j]] for j in range(batch_size)]
+        loss, parts = stage_b_loss(adapter, batch, recipe, gen)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        lr = scheduler.get_last_lr()[0]
+        if math.isfinite(loss.item()) and math.isfinite(grad_norm):
+            optimizer.step()
+        scheduler.step()
+        row = {"step": step + 1, "loss": loss.item(), **parts, "lr": lr, "grad_norm": grad_norm,
+               "completion_tokens": float(sum(len(adapter.encode(ex.solution)) + 1 for ex in batch)),
+               "step_time": time.perf_counter() - t}
+        with open(metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+    adapter.model.eval()
+    export_model(adapter, out / "model")
+    return {"steps": cfg.train.max_steps, "seconds": round(time.perf_counter() - t0, 2), "run_dir": str(out)}
