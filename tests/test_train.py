@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -94,10 +95,10 @@ def _length_parity_reward(cands, refs):
     return [float(len(c) % 2 == 0) for c in cands]
 
 
-def _ref_parity_reward(cands, refs):
-    """Depends on the reference too: a reference attached to the wrong group flips the
-    group's advantages (the reference is constant within a group)."""
-    return [float((len(c) + len(r)) % 2 == 0) for c, r in zip(cands, refs, strict=True)]
+def _pair_reward(cands, refs):
+    """A pseudo-random 0/1 function of (candidate, reference): a reference attached to the
+    wrong group changes the rewards."""
+    return [float(zlib.crc32(f"{c}|{r}".encode()) % 2) for c, r in zip(cands, refs, strict=True)]
 
 
 def _long_audio_examples(n: int) -> list[PairedExample]:
@@ -216,13 +217,18 @@ def _naive_loss(trainer, examples, method: str) -> torch.Tensor:
     return loss
 
 
-@pytest.mark.parametrize("family", ["qwen2-audio", "qwen2.5-omni"])
-@pytest.mark.parametrize("method", list(METHODS))
-def test_each_method_loss_and_gradient_equal_an_independent_float64_computation(method, family, tmp_path):
+@pytest.mark.parametrize(("method", "family", "reference"), [
+    *((m, f, "ground_truth") for f in ("qwen2-audio", "qwen2.5-omni") for m in METHODS),
+    ("cord", "qwen2-audio", "text"),
+])
+def test_each_method_loss_and_gradient_equal_an_independent_float64_computation(method, family, reference, tmp_path):
     """What run_micro_step wires together (which prompts the student and the teacher see,
     temperatures, rewards against the right references and rollouts, top-K and position
-    weights, λ, SFT targets ending with <|im_end|>) against the method written out naively."""
-    cfg = tiny_cfg(method, tmp_path, family, "objective.top_k=2", "rollout.token_n=2")
+    weights, λ, SFT targets ending with <|im_end|>) against the method written out naively.
+    The dataset answers differ between examples (the tiny random teacher's greedy answers do
+    not), so a reference given to the wrong group changes the rewards."""
+    cfg = tiny_cfg(method, tmp_path, family, "objective.top_k=2", "rollout.token_n=2",
+                   f"objective.reward_reference={reference}")
     trainer = Trainer(cfg)
     # Move the student away from the (frozen-copy) teacher: at random init both are near
     # uniform and the KL is ~1e-4, too flat to tell a wrong wiring from a right one.
@@ -230,7 +236,7 @@ def test_each_method_loss_and_gradient_equal_an_independent_float64_computation(
     with torch.no_grad():
         for p in trainer.params:
             p.add_(0.3 * torch.randn(p.shape, generator=g))
-    trainer.ctx.reward_fn = _ref_parity_reward
+    trainer.ctx.reward_fn = _pair_reward
     examples = trainer.micro_examples(0, 0)
 
     loss, metrics = run_micro_step(trainer.ctx, examples, step=0, micro=0)
@@ -338,6 +344,19 @@ def test_a_micro_batch_whose_audio_is_all_skipped_reports_the_same_metric_keys(t
         assert skipped["skipped_long_audio"] == 2.0 and trained["skipped_long_audio"] == 0.0
         assert math.isnan(skipped["loss"]) and math.isfinite(trained["loss"])
         assert float(skipped_loss.detach()) == 0.0 and skipped_loss.requires_grad
+
+
+def test_a_step_whose_whole_global_batch_was_skipped_leaves_the_weights_alone(tmp_path):
+    """Zero gradients still move AdamW's weights (its momentum): no update, no bad step."""
+    trainer = Trainer(tiny_cfg("sft", tmp_path, "qwen2-audio", "model.long_audio=skip"))
+    trainer.train_step()  # a real step first: the optimizer now has momentum
+    before = [p.detach().clone() for p in trainer.params]
+    trainer.micro_examples = lambda step, micro: _long_audio_examples(trainer.micro_batch)
+    with pytest.warns(UserWarning, match="every example of the global batch was skipped"):
+        metrics = trainer.train_step()
+    assert metrics["skipped"] and metrics["skipped_long_audio"] == 2.0 and trainer.bad_steps == 0
+    assert trainer.step == 2 and math.isnan(metrics["loss"])
+    assert all(torch.equal(a, p) for a, p in zip(before, trainer.params, strict=True))
 
 
 def test_reduce_metrics_means_skip_nan_totals_add_up(tmp_path):

@@ -261,9 +261,15 @@ class Trainer:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
         metrics = self._reduce_metrics(records)
         finite = metrics["loss_finite"] == 1.0 and math.isfinite(grad_norm)
+        # no micro-batch of any process had a loss (all its audio skipped): nothing to learn
+        # from, and an optimizer step would still move the weights (Adam's momentum)
+        empty = math.isnan(metrics["loss"])
         lr = self.scheduler.get_last_lr()[0]
-        if finite:
+        if finite and not empty:
             self.optimizer.step()
+        elif finite:
+            warnings.warn(f"step {self.step + 1}: every example of the global batch was skipped "
+                          "(model.long_audio); no update", stacklevel=2)
         else:
             self.bad_steps += 1
             warnings.warn(f"step {self.step + 1}: non-finite loss or gradient; step skipped "
@@ -275,7 +281,7 @@ class Trainer:
         metrics["time_backward"] += sync_clock(device) - t0  # optimizer step counts with backward
         self.step += 1
         elapsed = sync_clock(device) - t_start
-        metrics.update(step=self.step, grad_norm=grad_norm, lr=lr, skipped=not finite, step_time=elapsed,
+        metrics.update(step=self.step, grad_norm=grad_norm, lr=lr, skipped=not finite or empty, step_time=elapsed,
                        tokens_per_s=metrics["completion_tokens"] / max(elapsed, 1e-9))
         metrics.pop("loss_finite", None)
         if self.bad_steps > cfg.train.max_bad_steps:
