@@ -17,7 +17,7 @@ from cord.rollout import GenerateEngine, HFEngine, make_engine
 from cord.rollout.sampling import sampling_logits
 from tests.conftest import make_examples
 
-ALL_FAMILIES = ["qwen2-audio", "qwen2.5-omni", "mini"]
+ALL_FAMILIES = ["qwen2-audio", "qwen2.5-omni", "mini", "step-audio2"]
 ENGINE_CLASSES = {"hf": HFEngine, "hf-generate": GenerateEngine}
 
 

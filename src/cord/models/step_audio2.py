@@ -225,6 +225,16 @@ class StepAudio2ForCausalLM(PreTrainedModel):
         self.language_model = Qwen2ForCausalLM(config.text_config)
         self.post_init()
 
+    @property
+    def generation_config(self):
+        """The decoder's (``Qwen2ForCausalLM``) generation config: generation runs there."""
+        return self.language_model.generation_config
+
+    @generation_config.setter
+    def generation_config(self, value) -> None:
+        if "language_model" in self._modules:
+            self.language_model.generation_config = value
+
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
 
@@ -542,12 +552,10 @@ def build_tiny_step_audio2(seed: int = 0, device: str | torch.device = "cpu"):
 
 def _set_generation_ids(model, tokenizer) -> None:
     eot = tokenizer.convert_tokens_to_ids(EOT)
-    for gc in (getattr(model, "generation_config", None), model.language_model.generation_config):
-        if gc is None:
-            continue
-        gc.eos_token_id = eot
-        gc.pad_token_id = tokenizer.pad_token_id
-        gc.bos_token_id = None
+    gc = model.language_model.generation_config
+    gc.eos_token_id = eot
+    gc.pad_token_id = tokenizer.pad_token_id
+    gc.bos_token_id = None
 
 
 # --------------------------------------------------------------------------- adapter
