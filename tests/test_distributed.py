@@ -133,6 +133,7 @@ def _same(a: dict, b: dict, rel: float = 0.0) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the shared two-process run happens in the first test's setup
 @pytest.mark.parametrize("case", list(CASES))
 def test_two_processes_apply_the_gradient_of_one_process_with_the_same_global_batch(case, two_processes, one_process):
     """The update two processes apply (gradients averaged across them, then clipped) equals
@@ -157,6 +158,7 @@ def test_two_processes_apply_the_gradient_of_one_process_with_the_same_global_ba
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the shared two-process run happens in the first test's setup
 def test_metrics_agree_when_one_process_skipped_its_whole_micro_batch(two_processes):
     """Process 1's clips are all too long (long_audio=skip): it reports the same metric keys,
     the all-reduce completes, both processes end with the same metrics, and those are the
@@ -190,6 +192,7 @@ def test_metrics_agree_when_one_process_skipped_its_whole_micro_batch(two_proces
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the shared two-process run happens in the first test's setup
 def test_processes_start_from_the_same_trainable_weights(two_processes):
     a, b = two_processes[0]["lora_init"], two_processes[1]["lora_init"]
     assert a and a.keys() == b.keys()
