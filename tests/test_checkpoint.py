@@ -201,7 +201,7 @@ def test_resume_refuses_a_config_that_changes_the_math(tmp_path):
     assert plan.resume_from.name == "step-00000004" and plan.config_changes == ["train.lr: 0.001 → 0.0005"]
     harmless = ["train.max_steps=99", "train.save_every=1", "train.keep_last=9", "train.log_every=3",
                 "train.progress=false", "train.tensorboard=false", "train.max_bad_steps=2",
-                f"train.output_dir={tmp_path}/elsewhere", "rollout.batch_size=3", "objective.chunk_size=7",
+                f"train.output_dir={tmp_path}/elsewhere", "rollout.batch_size=3", "rollout.engine=hf-generate", "objective.chunk_size=7",
                 "model.device=auto", "judge.timeout=5", "eval.limit=3", "synth.workers=5", "train.grad_accum=2",
                 "train.gradient_checkpointing=true"]
     plan = ck.plan_run(out, _cfg(*harmless))

@@ -50,7 +50,7 @@ HARMLESS_KEYS = (
     "train.max_steps", "train.save_every", "train.keep_last", "train.log_every", "train.progress",
     "train.tensorboard", "train.output_dir", "train.max_bad_steps", "train.gradient_checkpointing",
     "train.grad_accum",
-    "rollout.batch_size", "objective.chunk_size", "model.device",
+    "rollout.batch_size", "rollout.engine", "objective.chunk_size", "model.device",
     "judge.timeout", "judge.max_retries", "judge.concurrency", "judge.cache_dir", "judge.api_key_env",
     "synth.", "eval.",
 )
