@@ -35,6 +35,7 @@ BUILTIN_FAMILIES: dict[str, str] = {
     "qwen3-omni": "cord.models.qwen3_omni",
     "mini": "cord.mini.family",
     "step-audio2": "cord.models.step_audio2",
+    "voxtral": "cord.models.voxtral",
 }
 
 #: the entry-point group third-party families register under (see the module docstring)
