@@ -228,6 +228,94 @@ def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer, sche
     return state
 
 
+# ------------------------------------------------------------------- sharded (FSDP2) runs
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def save_sharded_checkpoint(
+    output_dir: str | Path,
+    step: int,
+    *,
+    model: torch.nn.Module,
+    optimizer,
+    scheduler,
+    state: dict[str, Any],
+    config_yaml: str,
+    keep_last: int,
+) -> Path | None:
+    """A checkpoint of a sharded run (train.sharding=fsdp); every process calls it. Layout:
+    ``sharded/`` (torch.distributed.checkpoint: model and optimizer, each process writing its
+    shards; replicated tensors once), ``rng-rank<r>.json`` per process (``rng.json`` =
+    process 0's), and the usual scheduler.pt, config.yaml, trainer_state.json. Atomic like
+    :func:`save_checkpoint`: written into a temp dir that process 0 renames after a barrier.
+    Returns the path on process 0, None on the others."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    rank = dist.get_rank()
+    root = Path(output_dir) / "checkpoints"
+    final = root / f"{PREFIX}{step:08d}"
+    name = [f".tmp-{PREFIX}{step:08d}-{os.getpid()}"]
+    dist.broadcast_object_list(name, src=0)  # one folder for every process: process 0's name
+    tmp = root / name[0]
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    _barrier()
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp / "sharded"))
+    (tmp / f"rng-rank{rank}.json").write_text(json.dumps(rng_state()))
+    if rank == 0:
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        (tmp / "rng.json").write_text(json.dumps(rng_state()))
+        (tmp / "config.yaml").write_text(config_yaml)
+        (tmp / "trainer_state.json").write_text(
+            json.dumps({**state, "format": FORMAT, "sharded": True}, indent=1))
+    _barrier()  # every process's shards are in tmp
+    if rank == 0:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        run_id = state.get("run_id")
+        mine = [d for d in checkpoint_dirs(output_dir) if d == final or _run_id(d) == run_id]
+        for old in mine[:-keep_last]:
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+    return final if rank == 0 else None
+
+
+def load_sharded_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer, scheduler,
+                            rank: int) -> dict[str, Any]:
+    """Resume a sharded run from :func:`save_sharded_checkpoint`'s folder (every process
+    calls it, with the same world size or another: DCP reshards on load)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    path = Path(path)
+    state = read_state(path)
+    if not (path / "sharded").is_dir():
+        raise CordError(f"checkpoint {path} is not a sharded checkpoint (no sharded/): it was written by a run "
+                        "with train.sharding=none; resume it with train.sharding=none")
+    rng_file = path / f"rng-rank{rank}.json"
+    if not rng_file.is_file():
+        rng_file = path / "rng.json"
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    both = {"model": model_sd, "optimizer": optim_sd}
+    dcp.load(both, checkpoint_id=str(path / "sharded"))
+    set_state_dict(model, optimizer, model_state_dict=both["model"], optim_state_dict=both["optimizer"])
+    scheduler.load_state_dict(_load_plain(path / "scheduler.pt", "cpu"))
+    set_rng_state(json.loads(rng_file.read_text()))
+    return state
+
+
 # ---------------------------------------------------------------------------- run folders
 def check_output_dir(out: Path) -> None:
     """One error line for an output path that is (or sits under) a file."""

@@ -120,6 +120,19 @@ class StepContext:
     reward_fn: Any = None
     #: example id -> greedy text-prompt answer of a static (frozen) teacher
     reference_cache: dict[str, str] = field(default_factory=dict)
+    #: engine -> engine for a teacher that is not the policy (sharded: gathers its layers
+    #: once per generate call, cord.train.sharding.GatheredEngine); None: as is
+    wrap_engine: Any = None
+    #: keep a static teacher's reference answers (False when sharded: every process must run
+    #: the same generate calls, the same collectives, whatever its examples were before)
+    cache_references: bool = True
+
+    def engine_for(self, t_adapter) -> Any:
+        """The rollout engine of ``t_adapter``: the policy's own, or one made for a teacher copy."""
+        if t_adapter is self.adapter:
+            return self.engine
+        engine = make_engine(t_adapter, self.cfg)
+        return engine if self.wrap_engine is None else self.wrap_engine(engine)
 
     def rewards(self, candidates: list[str], references: list[str], questions: list[str]) -> torch.Tensor:
         """(R,) float32 rewards on the CPU (the caller moves them to the device)."""
@@ -145,14 +158,13 @@ class StepContext:
         """The teacher's greedy answer to each example's text prompt (the reward's reference).
         A frozen teacher's answers never change, so they are generated once per example id
         and cached; a live teacher's are generated every time."""
-        engine, adapter = self.engine, self.adapter
-        cache = self.reference_cache if self.teacher.static else None
+        cache = self.reference_cache if self.teacher.static and self.cache_references else None
         missing = [i for i, ex in enumerate(examples) if cache is None or ex.id not in cache]
         fresh: dict[int, str] = {}
         if missing:
             prompts = text if len(missing) == len(examples) else text.select(missing)
             with self.teacher.scope() as t_adapter:
-                ref_engine = engine if t_adapter is adapter else make_engine(t_adapter, self.cfg)
+                ref_engine = self.engine_for(t_adapter)
                 out = ref_engine.generate(prompts, greedy=True, max_new_tokens=self.cfg.rollout.max_new_tokens).text
             fresh = dict(zip(missing, out, strict=True))
             if cache is not None:
@@ -166,13 +178,14 @@ class StepContext:
 
         examples = [PairedExample(f"judge-{i}", p, None) for i, p in enumerate(prompts)]
         with self.teacher.scope() as t_adapter:
-            engine = make_engine(t_adapter, self.cfg)
+            engine = self.engine_for(t_adapter)
             return engine.generate(t_adapter.text_prompts(examples), greedy=True, max_new_tokens=16).text
 
 
 def _head(adapter):
+    """(weight, bias, logit soft cap or None) of the adapter's output head."""
     head = adapter.lm_head()
-    return head.weight, head.bias
+    return head.weight, head.bias, getattr(adapter, "logit_softcap", None)
 
 
 def _rollout_seed(cfg: CordConfig, step: int, micro: int, purpose: int) -> int:
@@ -234,7 +247,7 @@ def run_micro_step(ctx: StepContext, examples: list, step: int, micro: int) -> t
         zero = torch.zeros((), device=device, requires_grad=True)
         return zero, _finish({}, timings, 0, torch.zeros(0), extra)
     text = adapter.text_prompts(kept)
-    weight, bias = _head(adapter)
+    weight, bias, softcap = _head(adapter)
     kl = kl_mask = seq_lp = seq_mask = rewards = None
     n_completion_tokens = 0
 
@@ -262,7 +275,7 @@ def run_micro_step(ctx: StepContext, examples: list, step: int, micro: int) -> t
                                                        seq_roll.mask)
             # the policy that sampled the group is p_θ at the sampling temperature
             seq_lp = token_logprobs(h, weight, seq_roll.ids.to(device), seq_roll.mask.to(device), bias=bias,
-                                    temperature=ro.seq_temperature, chunk_size=obj.chunk_size)
+                                    temperature=ro.seq_temperature, chunk_size=obj.chunk_size, softcap=softcap)
         seq_mask = seq_roll.mask.to(device)
         timings["student"] += clock() - t0
         n_completion_tokens += int(seq_roll.mask.sum())
@@ -279,7 +292,7 @@ def run_micro_step(ctx: StepContext, examples: list, step: int, micro: int) -> t
         ids_d, mask_d = ids.to(device), mask.to(device)
         with ctx.autocast():
             h = adapter.completion_hidden(audio, ids, mask)
-            lp = token_logprobs(h, weight, ids_d, mask_d, bias=bias, chunk_size=obj.chunk_size)
+            lp = token_logprobs(h, weight, ids_d, mask_d, bias=bias, chunk_size=obj.chunk_size, softcap=softcap)
         loss, metrics = sft_loss(lp, mask_d)
         timings["student"] += clock() - t0
         n_completion_tokens += int(mask.sum())
@@ -298,7 +311,7 @@ def run_micro_step(ctx: StepContext, examples: list, step: int, micro: int) -> t
                 ), ro.token_n
         else:  # off-policy: the teacher samples from the text prompt
             with teacher.scope() as t_adapter:
-                t_engine = engine if t_adapter is adapter else make_engine(t_adapter, cfg)
+                t_engine = ctx.engine_for(t_adapter)
                 roll = t_engine.generate(
                     text, n=ro.token_n, temperature=ro.token_temperature, top_p=ro.top_p,
                     max_new_tokens=ro.max_new_tokens, seed=_rollout_seed(cfg, step, micro, 3),
@@ -310,7 +323,7 @@ def run_micro_step(ctx: StepContext, examples: list, step: int, micro: int) -> t
         t0 = clock()
         with teacher.scope() as t_adapter, ctx.autocast():
             t_hidden = t_adapter.completion_hidden(t_rep, roll.ids, roll.mask)
-            t_weight, t_bias = _head(t_adapter)
+            t_weight, t_bias, _ = _head(t_adapter)
         timings["teacher"] += clock() - t0
         t0 = clock()
         kl_fn = reverse_kl_per_token if spec.token == "reverse_kl" else forward_kl_per_token
@@ -327,7 +340,7 @@ def run_micro_step(ctx: StepContext, examples: list, step: int, micro: int) -> t
             s_hidden = seq_hidden if shared else adapter.completion_hidden(a_rep, roll.ids, roll.mask)
             kl = kl_fn(s_hidden, weight, t_hidden, t_weight.detach(), kl_mask, student_bias=bias,
                        teacher_bias=None if t_bias is None else t_bias.detach(),
-                       temperature=obj.temperature, chunk_size=obj.chunk_size, grad_hint=hint)
+                       temperature=obj.temperature, chunk_size=obj.chunk_size, grad_hint=hint, softcap=softcap)
         timings["student"] += clock() - t0
         n_completion_tokens += int(roll.mask.sum())
         lengths = roll.mask.sum(-1).float()

@@ -143,27 +143,68 @@ class Trainer:
             model_cfg = model_cfg.model_copy(update={"device": str(self.accelerator.device)})
         self.adapter = load_adapter(model_cfg)
         lora = cfg.model.lora is not None
-        self.params = select_trainable(self.adapter.model, list(cfg.train.trainable), lora, module_map_of(self.adapter))
+        self.sharded = self._use_fsdp(lora)
+        module_map = module_map_of(self.adapter)
+        self.params = select_trainable(self.adapter.model, list(cfg.train.trainable), lora, module_map)
         self._broadcast_trainable()  # before the frozen teacher copy is taken
         text_path_trains = any(p in cfg.train.trainable for p in ("language_model", "lm_head"))
         self.teacher = Teacher(self.adapter, cfg.objective.teacher, text_path_trains)
+        use_bf16 = cfg.train.bf16 and self.adapter.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        #: FSDP units (transformer layers) of the policy / of a frozen teacher copy; [] unsharded
+        self.units: list[torch.nn.Module] = []
+        self.teacher_units: list[torch.nn.Module] = []
+        if self.sharded:
+            from cord.train.sharding import shard_model
+
+            compute = torch.bfloat16 if use_bf16 else None
+            if self.teacher.kind == "frozen-copy":  # frozen: no fp32 master needed, stored in bf16
+                if compute is not None:
+                    self.teacher.adapter.model.to(compute)
+                self.teacher_units = shard_model(self.teacher.adapter.model, module_map, param_dtype=compute)
+            self.units = shard_model(self.adapter.model, module_map, param_dtype=compute)
+            # fully_shard replaced the layers' parameters (DTensors now)
+            self.params = [p for p in self.adapter.model.parameters() if p.requires_grad]
         if cfg.train.gradient_checkpointing and hasattr(self.adapter.model, "gradient_checkpointing_enable"):
-            self.adapter.model.gradient_checkpointing_enable()
+            kwargs = {"gradient_checkpointing_kwargs": {"use_reentrant": False}} if self.sharded else {}
+            self.adapter.model.gradient_checkpointing_enable(**kwargs)
             if lora and hasattr(self.adapter.model, "enable_input_require_grads"):
                 self.adapter.model.enable_input_require_grads()
         self.adapter.model.train()
         self.engine = make_engine(self.adapter, cfg)
+        if self.sharded:
+            from cord.train.sharding import GatheredEngine
+
+            self.engine = GatheredEngine(self.engine, self.units)
         self.optimizer = torch.optim.AdamW(
             self.params, lr=cfg.train.lr, betas=tuple(cfg.train.adam_betas), weight_decay=cfg.train.weight_decay
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
-        device = self.adapter.device
-        use_bf16 = cfg.train.bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported()
         autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
         self.ctx = StepContext(cfg, self.adapter, self.engine, self.teacher, autocast)
+        if self.sharded:
+            from cord.train.sharding import GatheredEngine
+
+            teacher_units = self.teacher_units
+            self.ctx.wrap_engine = lambda engine: GatheredEngine(engine, teacher_units)
+            self.ctx.cache_references = False
         self.order = DataOrder(len(self.data), cfg.train.seed, cfg.data.shuffle)
         self.step = 0
         self.bad_steps = 0
+
+    def _use_fsdp(self, lora: bool) -> bool:
+        """``train.sharding``: "fsdp", "none", or "auto" (fsdp when ``accelerate launch`` ran
+        with an FSDP config: it sets ACCELERATE_USE_FSDP)."""
+        mode = self.cfg.train.sharding
+        if mode == "auto":
+            mode = "fsdp" if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" else "none"
+        if mode != "fsdp":
+            return False
+        if lora:
+            raise CordError("train.sharding=fsdp is for full fine-tuning; with model.lora the model is not "
+                            "sharded: set model.lora=null, or train LoRA with train.sharding=none (DDP-like)")
+        if self.world < 2:
+            return False  # one process: nothing to shard over
+        return True
 
     # -------------------------------------------------------------------------------- state
     def resume(self, which: str | Path | None, allow_config_change: bool = False) -> Path | None:
@@ -192,7 +233,14 @@ class Trainer:
                 f"{saved_world}); this run has {self.global_batch} (world size {self.world}), which changes the "
                 "update and the data position: keep the global batch, or pass --allow-config-change"
             )
-        state = load_checkpoint(path, model=self.adapter.model, optimizer=self.optimizer, scheduler=self.scheduler)
+        if self.sharded:
+            from cord.train.checkpoint import load_sharded_checkpoint
+
+            state = load_sharded_checkpoint(path, model=self.adapter.model, optimizer=self.optimizer,
+                                            scheduler=self.scheduler, rank=self.rank)
+        else:
+            state = load_checkpoint(path, model=self.adapter.model, optimizer=self.optimizer,
+                                    scheduler=self.scheduler)
         self.step = int(state["step"])
         self.bad_steps = int(state.get("bad_steps", 0))
         self.run_id = state.get("run_id") or uuid.uuid4().hex
@@ -206,9 +254,16 @@ class Trainer:
         return self.run_id
 
     def save(self) -> Path | None:
-        if self.rank != 0:
+        """Every process calls it; unsharded, process 0 writes everything, sharded
+        (train.sharding=fsdp), every process writes its shards (torch.distributed.checkpoint)."""
+        if self.rank != 0 and not self.sharded:
             return None
-        return save_checkpoint(
+        save = save_checkpoint
+        if self.sharded:
+            from cord.train.checkpoint import save_sharded_checkpoint
+
+            save = save_sharded_checkpoint
+        return save(
             self.out, self.step, model=self.adapter.model, optimizer=self.optimizer, scheduler=self.scheduler,
             state={"step": self.step, "bad_steps": self.bad_steps, "data_position": self.step * self.global_batch,
                    "world_size": self.world, "global_batch": self.global_batch,
@@ -255,10 +310,16 @@ class Trainer:
             m["loss_finite"] = float(bool(torch.isfinite(loss.detach())))
             records.append(m)
         t0 = sync_clock(device)
-        if self.world > 1:
-            self._average_gradients()
         max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm is not None else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+        if self.sharded:  # FSDP averaged the layers' gradients (reduce-scatter); the rest here
+            from cord.train.sharding import average_replicated_grads, clip_grad_norm
+
+            average_replicated_grads(self.params, self.world)
+            grad_norm = clip_grad_norm(self.params, max_norm)
+        else:
+            if self.world > 1:
+                self._average_gradients()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
         metrics = self._reduce_metrics(records)
         finite = metrics["loss_finite"] == 1.0 and math.isfinite(grad_norm)
         # no micro-batch of any process had a loss (all its audio skipped): nothing to learn
@@ -394,7 +455,7 @@ class Trainer:
                 if self.step % cfg.train.save_every == 0 and self.step < cfg.train.max_steps:
                     self.save()
             ckpt = self.save()
-            if export and self.rank == 0:
+            if export and (self.rank == 0 or self.sharded):  # sharded: every process gathers
                 self.export(self.out / "model")
         finally:
             bar.close()
@@ -410,7 +471,19 @@ class Trainer:
         merging an fp32 update into bf16 weights rounds most of it away)."""
         from cord.models.export import export_model
 
-        export_model(self.adapter, directory)
+        if not self.sharded:
+            export_model(self.adapter, directory)
+            return
+        # sharded: the full weights gathered onto process 0's CPU, loaded into an unsharded
+        # copy of the model made there, exported like an unsharded run
+        from cord.train.sharding import full_state_dict
+
+        weights = full_state_dict(self.adapter.model)
+        if self.rank == 0:
+            whole = load_adapter(self.cfg.model.model_copy(update={"device": "cpu"}))
+            whole.model.load_state_dict(weights, strict=True)
+            export_model(whole, directory)
+        self.accelerator.wait_for_everyone()
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

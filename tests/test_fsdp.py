@@ -1,0 +1,210 @@
+"""Sharded full fine-tuning (train.sharding=fsdp, FSDP2) on two CPU processes over gloo.
+
+- one FSDP step makes the update one unsharded process makes on the same global batch
+  (method cord, both terms active: a reward that differs between rollouts), for the tiny
+  Qwen2-Audio (full fine-tuning of the text path: a sharded frozen teacher copy) and the
+  mini family;
+- a sharded checkpoint at step 2, resumed to step 4, equals the uninterrupted run;
+- the consolidated export loads with load_adapter and gives the sharded model's logits.
+
+The processes start with torch.multiprocessing (spawn) and meet through a file store, as in
+tests/test_distributed.py.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "tiny" / "cord.yaml"
+GLOBAL_BATCH = 4
+COMMON = [
+    f"train.batch_size={GLOBAL_BATCH}", "rollout.max_new_tokens=5", "rollout.seq_n=2", "data.limit=8",
+    "train.progress=false", "train.tensorboard=false", "train.lr=1e-2", "model.long_audio=truncate",
+    "model.lora=null", "train.save_every=2", "train.keep_last=3",
+]
+FAMILIES = {
+    "qwen2-audio": ["model.family=qwen2-audio", "train.trainable=[language_model,lm_head,projector,audio_encoder]"],
+    "mini": ["model.family=mini", "train.trainable=[language_model,lm_head,projector,audio_encoder]"],
+}
+
+
+def _reward(candidates, references):
+    """A deterministic reward that differs between rollouts (the tiny models' answers are
+    never right), so the sequence term has non-zero advantages."""
+    return [float(zlib.crc32(c.encode()) % 2) for c in candidates]
+
+
+def _data() -> str:
+    from cord.train.trainer import resolve_data
+
+    return resolve_data("builtin:tiny-arith")
+
+
+def _trainer(out: Path, family: str, *extra: str):
+    from cord.config import load_config
+    from cord.train.trainer import Trainer
+
+    cfg = load_config(CONFIG, [*COMMON, *FAMILIES[family], f"data.train={_data()}", f"train.output_dir={out}",
+                               *extra])
+    trainer = Trainer(cfg)
+    trainer.ctx.reward_fn = _reward
+    return trainer
+
+
+def _full(trainer) -> dict[str, torch.Tensor]:
+    """Every parameter whole (gathered from the shards when sharded)."""
+    out = {}
+    for n, p in trainer.adapter.model.named_parameters():
+        t = p.detach()
+        out[n] = (t.full_tensor() if hasattr(t, "full_tensor") else t).clone()
+    return out
+
+
+def _step(trainer) -> dict:
+    """One optimizer step; the gradients the optimizer applies (whole), the metrics and the
+    parameters after the update."""
+    grads: dict[str, torch.Tensor] = {}
+    step = trainer.optimizer.step
+
+    def capture(*a, **k):
+        for n, p in trainer.adapter.model.named_parameters():
+            if p.grad is not None:
+                g = p.grad.detach()
+                grads[n] = (g.full_tensor() if hasattr(g, "full_tensor") else g).clone()
+        return step(*a, **k)
+
+    trainer.optimizer.step = capture
+    try:
+        metrics = trainer.train_step()
+    finally:
+        del trainer.optimizer.step
+    return {"grads": grads, "metrics": metrics, "params": _full(trainer)}
+
+
+def _logits(adapter) -> torch.Tensor:
+    """The model's logits on the completion of one audio prompt (hidden states @ lm_head)."""
+    from cord.data.paired import load_paired
+
+    examples = load_paired(_data(), limit=2)
+    audio = adapter.audio_prompts(examples)
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    with torch.no_grad():
+        h = adapter.completion_hidden(audio, ids, mask)
+        w = adapter.lm_head().weight
+        w = w.full_tensor() if hasattr(w, "full_tensor") else w
+        return (h.float() @ w.float().T).detach().clone()
+
+
+def _worker(rank: int, world: int, store: str, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+                      OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=300))
+    try:
+        results: dict = {}
+        for family in FAMILIES:
+            trainer = _trainer(Path(out) / f"step-{family}", family, "train.sharding=fsdp")
+            assert trainer.sharded and trainer.units
+            results[family] = _step(trainer)
+            results[f"{family}-teacher"] = trainer.teacher.kind
+        # save at step 2, resume, step 4 = 4 uninterrupted steps
+        fam = "qwen2-audio"
+        run = Path(out) / "run"
+        a = _trainer(run, fam, "train.sharding=fsdp", "train.max_steps=2")
+        a.fit(export=False)
+        b = _trainer(run, fam, "train.sharding=fsdp", "train.max_steps=4")
+        fitted = b.fit(resume="auto")
+        results["resumed_from"] = fitted["resumed_from"]
+        results["resumed"] = {"params": _full(b), "last": fitted["last"]}
+        results["sharded_logits"] = _logits(b.adapter)
+        c = _trainer(Path(out) / "straight", fam, "train.sharding=fsdp", "train.max_steps=4")
+        fitted = c.fit(export=False)
+        results["straight"] = {"params": _full(c), "last": fitted["last"]}
+        torch.save(results, Path(out) / f"rank{rank}.pt")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    import torch.multiprocessing as mp
+
+    out = tmp_path_factory.mktemp("fsdp")
+    _data()
+    mp.spawn(_worker, args=(2, str(out / "store"), str(out)), nprocs=2, join=True)
+    return out, [torch.load(out / f"rank{r}.pt") for r in range(2)]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # the shared two-process run happens in the first test's setup
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_one_fsdp_step_equals_the_unsharded_step_on_the_same_global_batch(family, two_processes, tmp_path):
+    _, (r0, r1) = two_processes
+    # one process, no sharding, the same global batch in two micro-batches of the same size
+    ref_trainer = _trainer(tmp_path, family, "train.sharding=none", "train.grad_accum=2")
+    ref = _step(ref_trainer)
+    a, b = r0[family], r1[family]
+    # both terms active: non-zero advantages (the sequence term's value is 0 on-policy, its
+    # gradient is not) and a non-zero KL
+    assert a["metrics"]["adv_std"] > 0 and a["metrics"]["kl_mean"] > 0
+    assert a["metrics"]["loss"] == pytest.approx(ref["metrics"]["loss"], rel=1e-5)
+    assert a["metrics"]["grad_norm"] == pytest.approx(ref["metrics"]["grad_norm"], rel=1e-5)
+    # a parameter no forward uses (the mini family's CTC head) has no gradient unsharded and a
+    # zero one sharded (every process all-reduces the same tensors, as unsharded with 2 processes)
+    assert ref["grads"] and set(ref["grads"]) <= set(a["grads"])
+    assert all(not a["grads"][n].any() for n in set(a["grads"]) - set(ref["grads"]))
+    for n in ref["grads"]:
+        torch.testing.assert_close(a["grads"][n], ref["grads"][n], rtol=1e-5, atol=1e-9, msg=n)
+    before = {n: p.detach() for n, p in _trainer(tmp_path / "init", family).adapter.model.named_parameters()}
+    moved = 0
+    for n, p in ref["params"].items():
+        assert torch.equal(a["params"][n], b["params"][n]), n  # the processes agree
+        torch.testing.assert_close(a["params"][n], p, rtol=0, atol=1e-5, msg=n)
+        moved += int(not torch.equal(p, before[n]))
+    assert moved > 0
+    if family == "qwen2-audio":  # the text path trains: a frozen teacher copy, sharded too
+        assert r0[f"{family}-teacher"] == "frozen-copy"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_sharded_checkpoint_resumes_exactly(two_processes):
+    out, (r0, r1) = two_processes
+    assert r0["resumed_from"] and r0["resumed_from"].endswith("step-00000002")
+    assert (Path(r0["resumed_from"]) / "sharded").is_dir()
+    a, s = r0["resumed"], r0["straight"]
+    assert a["last"]["step"] == s["last"]["step"] == 4
+    assert a["last"]["loss"] == pytest.approx(s["last"]["loss"], rel=1e-6)
+    for n in s["params"]:
+        torch.testing.assert_close(a["params"][n], s["params"][n], rtol=0, atol=1e-6, msg=n)
+        assert torch.equal(r0["resumed"]["params"][n], r1["resumed"]["params"][n]), n
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_consolidated_export_loads_and_gives_the_sharded_logits(two_processes):
+    from cord.config import ModelConfig
+    from cord.models import load_adapter
+
+    out, (r0, _) = two_processes
+    model_dir = out / "run" / "model"
+    assert model_dir.is_dir()
+    adapter = load_adapter(ModelConfig(family="qwen2-audio", name_or_path=str(model_dir), dtype="float32",
+                                       device="cpu"))
+    torch.testing.assert_close(_logits(adapter), r0["sharded_logits"], rtol=1e-5, atol=1e-5)
+    # and its weights are the trained ones, not the initial ones
+    params = dict(adapter.model.named_parameters())
+    for n, p in r0["resumed"]["params"].items():
+        torch.testing.assert_close(params[n].detach(), p, rtol=0, atol=0, msg=n)
