@@ -178,6 +178,10 @@ class TrainConfig(_Section):
     max_grad_norm: float | None = Field(1.0, gt=0)
     bf16: bool = True
     gradient_checkpointing: bool = False
+    #: "fsdp": full fine-tuning sharded with FSDP2 over the processes (each transformer layer a
+    #: unit; see cord.train.sharding); "none": every process holds the whole model (DDP-like);
+    #: "auto": fsdp when launched with an accelerate config whose distributed_type is FSDP
+    sharding: Literal["auto", "none", "fsdp"] = "auto"
     #: which parts train: any of language_model, audio_encoder, projector, lm_head
     #: (with model.lora set, the language model trains through its adapter only)
     trainable: list[Literal["language_model", "audio_encoder", "projector", "lm_head"]] = Field(
