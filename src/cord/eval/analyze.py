@@ -223,7 +223,8 @@ def rollout_kl(adapter, engine, examples: list[PairedExample], *, max_new_tokens
                         teacher = adapter.completion_hidden(text, ro.ids, ro.mask)
                         kl = reverse_kl_per_token(student, weight, teacher, weight, ro.mask.to(student.device),
                                                   student_bias=bias, teacher_bias=bias, temperature=1.0,
-                                                  chunk_size=chunk_size)
+                                                  chunk_size=chunk_size,
+                                                  softcap=getattr(adapter, "logit_softcap", None))
                     kl = kl.float().cpu()
                     for r, (i, ex) in enumerate(zip(keep, kept)):
                         n = int(ro.mask[r].sum())

@@ -25,6 +25,11 @@ How the gradient stays cheap (the details matter for speed, see BENCHMARKS.md):
   sequence differently, so a hint saves little there.) The hint costs one extra matmul per
   chunk in the forward, so a wrong hint is slower than none.
 
+Logit soft cap (Gemma 2/3/3n's ``final_logit_softcapping``): with ``softcap=c`` the logits are
+c·tanh(z/c) of the raw head output z, before the temperature. The gradient with respect to z
+is the uncapped one times 1 - tanh(z/c)^2, formed in the same pass from a second (chunk, V)
+buffer kept only when a cap is set; without one the code path is the uncapped one, unchanged.
+
 Precision: every product with the lm_head is accumulated and returned in the compute dtype,
 float32 (float64 if any input is float64), never rounded to bf16 on the way: a bf16 head
 is upcast one vocabulary block at a time (a few MiB, see ``_VOCAB_BLOCK_ELEMS``), so no
@@ -88,9 +93,14 @@ def _mm_out_dtype(h: Tensor, w: Tensor, cdtype: torch.dtype) -> Tensor | None:
     return None
 
 
-def _logits(h: Tensor, w: Tensor, b: Tensor | None, inv_temp: float, cdtype: torch.dtype) -> Tensor:
-    """(c, H) x (V, H) -> (c, V) logits / temperature, in ``cdtype`` (a fresh buffer).
+def _logits(h: Tensor, w: Tensor, b: Tensor | None, inv_temp: float, cdtype: torch.dtype,
+            softcap: float | None = None) -> tuple[Tensor, Tensor | None]:
+    """(c, H) x (V, H) -> (c, V) logits / temperature, in ``cdtype`` (a fresh buffer), and the
+    soft cap's derivative d(capped)/d(raw) = 1 - tanh(z/c)^2 (a second (c, V) buffer; None
+    without a cap).
 
+    With ``softcap`` c the logits are c·tanh(z/c) before the temperature (as Gemma's
+    ``final_logit_softcapping``, applied by the model before any logits processor).
     Accumulated in ``cdtype`` whatever the operands' dtype; a lower-precision ``w`` is
     upcast one vocabulary block at a time (never as a whole)."""
     z = _mm_out_dtype(h, w, cdtype)
@@ -104,9 +114,14 @@ def _logits(h: Tensor, w: Tensor, b: Tensor | None, inv_temp: float, cdtype: tor
                 torch.mm(a, w[blk].to(cdtype).t(), out=z[:, blk])
     if b is not None:
         z.add_(b.to(cdtype))
+    dcap = None
+    if softcap is not None:
+        z.div_(softcap).tanh_()
+        dcap = torch.mul(z, z).neg_().add_(1.0)
+        z.mul_(softcap)
     if inv_temp != 1.0:
         z.mul_(inv_temp)
-    return z
+    return z, dcap
 
 
 def _times_head(g: Tensor, w: Tensor, out: Tensor) -> None:
@@ -169,15 +184,20 @@ def _logprob_rows(zs: Tensor, ids: Tensor, out: Tensor) -> Tensor:
     return zs
 
 
-def _chunk_values_and_grad(kind, hs, ws, bs, target, wt, bt, inv_temp, cdtype):
-    """Values f (c,) and df/d(logits / temperature) (c, V) for one chunk of positions."""
+def _chunk_values_and_grad(kind, hs, ws, bs, target, wt, bt, inv_temp, cdtype, softcap=None):
+    """Values f (c,) and df/d(raw logits) x temperature (c, V) for one chunk of positions
+    (df/d(logits / temperature), times the soft cap's derivative when there is one)."""
     out = torch.empty(hs.shape[0], dtype=cdtype, device=hs.device)
-    zs = _logits(hs, ws, bs, inv_temp, cdtype)
+    zs, dcap = _logits(hs, ws, bs, inv_temp, cdtype, softcap)
     if kind == "logprob":
-        return out, _logprob_rows(zs, target, out)
-    zt = _logits(target, wt, bt, inv_temp, cdtype)
-    fn = _reverse_kl_rows if kind == "reverse_kl" else _forward_kl_rows
-    return out, fn(zs, zt, out)
+        g = _logprob_rows(zs, target, out)
+    else:
+        zt, _ = _logits(target, wt, bt, inv_temp, cdtype, softcap)
+        fn = _reverse_kl_rows if kind == "reverse_kl" else _forward_kl_rows
+        g = fn(zs, zt, out)
+    if dcap is not None:
+        g.mul_(dcap)  # chain rule through c·tanh(z/c)
+    return out, g
 
 
 def _mm_into(acc: Tensor, a: Tensor, b: Tensor) -> None:
@@ -189,14 +209,14 @@ class _ChunkedHead(torch.autograd.Function):
     """Packed (n, H) positions -> (n,) values; see the module docstring for the scheme."""
 
     @staticmethod
-    def forward(ctx, kind, inv_temp, chunk, need_h, need_w, need_b, hs, ws, bs, target, wt, bt, hint):
+    def forward(ctx, kind, inv_temp, chunk, need_h, need_w, need_b, hs, ws, bs, target, wt, bt, hint, softcap):
         # autocast would round the head products to bf16 again: the precision is ours here
         with torch.autocast(hs.device.type, enabled=False):
             return _ChunkedHead._forward(ctx, kind, inv_temp, chunk, need_h, need_w, need_b, hs, ws, bs,
-                                         target, wt, bt, hint)
+                                         target, wt, bt, hint, softcap)
 
     @staticmethod
-    def _forward(ctx, kind, inv_temp, chunk, need_h, need_w, need_b, hs, ws, bs, target, wt, bt, hint):
+    def _forward(ctx, kind, inv_temp, chunk, need_h, need_w, need_b, hs, ws, bs, target, wt, bt, hint, softcap):
         cdtype = _compute_dtype(hs, ws, bs, target if kind != "logprob" else None, wt, bt)
         n, hdim = hs.shape
         vocab = ws.shape[0]
@@ -207,7 +227,8 @@ class _ChunkedHead(torch.autograd.Function):
         pre_b = torch.zeros(vocab, dtype=cdtype, device=hs.device) if use_hint and need_b else None
         for s in range(0, n, chunk):
             e = min(s + chunk, n)
-            vals, g = _chunk_values_and_grad(kind, hs[s:e], ws, bs, target[s:e], wt, bt, inv_temp, cdtype)
+            vals, g = _chunk_values_and_grad(kind, hs[s:e], ws, bs, target[s:e], wt, bt, inv_temp, cdtype,
+                                             softcap)
             out[s:e] = vals
             if not (need_h or use_hint):
                 del g
@@ -225,7 +246,7 @@ class _ChunkedHead(torch.autograd.Function):
             # free this chunk's (c, V) buffer before the next chunk allocates two more:
             # holding it across the loop would make the peak three buffers, not two
             del g
-        ctx.kind, ctx.inv_temp, ctx.chunk, ctx.cdtype = kind, inv_temp, chunk, cdtype
+        ctx.kind, ctx.inv_temp, ctx.chunk, ctx.cdtype, ctx.softcap = kind, inv_temp, chunk, cdtype, softcap
         ctx.flags = (need_h, need_w, need_b)
         ctx.use_hint, ctx.hint_used = use_hint, False
         ctx.hs_dtype = hs.dtype
@@ -280,7 +301,7 @@ class _ChunkedHead(torch.autograd.Function):
                 i = idx[s : s + ctx.chunk]
                 h_i = hs.index_select(0, i)
                 _, d = _chunk_values_and_grad(
-                    ctx.kind, h_i, ws, bs, target.index_select(0, i), wt, bt, ctx.inv_temp, cdtype
+                    ctx.kind, h_i, ws, bs, target.index_select(0, i), wt, bt, ctx.inv_temp, cdtype, ctx.softcap
                 )
                 d.mul_((delta.index_select(0, i) * ctx.inv_temp).unsqueeze(-1))
                 if grad_w is not None:
@@ -290,7 +311,7 @@ class _ChunkedHead(torch.autograd.Function):
                 del d  # as in forward: at most two (c, V) buffers alive
             grad_w = grad_w.to(ws.dtype) if grad_w is not None else None
             grad_b = grad_b.to(bs.dtype) if grad_b is not None else None
-        return None, None, None, None, None, None, grad_h, grad_w, grad_b, None, None, None, None
+        return None, None, None, None, None, None, grad_h, grad_w, grad_b, None, None, None, None, None
 
 
 def _split_on_hint(g: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
@@ -333,9 +354,13 @@ def _scatter(vals: Tensor, idx: Tensor | None, shape: tuple[int, ...]) -> Tensor
 
 
 def _apply(kind, student_hidden, student_weight, student_bias, target, teacher_weight, teacher_bias,
-           mask, temperature, chunk_size, grad_hint):
+           mask, temperature, chunk_size, grad_hint, softcap=None):
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if softcap is not None:
+        softcap = float(softcap)
+        if not softcap > 0 or softcap == float("inf"):
+            raise ValueError(f"softcap must be a finite number > 0 or None, got {softcap}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     flat, idx, shape = _flatten(student_hidden, mask, "student_hidden")
@@ -370,7 +395,7 @@ def _apply(kind, student_hidden, student_weight, student_bias, target, teacher_w
         hint = _gather(grad_hint.detach().reshape(-1), idx)
     vals = _ChunkedHead.apply(
         kind, 1.0 / float(temperature), int(chunk_size), need_h, need_w, need_b,
-        hs, student_weight, student_bias, tgt, teacher_weight, teacher_bias, hint,
+        hs, student_weight, student_bias, tgt, teacher_weight, teacher_bias, hint, softcap,
     )
     return _scatter(vals, idx, shape)
 
@@ -387,6 +412,7 @@ def reverse_kl_per_token(
     temperature: float = 1.0,
     chunk_size: int = 512,
     grad_hint: Tensor | None = None,
+    softcap: float | None = None,
 ) -> Tensor:
     """Per-position reverse KL, KL(p_student || p_teacher), over the full vocabulary.
 
@@ -407,6 +433,11 @@ def reverse_kl_per_token(
             to one global scale (e.g. ``position_decay_weights(mask, beta)`` for CORD's loss).
             Only used when the lm_head needs a gradient; never changes the result, only how
             much the backward recomputes (see the module docstring).
+        softcap: the head's final logit soft cap c (Gemma's ``final_logit_softcapping``):
+            logits = c·tanh((h·W + b)/c), then divided by the temperature; applies to the
+            student's and the teacher's head alike (the teacher is the same network). None:
+            no cap (bit-identical to the uncapped code). A cap costs one more (chunk_size, V)
+            buffer at the peak.
 
     Returns:
         (B, T) or (N,) float32 (float64 for float64 inputs): D_t = sum_v p_s (log p_s - log p_t)
@@ -414,7 +445,7 @@ def reverse_kl_per_token(
         hidden states, weight and bias only.
     """
     return _apply("reverse_kl", student_hidden, student_weight, student_bias, teacher_hidden,
-                  teacher_weight, teacher_bias, mask, temperature, chunk_size, grad_hint)
+                  teacher_weight, teacher_bias, mask, temperature, chunk_size, grad_hint, softcap)
 
 
 def forward_kl_per_token(
@@ -429,6 +460,7 @@ def forward_kl_per_token(
     temperature: float = 1.0,
     chunk_size: int = 512,
     grad_hint: Tensor | None = None,
+    softcap: float | None = None,
 ) -> Tensor:
     """Per-position forward KL, KL(p_teacher || p_student) = sum_v p_t (log p_t - log p_s).
 
@@ -437,7 +469,7 @@ def forward_kl_per_token(
     ``forward_kl`` baseline, where the student follows the teacher's own samples.
     """
     return _apply("forward_kl", student_hidden, student_weight, student_bias, teacher_hidden,
-                  teacher_weight, teacher_bias, mask, temperature, chunk_size, grad_hint)
+                  teacher_weight, teacher_bias, mask, temperature, chunk_size, grad_hint, softcap)
 
 
 def token_logprobs(
@@ -450,8 +482,9 @@ def token_logprobs(
     temperature: float = 1.0,
     chunk_size: int = 512,
     grad_hint: Tensor | None = None,
+    softcap: float | None = None,
 ) -> Tensor:
-    """log softmax(hidden @ weight.T + bias) / temperature)[ids], chunked like the KLs.
+    """log softmax(cap(hidden @ weight.T + bias) / temperature)[ids], chunked like the KLs.
 
     Args:
         hidden: (B, T, H) or (N, H) hidden states; position t scores token ``ids[..., t]``.
@@ -460,13 +493,14 @@ def token_logprobs(
         mask: valid positions (None = all); 0 is returned elsewhere.
         grad_hint: as in :func:`reverse_kl_per_token` (e.g. ``torch.ones`` for a plain
             token-mean NLL with a trainable lm_head).
+        softcap: the head's logit soft cap (see :func:`reverse_kl_per_token`); None: none.
 
     Returns:
         (B, T) or (N,) float32 log-probabilities, differentiable with respect to hidden,
         weight and bias (for SFT's NLL and GRPO's policy ratio).
     """
     return _apply("logprob", hidden, weight, bias, ids, None, None, mask, temperature,
-                  chunk_size, grad_hint)
+                  chunk_size, grad_hint, softcap)
 
 
 def sampled_token_logratio(student_logprobs: Tensor, teacher_logprobs: Tensor, mask: Tensor | None = None) -> Tensor:

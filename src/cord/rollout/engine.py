@@ -229,6 +229,20 @@ class HFEngine(_EngineBase):
         return chunks, (None if greedy else lps)
 
 
+def apply_head(adapter):
+    """hidden -> logits through the adapter's lm_head and, where the family has one, its final
+    logit soft cap c·tanh(z/c) (``adapter.logit_softcap``, e.g. Gemma 3n's 30.0)."""
+    head = adapter.lm_head()
+    cap = getattr(adapter, "logit_softcap", None)
+    if cap is None:
+        return head
+
+    def capped(hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(head(hidden) / cap) * cap
+
+    return capped
+
+
 def decode_loop(
     adapter,
     prompts: PromptBatch,
@@ -244,7 +258,7 @@ def decode_loop(
     eos = torch.tensor(adapter.eos_token_ids, dtype=torch.long)
     pad = adapter.pad_token_id
     suppress = list(getattr(adapter, "placeholder_token_ids", []))
-    head = adapter.lm_head()
+    head = apply_head(adapter)
     hidden, state = adapter.prefill(prompts)
     logits = head(hidden)  # (B, V): logits of the last prompt position only
     if n > 1:
