@@ -132,7 +132,9 @@ class Trainer:
             )
         self.out = Path(cfg.train.output_dir)
         # data first: a missing dataset is reported before any model loads
-        self.data = load_paired(resolve_data(cfg.data.train), limit=cfg.data.limit)
+        with self.accelerator.main_process_first():  # a built-in dataset is made once, by process 0
+            data_path = resolve_data(cfg.data.train)
+        self.data = load_paired(data_path, limit=cfg.data.limit)
         if not self.data:
             raise CordError(f"dataset {cfg.data.train} is empty")
         from cord.data.check import check_examples  # every bad clip in one line, from the headers
