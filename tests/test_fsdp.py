@@ -208,3 +208,21 @@ def test_consolidated_export_loads_and_gives_the_sharded_logits(two_processes):
     params = dict(adapter.model.named_parameters())
     for n, p in r0["resumed"]["params"].items():
         torch.testing.assert_close(params[n].detach(), p, rtol=0, atol=0, msg=n)
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["model.lora.r=2", "model.long_audio=truncate"], "train.sharding=fsdp is for full fine-tuning"),
+    (["model.lora=null", "model.long_audio=skip"], "model.long_audio=skip is not supported with train.sharding=fsdp"),
+])
+def test_sharding_refuses_lora_and_skipped_audio_in_one_line(extra, match, tmp_path):
+    """LoRA is not sharded, and a process whose micro-batch was all skipped would run no
+    layer (no collectives): both refused up front, in one line."""
+    from cord import CordError
+    from cord.config import load_config
+    from cord.train.trainer import Trainer
+
+    cfg = load_config(CONFIG, ["data.limit=4", f"data.train={_data()}", f"train.output_dir={tmp_path}",
+                               "train.sharding=fsdp", *extra])
+    with pytest.raises(CordError, match=match) as err:
+        Trainer(cfg)
+    assert "\n" not in str(err.value)

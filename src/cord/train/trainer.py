@@ -204,9 +204,11 @@ class Trainer:
         if lora:
             raise CordError("train.sharding=fsdp is for full fine-tuning; with model.lora the model is not "
                             "sharded: set model.lora=null, or train LoRA with train.sharding=none (DDP-like)")
-        if self.world < 2:
-            return False  # one process: nothing to shard over
-        return True
+        if self.cfg.model.long_audio == "skip":
+            raise CordError("model.long_audio=skip is not supported with train.sharding=fsdp (a process whose whole "
+                            "micro-batch is skipped would run no layer and stall the others' collectives): use "
+                            "model.long_audio=truncate, or drop the long clips from the data")
+        return self.world > 1  # one process: nothing to shard over
 
     # -------------------------------------------------------------------------------- state
     def resume(self, which: str | Path | None, allow_config_change: bool = False) -> Path | None:
