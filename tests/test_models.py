@@ -276,7 +276,8 @@ def test_folder_without_a_model_and_an_invalid_hub_name_are_one_line(tmp_path):
 
 # ------------------------------------------------------- presets (issue 11 item 5)
 
-PRESET_DIRS = ["tiny", "mini", "qwen2-audio-7b", "qwen2.5-omni-7b", "qwen3-omni", "step-audio2-mini", "voxtral"]
+PRESET_DIRS = ["tiny", "mini", "qwen2-audio-7b", "qwen2.5-omni-7b", "qwen3-omni", "step-audio2-mini", "voxtral",
+               "gemma3n"]
 
 
 def _presets():

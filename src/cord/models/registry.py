@@ -36,6 +36,7 @@ BUILTIN_FAMILIES: dict[str, str] = {
     "mini": "cord.mini.family",
     "step-audio2": "cord.models.step_audio2",
     "voxtral": "cord.models.voxtral",
+    "gemma3n": "cord.models.gemma3n",
 }
 
 #: the entry-point group third-party families register under (see the module docstring)

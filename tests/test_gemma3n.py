@@ -1,0 +1,353 @@
+"""The adapter contract for the ``gemma3n`` family (Gemma 3n audio + text, composed from
+transformers' gemma3n modules without the timm vision tower) on its tiny offline model: prompts
+as Gemma 3n's chat template + processor lay them (188 soft tokens per clip), batched == one by
+one with ragged audio (each clip encoded alone), placeholders == encoder output, both engines ==
+a plain argmax loop, the engine samples from the soft-capped distribution the objectives score,
+save/load and checkpoint-name loading, LoRA in the decoder, every method's preset runs 2 steps."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cord import CordError
+from cord.cli import main
+from cord.config import LoraConfig, ModelConfig, RolloutConfig
+from cord.models import load_adapter
+from cord.models.base import module_map_of, part_of
+from cord.objectives import token_logprobs
+from cord.rollout.engine import make_engine
+from tests.conftest import make_examples
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ["sft", "forward_kl", "opd", "opd_weighted", "grpo", "grpo_opd", "cord"]
+
+
+def _load(**kw):
+    return load_adapter(ModelConfig(family="gemma3n", name_or_path="tiny", dtype="float32", device="cpu", **kw))
+
+
+def _examples():
+    """0.4 s, 3.8 s and 1.5 s of audio (ragged: 3, 24 and 10 encoder frames of the 188)."""
+    exs = make_examples(3)
+    exs[1].audio = np.concatenate([exs[1].audio] * 4)
+    return exs
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    a = _load()
+    with torch.no_grad():  # sharpen the head (tied to the embeddings): at init logits are ~uniform
+        a.lm_head().weight.mul_(8.0)
+    return a
+
+
+def _completions(n: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(40, 250, (n, 7), generator=g)
+    mask = torch.ones(n, 7, dtype=torch.bool)
+    for i in range(n):
+        mask[i, 3 + 2 * i :] = False  # ragged: 3, 5, 7 tokens
+    return ids, mask
+
+
+def test_prompts_are_laid_out_as_the_chat_template_and_processor_lay_them(adapter):
+    tok = adapter.tokenizer
+    exs = _examples()
+    audio = adapter.audio_prompts(exs)
+    text = adapter.text_prompts(exs)
+    instr = adapter.instruction.strip()
+    for i, ex in enumerate(exs):
+        want_audio = tok("<bos><start_of_turn>user\n\n\n<start_of_audio>" + "<audio_soft_token>" * 188
+                         + f"<end_of_audio>\n\n{instr}<end_of_turn>\n<start_of_turn>model\n",
+                         add_special_tokens=False)["input_ids"]
+        want_text = tok(f"<bos><start_of_turn>user\n{ex.question_text.strip()}\n{instr}<end_of_turn>\n"
+                        "<start_of_turn>model\n", add_special_tokens=False)["input_ids"]
+        assert audio.input_ids[i][audio.attention_mask[i].bool()].tolist() == want_audio
+        assert text.input_ids[i][text.attention_mask[i].bool()].tolist() == want_text
+    eot, eos = tok.convert_tokens_to_ids(["<end_of_turn>", "<eos>"])
+    assert adapter.end_of_turn_token_id == eot and sorted(adapter.eos_token_ids) == sorted({eos, eot})
+    assert adapter.logit_softcap == 30.0
+    # every vision/audio-vocabulary id is a placeholder (never sampled)
+    cfg = adapter.model.config
+    assert adapter.placeholder_token_ids == list(range(cfg.text_config.vocab_size_per_layer_input,
+                                                       cfg.text_config.vocab_size))
+    assert {cfg.audio_token_id, cfg.eoa_token_id} <= set(adapter.placeholder_token_ids)
+
+
+def test_system_prompt_goes_in_front_of_the_first_user_turn():
+    a = _load(system_prompt="Be brief.")
+    ids = a.text_prompts(make_examples(1)).input_ids[0].tolist()
+    assert a.tokenizer.decode(ids).startswith("<bos><start_of_turn>user\nBe brief.\n\nHow much")
+
+
+def test_features_are_the_extractors_one_clip_at_a_time(adapter):
+    exs = _examples()
+    prompts = adapter.audio_prompts(exs)
+    for i, ex in enumerate(exs):
+        ref = adapter.feature_extractor([ex.audio], sampling_rate=16000, return_tensors="pt")
+        n = int(prompts.extra["audio_frames"][i])
+        assert n == ref["input_features"].shape[1]
+        torch.testing.assert_close(prompts.extra["input_features"][i, :n], ref["input_features"][0], atol=0, rtol=0)
+        assert prompts.extra["input_features_mask"][i, :n].tolist() == ref["input_features_mask"][0].tolist()
+
+
+@pytest.mark.parametrize("modality", ["audio", "text"])
+def test_batched_completion_hidden_equals_one_by_one(adapter, modality):
+    exs = _examples()
+    make = adapter.audio_prompts if modality == "audio" else adapter.text_prompts
+    ids, mask = _completions(3)
+    with torch.no_grad():
+        batched = adapter.completion_hidden(make(exs), ids, mask)
+        for i in range(3):
+            alone = adapter.completion_hidden(make(exs[i : i + 1]), ids[i : i + 1], mask[i : i + 1])
+            torch.testing.assert_close(batched[i][mask[i]], alone[0][mask[i]], atol=1e-5, rtol=1e-5)
+
+
+def test_completion_hidden_is_the_full_forward_at_completion_positions(adapter):
+    prompts = adapter.audio_prompts(_examples()[1:2])
+    ids, mask = _completions(1)
+    with torch.no_grad():
+        h = adapter.completion_hidden(prompts, ids, mask)
+        full = adapter.model(input_ids=torch.cat([prompts.input_ids, ids], 1),
+                             attention_mask=torch.cat([prompts.attention_mask, mask.long()], 1),
+                             **prompts.extra).logits
+    P = prompts.input_ids.shape[1]
+    capped = 30.0 * torch.tanh(adapter.lm_head()(h) / 30.0)
+    torch.testing.assert_close(capped[0, :3], full[0, P - 1 : P + 2], atol=1e-4, rtol=1e-4)
+
+
+def test_audio_is_merged_as_transformers_gemma3n_model_merges_it(adapter):
+    """Reference: Gemma3nModel.forward's audio path (get_audio_features, padding embedding of
+    the last audio id for masked and missing frames, masked_scatter), written out here."""
+    core = adapter.model.model
+    cfg = adapter.model.config
+    ex = _examples()[2]
+    prompts = adapter.audio_prompts([ex])
+    feats = adapter.feature_extractor([ex.audio], sampling_rate=16000, return_tensors="pt")
+    with torch.no_grad():
+        enc = core.audio_tower(feats["input_features"], ~feats["input_features_mask"].bool(), return_dict=True)
+        audio = core.embed_audio(inputs_embeds=enc.last_hidden_state)
+        pad = core.embed_audio(input_ids=torch.tensor([[cfg.text_config.vocab_size - 1]]))
+        audio = torch.where(enc.audio_mel_mask.unsqueeze(-1), pad, audio)
+        audio = torch.cat([audio, pad.expand(1, 188 - audio.shape[1], -1)], 1)
+        ids = prompts.input_ids
+        ref = core.language_model.embed_tokens(ids)
+        amask = ids >= cfg.audio_config.vocab_offset
+        hard = core.embed_audio(input_ids=torch.where(amask, ids, cfg.audio_config.vocab_offset))
+        ref = torch.where(amask.unsqueeze(-1), hard, ref)
+        slots = (ids == cfg.audio_token_id).unsqueeze(-1).expand_as(ref)
+        ref = ref.masked_scatter(slots, audio)
+        got, per_layer = core.embed(ids, **prompts.extra)
+    torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-6)
+    # per-layer inputs: placeholder ids (outside the per-layer table) read row 0, as transformers does
+    torch.testing.assert_close(per_layer, core.language_model.get_per_layer_inputs(ids), atol=0, rtol=0)
+
+
+def test_each_clip_is_encoded_alone_bit_for_bit(adapter):
+    """The conformer's output depends on the batch's padding (by ~1e-6 here, 2.6e-4 at E2B
+    size), so the clips of a batch are encoded one at a time: each equals its clip alone."""
+    core = adapter.model.model
+    exs = _examples()
+    audio = adapter.audio_prompts(exs)
+    with torch.no_grad():
+        got = core.audio_embeddings(audio.extra["input_features"], audio.extra["input_features_mask"],
+                                    audio.extra["audio_frames"])
+        for i, ex in enumerate(exs):
+            f = adapter.feature_extractor([ex.audio], sampling_rate=16000, return_tensors="pt")
+            enc = core.audio_tower(f["input_features"], ~f["input_features_mask"].bool(), return_dict=True)
+            k = int((~enc.audio_mel_mask).sum())
+            ref = core.embed_audio(inputs_embeds=enc.last_hidden_state)[0, :k]
+            torch.testing.assert_close(got[i, :k], ref, atol=0, rtol=0)
+
+
+def test_text_prompt_has_no_placeholders_and_audio_prompt_matches_the_encoder(adapter):
+    exs = _examples()
+    text = adapter.text_prompts(exs)
+    assert not torch.isin(text.input_ids, torch.tensor(adapter.placeholder_token_ids)).any() and not text.extra
+    audio = adapter.audio_prompts(exs)
+    counts = (audio.input_ids == adapter.audio_token_id).sum(-1).tolist()
+    assert counts == [188, 188, 188]
+    real = []
+    with torch.no_grad():
+        emb = adapter.model.model.audio_embeddings(audio.extra["input_features"], audio.extra["input_features_mask"],
+                                                   audio.extra["audio_frames"])
+        for i in range(3):
+            n = int(audio.extra["audio_frames"][i])
+            enc = adapter.model.model.audio_tower(audio.extra["input_features"][i : i + 1, :n],
+                                                  ~audio.extra["input_features_mask"][i : i + 1, :n], return_dict=True)
+            real.append(int((~enc.audio_mel_mask).sum()))
+    assert emb.shape[:2] == (3, 188)
+    assert real[0] < real[2] < real[1] <= 188  # ragged encoder outputs, filled to the window
+
+
+def test_vision_tokens_in_a_prompt_are_one_line(adapter):
+    cfg = adapter.model.config
+    with pytest.raises(CordError, match="vision"):
+        adapter.model.model.embed(torch.tensor([[5, cfg.image_token_id]]))
+
+
+def _argmax_loop(adapter, prompts, steps: int) -> list[list[int]]:
+    """Greedy decoding by full forwards (soft-capped logits), no cache: the engines' reference."""
+    out = []
+    for r in range(len(prompts)):
+        one = prompts.select([r])
+        ids, attn = one.input_ids, one.attention_mask
+        got = []
+        for _ in range(steps):
+            with torch.no_grad():
+                logits = adapter.model(input_ids=ids, attention_mask=attn, **one.extra).logits[0, -1]
+            logits[adapter.placeholder_token_ids] = float("-inf")
+            tok = int(logits.argmax())
+            got.append(tok)
+            if tok in adapter.eos_token_ids:
+                break
+            ids = torch.cat([ids, torch.tensor([[tok]])], 1)
+            attn = torch.cat([attn, torch.ones(1, 1, dtype=attn.dtype)], 1)
+        out.append(got)
+    return out
+
+
+@pytest.mark.parametrize("modality", ["audio", "text"])
+def test_greedy_generation_through_both_engines_equals_a_plain_argmax_loop(adapter, modality):
+    exs = _examples()
+    prompts = adapter.audio_prompts(exs) if modality == "audio" else adapter.text_prompts(exs)
+    ref = _argmax_loop(adapter, prompts, 6)
+    prefills = []
+    adapter.prefill = lambda p, _f=type(adapter).prefill: prefills.append(len(p)) or _f(adapter, p)
+    try:
+        for name in ("hf", "hf-generate"):
+            engine = make_engine(adapter, RolloutConfig(engine=name), batch_size=2)
+            out = engine.generate(prompts, n=1, greedy=True, max_new_tokens=6)
+            assert [out.ids[r][out.mask[r]].tolist() for r in range(3)] == ref, name
+    finally:
+        del adapter.prefill
+    assert prefills == [2, 1]  # the hf engine took its prefill-once path (2 prompts per call)
+
+
+def test_engine_samples_from_the_soft_capped_distribution_the_objectives_score():
+    a = _load()
+    with torch.no_grad():
+        a.lm_head().weight.mul_(40.0)  # logits of tens: a cap of 2 bends them
+    a.model.config.text_config.final_logit_softcapping = 2.0
+    assert a.logit_softcap == 2.0
+    prompts = a.audio_prompts(_examples()[:2])
+    roll = make_engine(a, RolloutConfig(engine="hf")).generate(prompts, n=2, temperature=0.8, max_new_tokens=5,
+                                                               seed=3)
+    with torch.no_grad():
+        h = a.completion_hidden(prompts.repeat_interleave(2), roll.ids, roll.mask).double()
+    z = h @ a.lm_head().weight.detach().double().T
+
+    def sampled_logprobs(logits):
+        logits = logits.clone()
+        logits[..., a.placeholder_token_ids] = float("-inf")  # never sampled
+        lp = torch.log_softmax(logits / 0.8, -1).gather(-1, roll.ids.unsqueeze(-1)).squeeze(-1)
+        return (lp * roll.mask).float()
+
+    torch.testing.assert_close(roll.logprobs, sampled_logprobs(2.0 * torch.tanh(z / 2.0)), atol=1e-4, rtol=1e-4)
+    assert (roll.logprobs - sampled_logprobs(z)).abs().max() > 1e-2  # the cap matters here
+    # and the objectives' chunked log-probs with the same cap see the same values (up to the
+    # placeholders' share of the softmax, which sampling removes)
+    with torch.no_grad():
+        lp = token_logprobs(h.float(), a.lm_head().weight, roll.ids, roll.mask, temperature=0.8, softcap=2.0)
+    full = torch.log_softmax(2.0 * torch.tanh(z / 2.0) / 0.8, -1).gather(-1, roll.ids.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(lp, (full * roll.mask).float(), atol=1e-4, rtol=1e-4)
+
+
+def test_save_and_reload_gives_identical_hidden_states(adapter, tmp_path):
+    exs = _examples()[:2]
+    ids, mask = _completions(2)
+    adapter.save_pretrained(str(tmp_path / "m"))
+    again = load_adapter(ModelConfig(family="gemma3n", name_or_path=str(tmp_path / "m"), dtype="float32",
+                                     device="cpu"))
+    with torch.no_grad():
+        a = adapter.completion_hidden(adapter.audio_prompts(exs), ids, mask)
+        b = again.completion_hidden(again.audio_prompts(exs), ids, mask)
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert again.text_prompts(exs).input_ids.tolist() == adapter.text_prompts(exs).input_ids.tolist()
+    assert again.logit_softcap == 30.0
+
+
+def _release_folder(tmp_path, extra: dict | None = None, drop: str | None = None):
+    """A folder laid out as a Gemma3nForConditionalGeneration checkpoint: the model's tensors
+    under their names (no lm_head: tied) plus vision tensors, config, tokenizer, extractor."""
+    from safetensors.torch import save_file
+
+    from cord.models.gemma3n import build_tiny_gemma3n
+
+    model, tok, fe = build_tiny_gemma3n(seed=1)
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    fe.save_pretrained(tmp_path)
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight" and k != drop}
+    state["model.vision_tower.timm_model.conv_stem.conv.weight"] = torch.zeros(4, 3, 3, 3)
+    state["model.embed_vision.embedding.weight"] = torch.zeros(4, 16)
+    state.update(extra or {})
+    for f in tmp_path.glob("*.safetensors"):
+        f.unlink()
+    save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    return model
+
+
+def test_a_checkpoint_with_vision_tensors_loads_by_name(tmp_path):
+    model = _release_folder(tmp_path)
+    a = load_adapter(ModelConfig(family="gemma3n", name_or_path=str(tmp_path), dtype="float32", device="cpu"))
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(a.model.state_dict()[k], v, atol=0, rtol=0)
+    assert a.lm_head().weight.data_ptr() == a.model.model.language_model.embed_tokens.weight.data_ptr()
+
+
+@pytest.mark.parametrize("case", ["missing", "unexpected"])
+def test_missing_or_unexpected_checkpoint_tensors_are_one_line(tmp_path, case):
+    if case == "missing":
+        _release_folder(tmp_path, drop="model.embed_audio.embedding_projection.weight")
+    else:
+        _release_folder(tmp_path, extra={"model.something_else.weight": torch.zeros(2)})
+    with pytest.raises(CordError, match=f"gemma3n checkpoint .*{case}"):
+        load_adapter(ModelConfig(family="gemma3n", name_or_path=str(tmp_path), dtype="float32", device="cpu"))
+
+
+def test_long_audio_is_capped_at_the_30_s_window():
+    a = _load(max_audio_seconds=60, long_audio="skip")
+    assert a.max_audio_seconds == 30.0
+    exs = make_examples(2)
+    exs[0].audio = np.zeros(16000 * 31, dtype=np.float32)
+    assert a.audio_prompts(exs).keep == [1]
+
+
+def test_module_map_covers_every_parameter_and_lora_stays_in_the_decoder():
+    a = _load()
+    mm = module_map_of(a)
+    parts = {n: part_of(n, mm) for n, _ in a.model.named_parameters()}
+    assert None not in parts.values()
+    assert set(parts.values()) == {"audio_encoder", "projector", "language_model"}  # lm_head is tied
+    lora = _load(lora=LoraConfig(r=2, alpha=4, target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                "gate_proj", "up_proj", "down_proj"]))
+    wrapped = [n for n, _ in lora.model.named_modules() if n.endswith(".lora_A")]
+    # 4 layers x 7 projections, less k_proj/v_proj in the 2 KV-shared layers (they have none)
+    assert len(wrapped) == 4 * 7 - 2 * 2 and all(".language_model." in n for n in wrapped)
+    assert not [n for n in wrapped if ".layers.3.self_attn.k_proj" in n or ".layers.2.self_attn.v_proj" in n]
+
+
+FAST = ["model.name_or_path=tiny", "model.dtype=float32", "model.device=cpu", "data.train=builtin:tiny-arith",
+        "data.limit=4", "train.batch_size=2", "train.grad_accum=1", "train.max_steps=2", "train.progress=false",
+        "train.tensorboard=false", "train.bf16=false", "rollout.max_new_tokens=4", "rollout.seq_n=2"]
+
+
+@pytest.mark.slow
+def test_every_method_preset_runs_two_steps_on_the_tiny_model(tmp_path, capsys):
+    for method in METHODS:
+        out = tmp_path / method
+        argv = ["train", "--config", str(ROOT / "configs" / "gemma3n" / f"{method}.yaml"),
+                "--set", f"train.output_dir={out}"]
+        for s in FAST:
+            argv += ["--set", s]
+        assert main(argv) == 0, capsys.readouterr().err
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [1, 2], method
+        assert all(not r["skipped"] and math.isfinite(r["loss"]) for r in rows), method
