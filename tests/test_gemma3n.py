@@ -166,6 +166,39 @@ def test_each_clip_is_encoded_alone_bit_for_bit(adapter):
             torch.testing.assert_close(got[i, :k], ref, atol=0, rtol=0)
 
 
+def test_logits_equal_transformers_gemma3n_for_conditional_generation(adapter):
+    """The reference: transformers' own Gemma3nForConditionalGeneration (its vision tower, which
+    needs timm, replaced by an empty module) with the same weights, fed as Gemma3nProcessor
+    feeds one clip; logits (soft-capped) for audio and text prompts."""
+    from unittest import mock
+
+    import transformers.models.gemma3n.modeling_gemma3n as mg
+
+    cfg = adapter.model.config
+    make = mg.AutoModel.from_config
+
+    def no_vision(c, *args, **kw):
+        return torch.nn.Module() if c is cfg.vision_config else make(c, *args, **kw)
+
+    with mock.patch.object(mg.AutoModel, "from_config", side_effect=no_vision):
+        ref = mg.Gemma3nForConditionalGeneration(cfg).eval()
+    missing, unexpected = ref.load_state_dict(adapter.model.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("model.embed_vision.") for k in missing)
+    exs = _examples()
+    for i, ex in enumerate(exs):
+        for prompts in (adapter.audio_prompts([ex]), adapter.text_prompts([ex])):
+            feats = {}
+            if prompts.modality == "audio":
+                f = adapter.feature_extractor([ex.audio], sampling_rate=16000, return_tensors="pt")
+                feats = {"input_features": f["input_features"], "input_features_mask": f["input_features_mask"]}
+            with torch.no_grad():
+                want = ref(input_ids=prompts.input_ids, attention_mask=prompts.attention_mask, **feats).logits
+                got = adapter.model(input_ids=prompts.input_ids, attention_mask=prompts.attention_mask,
+                                    **prompts.extra).logits
+            assert want.abs().max() > 2.0  # the sharpened head: not near-uniform logits
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 def test_text_prompt_has_no_placeholders_and_audio_prompt_matches_the_encoder(adapter):
     exs = _examples()
     text = adapter.text_prompts(exs)
