@@ -255,6 +255,8 @@ def _fingerprint(cfg, adapter, source: str, seed: int, temperature: float, max_n
         "temperature": temperature,
         "max_new_tokens": max_new_tokens,
         "batch_size": batch_size,
+        "engine": cfg.rollout.engine,
+        "stop_strings": list(cfg.rollout.stop_strings),
     }
 
 
@@ -330,9 +332,9 @@ def analyze(
         adapter = load_adapter(cfg.model)
     batch_size = batch_size or cfg.eval.batch_size
     if engine is None:
-        from cord.rollout import HFEngine
+        from cord.rollout import make_engine
 
-        engine = HFEngine(adapter, batch_size=batch_size)
+        engine = make_engine(adapter, cfg, batch_size=batch_size)
     max_new_tokens = max_new_tokens or cfg.rollout.max_new_tokens
     seed = cfg.train.seed if seed is None else seed
     fingerprint = _fingerprint(cfg, adapter, source, seed, temperature, max_new_tokens, batch_size)

@@ -330,9 +330,10 @@ def evaluate(cfg, adapter=None, progress: bool = True, *, engine=None) -> dict[s
 
         adapter = load_adapter(cfg.model)
     if engine is None:
-        from cord.rollout import HFEngine
+        from cord.rollout import make_engine
 
-        engine = HFEngine(adapter, batch_size=ev.batch_size)
+        # greedy answers: every engine gives the same tokens; no training stop strings
+        engine = make_engine(adapter, cfg, batch_size=ev.batch_size, stop_strings=())
     out = Path(ev.out)
     fingerprint = run_fingerprint(cfg, adapter)
     _check_resume(out, fingerprint)
