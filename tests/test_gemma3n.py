@@ -292,6 +292,47 @@ def test_engine_samples_from_the_soft_capped_distribution_the_objectives_score()
     torch.testing.assert_close(lp, (full * roll.mask).float(), atol=1e-4, rtol=1e-4)
 
 
+def _trainer(tmp_path, method: str):
+    from cord.config import load_config
+    from cord.train.trainer import Trainer
+
+    cfg = load_config(ROOT / "configs" / "tiny" / f"{method}.yaml",
+                      ["model.family=gemma3n", f"train.output_dir={tmp_path}/run", "train.batch_size=2",
+                       "train.progress=false", "train.tensorboard=false", "rollout.max_new_tokens=4", "data.limit=4"])
+    trainer = Trainer(cfg)
+    with torch.no_grad():
+        trainer.adapter.lm_head().weight.mul_(40.0)  # logits of tens: a cap of 2 bends them
+    trainer.adapter.model.config.text_config.final_logit_softcapping = 2.0
+    return trainer
+
+
+def test_the_train_steps_sft_loss_is_the_soft_capped_nll(tmp_path):
+    from cord.train.step import _targets, run_micro_step
+
+    trainer = _trainer(tmp_path, "sft")
+    a = trainer.adapter
+    examples = trainer.micro_examples(0, 0)
+    loss, _ = run_micro_step(trainer.ctx, examples, step=0, micro=0)
+    ids, mask, _ = _targets(a, examples, trainer.cfg.objective.sft_max_tokens)
+    with torch.no_grad():
+        z = a.completion_hidden(a.audio_prompts(examples), ids, mask).double() @ a.lm_head().weight.double().T
+    for cap, same in ((2.0, True), (None, False)):
+        logits = z if cap is None else cap * torch.tanh(z / cap)
+        nll = -(torch.log_softmax(logits, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1) * mask).sum() / mask.sum()
+        assert (float(loss.detach()) == pytest.approx(float(nll), rel=1e-5)) == same, cap
+
+
+def test_the_train_steps_kl_gets_the_soft_cap(tmp_path, monkeypatch):
+    import cord.train.step as step
+
+    trainer = _trainer(tmp_path, "opd")
+    seen = []
+    inner = step.reverse_kl_per_token
+    monkeypatch.setattr(step, "reverse_kl_per_token", lambda *a, **k: seen.append(k["softcap"]) or inner(*a, **k))
+    loss, _ = step.run_micro_step(trainer.ctx, trainer.micro_examples(0, 0), step=0, micro=0)
+    assert seen == [2.0] and torch.isfinite(loss)
+
+
 def test_save_and_reload_gives_identical_hidden_states(adapter, tmp_path):
     exs = _examples()[:2]
     ids, mask = _completions(2)
