@@ -118,6 +118,10 @@ def _worker(rank: int, world: int, store: str, out: str) -> None:
             assert trainer.sharded and trainer.units
             results[family] = _step(trainer)
             results[f"{family}-teacher"] = trainer.teacher.kind
+        # activation checkpointing (non-reentrant) inside the FSDP units
+        gc = _trainer(Path(out) / "gc", "qwen2-audio", "train.sharding=fsdp", "train.gradient_checkpointing=true")
+        results["gc_on"] = any(getattr(m, "gradient_checkpointing", False) for m in gc.adapter.model.modules())
+        results["qwen2-audio-gc"] = _step(gc)
         # save at step 2, resume, step 4 = 4 uninterrupted steps
         fam = "qwen2-audio"
         run = Path(out) / "run"
@@ -226,3 +230,15 @@ def test_sharding_refuses_lora_and_skipped_audio_in_one_line(extra, match, tmp_p
     with pytest.raises(CordError, match=match) as err:
         Trainer(cfg)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_fsdp_step_with_gradient_checkpointing_is_the_same_step(two_processes):
+    """Recomputing the layers in backward (their weights gathered again) changes nothing."""
+    _, (r0, _) = two_processes
+    assert r0["gc_on"]
+    a, b = r0["qwen2-audio"], r0["qwen2-audio-gc"]
+    assert a["metrics"]["loss"] == pytest.approx(b["metrics"]["loss"], rel=1e-6)
+    for n in a["grads"]:
+        torch.testing.assert_close(b["grads"][n], a["grads"][n], rtol=1e-5, atol=1e-9, msg=n)
