@@ -242,3 +242,22 @@ def test_fsdp_step_with_gradient_checkpointing_is_the_same_step(two_processes):
     assert a["metrics"]["loss"] == pytest.approx(b["metrics"]["loss"], rel=1e-6)
     for n in a["grads"]:
         torch.testing.assert_close(b["grads"][n], a["grads"][n], rtol=1e-5, atol=1e-9, msg=n)
+
+
+@pytest.mark.parametrize("family, expected", [
+    ("qwen2-audio", {"Qwen2AudioEncoderLayer": 1, "Qwen2DecoderLayer": 2}),
+    ("qwen2.5-omni", {"Qwen2_5OmniAudioEncoderLayer": 1, "Qwen2_5OmniDecoderLayer": 2}),  # not the vision blocks
+    ("mini", {"_EncoderBlock": 2, "Qwen2DecoderLayer": 2}),  # not its list of Conv1d
+    ("step-audio2", {"Qwen2AudioEncoderLayer": 1, "Qwen2DecoderLayer": 2}),
+    ("qwen3-omni", {"Qwen3OmniMoeAudioEncoderLayer": 1, "Qwen3OmniMoeThinkerTextDecoderLayer": 2}),
+])
+def test_the_fsdp_units_are_each_familys_encoder_and_decoder_layers(family, expected):
+    from collections import Counter
+
+    from cord.config import load_config
+    from cord.models import load_adapter
+    from cord.train.sharding import fsdp_units
+
+    adapter = load_adapter(load_config(CONFIG, [f"model.family={family}"]).model)
+    units = fsdp_units(adapter.model, adapter.module_map)
+    assert dict(Counter(type(m).__name__ for m in units)) == expected
