@@ -261,3 +261,25 @@ def test_the_fsdp_units_are_each_familys_encoder_and_decoder_layers(family, expe
     adapter = load_adapter(load_config(CONFIG, [f"model.family={family}"]).model)
     units = fsdp_units(adapter.model, adapter.module_map)
     assert dict(Counter(type(m).__name__ for m in units)) == expected
+
+
+def test_frozen_copy_casts_each_parameter_once_and_keeps_ties():
+    """The sharded run's frozen teacher is made in bf16 directly from the fp32 student (no
+    second fp32 model): values are the student's cast, ties stay ties, the student is untouched."""
+    from cord.train.step import frozen_copy
+
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(10, 4)
+    head = torch.nn.Linear(4, 10, bias=False)
+    head.weight = emb.weight  # tied
+    model = torch.nn.Sequential(emb, torch.nn.LayerNorm(4), head)
+    model.register_buffer("scale", torch.tensor([2.0]))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    copy_ = frozen_copy(model, torch.bfloat16)
+    for (n, p), (_, q) in zip(model.named_parameters(), copy_.named_parameters(), strict=True):
+        assert q.dtype == torch.bfloat16 and not q.requires_grad and p.requires_grad
+        assert torch.equal(q, p.detach().to(torch.bfloat16)) and q.data_ptr() != p.data_ptr(), n
+        assert p.dtype == torch.float32 and torch.equal(p, before[n]), n
+    assert copy_[2].weight is copy_[0].weight and torch.equal(copy_.scale, model.scale)
+    plain = frozen_copy(model)
+    assert all(q.dtype == torch.float32 and not q.requires_grad for q in plain.parameters())

@@ -57,6 +57,19 @@ def sync_clock(device: torch.device | str | None) -> float:
     return time.perf_counter()
 
 
+def frozen_copy(model: torch.nn.Module, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """A deep copy of ``model`` without gradients; its parameters cast to ``dtype`` (ties kept:
+    a shared parameter is copied once)."""
+    memo: dict[int, Any] = {}
+    if dtype is not None:
+        for p in model.parameters():  # deepcopy takes these from the memo instead of copying
+            memo[id(p)] = torch.nn.Parameter(p.detach().to(dtype), requires_grad=False)
+    copied = copy.deepcopy(model, memo)
+    for p in copied.parameters():
+        p.requires_grad_(False)
+    return copied
+
+
 class Teacher:
     """The text-conditioned teacher: the same network under stop-gradient.
 
@@ -67,7 +80,9 @@ class Teacher:
     Either way the teacher runs in eval mode (no dropout), like the sampler.
     """
 
-    def __init__(self, adapter, mode: str, text_path_trains: bool) -> None:
+    def __init__(self, adapter, mode: str, text_path_trains: bool, dtype: torch.dtype | None = None) -> None:
+        """``dtype``: the frozen copy's parameters in this dtype (made one by one from the
+        student's, so the full-precision model is never held twice; e.g. bf16 under FSDP)."""
         self.student = adapter
         self.mode = mode
         self.uses_lora = hasattr(adapter.model, "disable_adapter")
@@ -79,7 +94,7 @@ class Teacher:
             else:
                 self.kind = "frozen-copy"
                 frozen = copy.copy(adapter)
-                frozen.model = copy.deepcopy(adapter.model).eval()
+                frozen.model = frozen_copy(adapter.model, dtype).eval()
                 for p in frozen.model.parameters():
                     p.requires_grad_(False)
                 self.adapter = frozen

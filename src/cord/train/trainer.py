@@ -150,8 +150,10 @@ class Trainer:
         self.params = select_trainable(self.adapter.model, list(cfg.train.trainable), lora, module_map)
         self._broadcast_trainable()  # before the frozen teacher copy is taken
         text_path_trains = any(p in cfg.train.trainable for p in ("language_model", "lm_head"))
-        self.teacher = Teacher(self.adapter, cfg.objective.teacher, text_path_trains)
         use_bf16 = cfg.train.bf16 and self.adapter.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        # sharded: a frozen teacher copy needs no fp32 master weights; stored in bf16 on GPUs
+        teacher_dtype = torch.bfloat16 if self.sharded and use_bf16 else None
+        self.teacher = Teacher(self.adapter, cfg.objective.teacher, text_path_trains, dtype=teacher_dtype)
         #: FSDP units (transformer layers) of the policy / of a frozen teacher copy; [] unsharded
         self.units: list[torch.nn.Module] = []
         self.teacher_units: list[torch.nn.Module] = []
@@ -159,9 +161,7 @@ class Trainer:
             from cord.train.sharding import shard_model
 
             compute = torch.bfloat16 if use_bf16 else None
-            if self.teacher.kind == "frozen-copy":  # frozen: no fp32 master needed, stored in bf16
-                if compute is not None:
-                    self.teacher.adapter.model.to(compute)
+            if self.teacher.kind == "frozen-copy":
                 self.teacher_units = shard_model(self.teacher.adapter.model, module_map, param_dtype=compute)
             self.units = shard_model(self.adapter.model, module_map, param_dtype=compute)
             # fully_shard replaced the layers' parameters (DTensors now)
