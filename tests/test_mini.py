@@ -233,6 +233,33 @@ def test_save_pretrained_then_load_through_registry(tmp_path):
         assert not torch.allclose(adapter.completion_hidden(p, ids, mask), other.completion_hidden(p, ids, mask))
 
 
+def test_lora_trained_mini_exports_and_reloads_to_the_same_outputs(tmp_path):
+    # Stage C trains the decoder through LoRA: cord train's export (base + unmerged adapter)
+    # must reload through load_adapter (as cord eval loads it) to the trained outputs
+    from cord.config import LoraConfig
+    from cord.models.export import export_model, is_lora_export
+
+    lora = LoraConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+    adapter = load_adapter(ModelConfig(family="mini", name_or_path="tiny", dtype="float32", device="cpu", lora=lora))
+    with torch.no_grad():
+        for name, p in adapter.model.named_parameters():
+            if "lora_" in name or name.startswith("base_model.model.audio_encoder"):
+                p.add_(0.05 * torch.randn_like(p))  # a trained adapter and a trained encoder
+    export_model(adapter, tmp_path / "model")
+    assert is_lora_export(tmp_path / "model")
+    loaded = load_adapter(mini_cfg(str(tmp_path / "model")))
+    exs = examples()
+    ids, mask = completions(adapter, len(exs))
+    with torch.no_grad():
+        for build in ("text_prompts", "audio_prompts"):
+            a, b = getattr(adapter, build)(exs), getattr(loaded, build)(exs)
+            assert torch.equal(adapter.completion_hidden(a, ids, mask), loaded.completion_hidden(b, ids, mask))
+        # and the adapter matters: the base alone gives other outputs
+        plain = load_adapter(mini_cfg())
+        p = adapter.text_prompts(exs)
+        assert not torch.allclose(adapter.completion_hidden(p, ids, mask), plain.completion_hidden(p, ids, mask))
+
+
 def test_loading_a_missing_directory_is_one_clear_error(tmp_path):
     from cord import CordError
 

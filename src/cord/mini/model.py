@@ -528,22 +528,36 @@ class MiniAdapter:
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write weights (safetensors), ``mini_config.json`` and the tokenizer to ``directory``
         (via a temporary sibling, renamed into place). Load back with family ``mini`` and
-        ``name_or_path: <directory>``."""
+        ``name_or_path: <directory>``.
+
+        A LoRA-wrapped model (a peft model, or cord.models.export's base-and-adapter stand-in)
+        is written as cord.models.export describes: the base weights (LoRA tensors dropped,
+        every part trained in full as trained) plus the unmerged adapter, which
+        ``load_adapter`` applies again on load."""
         import shutil
 
         from safetensors.torch import save_file
 
-        if hasattr(self.model, "get_base_model"):
-            raise CordError("save_pretrained of a LoRA-wrapped mini model is not supported; merge the adapter first")
+        from cord.models.export import ADAPTER_CONFIG, base_state_dict, is_peft_model
+
+        peft = getattr(self.model, "peft_model", None)  # export's _BaseAndAdapter
+        if peft is None and is_peft_model(self.model):
+            peft = self.model
         directory = Path(directory)
         tmp = directory.with_name(directory.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        core = self._core()
-        state = {k: v.detach().contiguous().cpu() for k, v in core.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS_NAME))
+        core = peft.get_base_model() if peft is not None else self._core()
+        state = base_state_dict(peft) if peft is not None else core.state_dict()
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / WEIGHTS_NAME))
         (tmp / CONFIG_NAME).write_text(json.dumps({"family": "mini", "model": asdict(core.config)}, indent=2))
         self.tokenizer.save_pretrained(str(tmp))
+        if peft is not None:
+            peft.save_pretrained(str(tmp), save_embedding_layers=False)
+            cfg_path = tmp / ADAPTER_CONFIG  # the base is this folder, not a hub model
+            data = json.loads(cfg_path.read_text(encoding="utf-8"))
+            data["base_model_name_or_path"] = None
+            cfg_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         if directory.exists():
             shutil.rmtree(directory)
         tmp.rename(directory)
