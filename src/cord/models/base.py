@@ -29,7 +29,9 @@ class PromptBatch:
     needs (e.g. ``input_features`` (B, mel, frames) and ``feature_attention_mask`` (B, frames)
     for Whisper-style encoders); ``modality`` is "audio" or "text". ``keep`` lists, for each
     row, the index of the example it came from (examples whose audio was skipped by the
-    long-audio policy are absent).
+    long-audio policy are absent). ``group`` (set by :meth:`repeat_interleave`) says that rows
+    ``b·group .. b·group+group-1`` are copies of one prompt: an adapter may encode each
+    distinct audio once and reuse it for its group (the Qwen adapters do); others ignore it.
     """
 
     input_ids: torch.Tensor
@@ -37,6 +39,7 @@ class PromptBatch:
     modality: str
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
     keep: list[int] = field(default_factory=list)
+    group: int = 1
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -48,6 +51,7 @@ class PromptBatch:
             self.modality,
             {k: v.to(device) for k, v in self.extra.items()},
             list(self.keep),
+            self.group,
         )
 
     def select(self, rows: list[int] | torch.Tensor) -> "PromptBatch":
@@ -58,9 +62,12 @@ class PromptBatch:
         return PromptBatch(self.input_ids[idx], self.attention_mask[idx], self.modality, extra, keep)
 
     def repeat_interleave(self, n: int) -> "PromptBatch":
-        """Each row repeated ``n`` times in place: rows b*n .. b*n+n-1 come from row b."""
+        """Each row repeated ``n`` times in place: rows b*n .. b*n+n-1 come from row b (the
+        result's ``group`` records it; :meth:`select` forgets it)."""
         rows = torch.arange(len(self)).repeat_interleave(n)
-        return self.select(rows)
+        out = self.select(rows)
+        out.group = self.group * n
+        return out
 
 
 #: The trainable parts of an LALM, as ``train.trainable`` names them.

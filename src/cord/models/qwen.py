@@ -200,9 +200,50 @@ class QwenAudioAdapter:
         width = prompts.input_ids.shape[1]
         ids = torch.cat([prompts.input_ids, completion_ids.masked_fill(~completion_mask, self.pad_token_id)], dim=1)
         attn = torch.cat([prompts.attention_mask, completion_mask.long()], dim=1)
-        hidden = self._decoder_hidden(ids, attn, prompts.extra)
+        if prompts.group > 1 and "input_features" in prompts.extra and self._grouped_families():
+            hidden = self._grouped_decoder_hidden(prompts, ids, attn)
+        else:
+            hidden = self._decoder_hidden(ids, attn, prompts.extra)
         # position width-1+t (last prompt token, then completion tokens) predicts completion token t
         return hidden[:, width - 1 : width - 1 + completion_ids.shape[1]]
+
+    # ------------------------------------------------- a group's audio encoded once
+    def _grouped_families(self) -> bool:
+        """Whether this family merges audio through :meth:`_audio_embeds` (Qwen2-Audio and the
+        Omni thinkers; Voxtral, whose audio rows are chunks, keeps the plain path)."""
+        return type(self)._audio_embeds is not QwenAudioAdapter._audio_embeds
+
+    def _audio_embeds(self, core: nn.Module, extra: dict) -> torch.Tensor:
+        """(valid audio frames of all rows, H): the encoder + projector output the model's own
+        merge scatters into the ``<|AUDIO|>`` slots, rows in order."""
+        raise NotImplementedError
+
+    def _embeds_hidden(self, core, input_ids, attention_mask, extra, inputs_embeds) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _grouped_decoder_hidden(self, prompts: PromptBatch, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """The decoder on every row, with each distinct audio encoded once: rows
+        b·g .. b·g+g-1 (g = ``prompts.group``) share row b·g's audio, so the encoder and
+        projector run on rows 0, g, 2g, ... and their output is repeated into the merged
+        ``inputs_embeds`` exactly where the model's own merge would put it."""
+        from cord import CordError
+
+        g = prompts.group
+        if len(prompts) % g:
+            raise CordError(f"a batch of {len(prompts)} prompts is not made of groups of {g}")
+        core = self._generation_model().model
+        unique = {k: v[::g] for k, v in prompts.extra.items()}
+        feats = self._audio_embeds(core, unique)
+        slots = prompts.input_ids == self.audio_token_id  # the prompt's placeholders only
+        counts = slots[::g].sum(-1).tolist()
+        if sum(counts) != feats.shape[0]:
+            raise CordError(f"audio features and <|AUDIO|> slots do not match: {feats.shape[0]} vs {sum(counts)}")
+        feats = torch.cat([part for part in feats.split(counts) for _ in range(g)])
+        embeds = core.get_input_embeddings()(ids)
+        mask = torch.zeros_like(ids, dtype=torch.bool)
+        mask[:, : slots.shape[1]] = slots
+        embeds = embeds.masked_scatter(mask.unsqueeze(-1), feats.to(embeds.device, embeds.dtype))
+        return self._embeds_hidden(core, ids, attn, prompts.extra, embeds)
 
     # --------------------------------------------------------------- generate
     def _generation_model(self) -> nn.Module:
@@ -286,6 +327,30 @@ class Qwen2AudioAdapter(QwenAudioAdapter):
         )
         return out.last_hidden_state
 
+    def _audio_embeds(self, core, extra):
+        # Qwen2AudioModel.forward's own audio path: Whisper encoder under a bidirectional mask
+        # of the valid frames, the projector, then the valid frames of each row
+        from transformers.masking_utils import create_bidirectional_mask
+
+        tower = core.audio_tower
+        feats = extra["input_features"].to(tower.device)
+        fmask = extra["feature_attention_mask"].to(tower.device)
+        feat_len, out_len = tower._get_feat_extract_output_lengths(fmask.sum(-1))
+        rows, _, frames = feats.shape
+        width = (frames - 2) // 2 + 1
+        valid = (torch.arange(width, device=feat_len.device)[None] < feat_len[:, None]).long()
+        dummy = torch.zeros((rows, width, 1), dtype=core.get_input_embeddings().weight.dtype, device=feats.device)
+        mask = create_bidirectional_mask(config=tower.config, inputs_embeds=dummy, attention_mask=valid)
+        out = core.multi_modal_projector(tower(feats, attention_mask=mask).last_hidden_state)
+        keep = torch.arange(out.shape[1], device=out.device)[None] < out_len.to(out.device)[:, None]
+        return out[keep]
+
+    def _embeds_hidden(self, core, input_ids, attention_mask, extra, inputs_embeds):
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        out = core(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                   use_cache=False)
+        return out.last_hidden_state
+
 
 class Qwen25OmniThinkerAdapter(QwenAudioAdapter):
     family = "qwen2.5-omni"
@@ -324,6 +389,18 @@ class Qwen25OmniThinkerAdapter(QwenAudioAdapter):
         # The thinker computes its own 3-D (mrope) positions from input_ids and the mask.
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         out = base.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra)
+        return out.last_hidden_state
+
+    def _audio_embeds(self, core, extra):
+        # the thinker's own get_audio_features: valid frames of all rows, flattened in order
+        return core.get_audio_features(extra["input_features"], extra["feature_attention_mask"],
+                                       return_dict=True).last_hidden_state
+
+    def _embeds_hidden(self, core, input_ids, attention_mask, extra, inputs_embeds):
+        # no input_features: the audio is already in inputs_embeds; input_ids and the feature
+        # mask still give the thinker its 3-D (mrope) positions, as in the plain forward
+        out = core(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                   feature_attention_mask=extra["feature_attention_mask"], use_cache=False)
         return out.last_hidden_state
 
 
