@@ -276,3 +276,84 @@ def test_bad_demo_arguments_fail_in_one_line_and_touch_nothing(tmp_path, capsys)
     assert main(["demo", "--seeds", "0", "--out", str(tmp_path / "d")]) == 2
     assert "--seeds must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def test_study_runs_every_start_seed_and_arm_with_its_own_data_seed(tmp_path, monkeypatch):
+    """The orchestration of `cord demo --study`, with training and evaluation stubbed: every
+    start gets its own recipe seed (data, split, init), every arm × seed trains once with the
+    shared preset recipe, and a rerun trains nothing again."""
+    import cord.mini.control as control_mod
+    import cord.mini.demo as demo
+    import cord.mini.stages as stages_mod
+    import cord.train.trainer as trainer_mod
+
+    stage_seeds, trained, evaluated = [], [], []
+
+    def fake_stages(out_dir, cfg, progress=False):
+        stage_seeds.append((cfg.seed, cfg.data.seed))
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        data = {s: str(out / "data" / s) for s in ("train", "dev", "test")}
+        result = {"config": cfg.to_dict(), "paths": {"data": data, "stage_a": str(out / "stage_a"),
+                                                    "stage_b": str(out / "stage_b")},
+                  "stage_a": {"steps": 1}, "stage_b": {"steps": 2, "chosen_step": 2, "stopped": "converged",
+                                                       "chosen": {"gap": 0.2}},
+                  "test": {}, "timings": {"data": 1.0}, "model_parameters": {"language_model": 1}}
+        (out / "stages.json").write_text(json.dumps(result))
+        return result
+
+    def finish(cfg, arm):
+        run_dir = Path(cfg.train.output_dir)
+        (run_dir / "model").mkdir(parents=True, exist_ok=True)
+        rows = [{"step": s + 1, "loss": 1.0, "completion_tokens": 10.0} for s in range(cfg.train.max_steps)]
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        trained.append((arm, cfg.train.seed, cfg.train.lr, tuple(cfg.train.trainable), str(run_dir)))
+
+    class FakeTrainer:
+        def __init__(self, cfg):
+            self.cfg = cfg
+
+        def fit(self):
+            finish(self.cfg, self.cfg.objective.method)
+
+    def fake_control(cfg, recipe):
+        finish(cfg, "control")
+
+    def fake_evaluate(model_dir, test_dir, out, max_new_tokens):
+        evaluated.append(str(model_dir))
+        correct = 1 if "cord" in str(model_dir) else 0
+        _write_eval_named(out, test_dir.name, [1] * 20, [correct] * 10 + [0] * 10)
+        return {"text_acc": 1.0, "audio_acc": 0.0, "gap": 1.0, "n": 20, "eval_dir": str(out)}
+
+    monkeypatch.setattr(stages_mod, "run_stages", fake_stages)
+    monkeypatch.setattr(trainer_mod, "Trainer", FakeTrainer)
+    monkeypatch.setattr(control_mod, "run_control", fake_control)
+    monkeypatch.setattr(demo, "_evaluate", fake_evaluate)
+    monkeypatch.setattr(demo, "_analyze_before_after", lambda *a, **k: {"before": {}, "after": {}})
+
+    report = demo.run_demo(tmp_path / "study", study=True, progress=False)
+    assert stage_seeds == [(0, 0), (1, 1), (2, 2)]  # independent starts: data and init seeds differ
+    arms = ("control", *METHODS)
+    assert sorted((a, s) for a, s, *_ in trained) == sorted((a, s) for a in arms for s in range(3) for _ in range(3))
+    assert len({run_dir for *_, run_dir in trained}) == 3 * 3 * len(arms)  # each run its own folder
+    assert len({(lr, parts) for _, _, lr, parts, _ in trained}) == 1  # one shared recipe
+    assert report["starts"] == 3 and report["seeds"] == 3 and report["study"] is True
+    # CORD answers 10 of 20 audio items, everything else none: +50 points, in every start
+    d = report["methods"]["cord"]["delta_vs_control"]
+    assert d["mean"] == pytest.approx(50.0) and d["ci95"][0] > 0
+    assert report["conclusion"] == "cord_beats_control"
+    assert report["methods"]["cord"]["compute"]["rollout_tokens_per_run"] == 10.0 * report["stage_c_steps"]
+    assert report["control"]["compute"]["rollout_tokens_per_run"] == 0
+
+    n_trained = len(trained)
+    demo.run_demo(tmp_path / "study", study=True, progress=False)
+    assert len(trained) == n_trained  # a rerun reuses every finished run
+
+
+def _write_eval_named(directory: Path, test_name: str, text: list[int], audio: list[int]) -> None:
+    d = Path(directory) / test_name
+    d.mkdir(parents=True, exist_ok=True)
+    for modality, outcomes in (("text", text), ("audio", audio)):
+        rows = [{"id": f"q{i}", "modality": modality, "status": "answered", "correct": c}
+                for i, c in enumerate(outcomes)]
+        (d / f"{modality}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
