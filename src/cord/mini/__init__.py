@@ -7,6 +7,11 @@
 - :mod:`cord.mini.model` — the ``mini`` model family: word-level Qwen2 decoder, log-mel
   audio encoder with a CTC readout, frame-stacking projector; the adapter contract.
 - :mod:`cord.mini.family` — registers ``mini`` with :mod:`cord.models.registry`.
-- :mod:`cord.mini.stages` — Stage A (text LM) and Stage B (audio alignment, checkpoint
-  chosen by measured gap), ``greedy_accuracy`` and ``run_stages``.
+- :mod:`cord.mini.stages` — Stage A (text LM) and Stage B (audio alignment to convergence
+  on dev), ``stage_b_loss``, ``greedy_accuracy`` and ``run_stages``.
+- :mod:`cord.mini.control` — the demo's control arm: Stage B's objective continued with
+  the Stage C recipe.
+- :mod:`cord.mini.stats` — paired differences and their nested bootstrap intervals; the
+  report's ``conclusion``.
+- :mod:`cord.mini.demo` — ``cord demo``: starts × (control + methods) × seeds, the report.
 """

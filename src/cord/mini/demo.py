@@ -1,11 +1,18 @@
 """``cord demo``: the CPU miniature of the paper, end to end, through the real code paths.
 
+For every independent start (data, split and init seed):
+
     data (espeak-ng, many voices; a held-out voice for dev/test)
-    → Stage A (text LM) → Stage B (audio alignment, LM frozen; checkpoint chosen by gap)
-    → Stage C: cord, opd, forward_kl, sft, grpo from the same Stage B checkpoint with the
-      same step budget, through ``cord train`` (presets in configs/mini/), for every seed
+    → Stage A (text LM) → Stage B (audio alignment, LM frozen, to convergence on dev)
+    → Stage C from that checkpoint, one shared recipe (configs/mini/, check_presets):
+      the control arm (Stage B's objective continued, cord.mini.control) and cord, opd,
+      forward_kl, sft, grpo through ``cord train``, for every Stage C seed
     → ``cord eval`` on the held-out voice (greedy, exact final answer via the judges)
-    → ``cord analyze`` before/after CORD → report.json, report.md, PNG plots.
+
+then ``cord analyze`` before/after CORD, and report.json / report.md / PNG plots whose
+numbers are recomputed from the per-item outputs: paired differences against the control
+and the Stage B model with nested bootstrap intervals (cord.mini.stats), and the
+``conclusion`` read off CORD's interval against the control.
 
 Every stage resumes: rerunning the same command reuses finished stages and runs.
 """
