@@ -153,7 +153,7 @@ def test_trainer_export_writes_the_unmerged_export_and_replaces_the_old_one(tmp_
     target = tmp_path / "model"
     target.mkdir()
     (target / "stale.bin").write_text("old run")
-    Trainer.export(types.SimpleNamespace(adapter=trained), target)
+    Trainer.export(types.SimpleNamespace(adapter=trained, sharded=False), target)
     names = {p.name for p in target.iterdir()}
     assert "adapter_config.json" in names and "stale.bin" not in names
     assert not (tmp_path / "model.tmp").exists()
