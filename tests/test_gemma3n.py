@@ -7,8 +7,6 @@ save/load and checkpoint-name loading, LoRA in the decoder, every method's prese
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -16,16 +14,15 @@ import pytest
 import torch
 
 from cord import CordError
-from cord.cli import main
 from cord.config import LoraConfig, ModelConfig, RolloutConfig
 from cord.models import load_adapter
 from cord.models.base import module_map_of, part_of
 from cord.objectives import token_logprobs
 from cord.rollout.engine import make_engine
+from tests import family_contract as contract
 from tests.conftest import make_examples
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ["sft", "forward_kl", "opd", "opd_weighted", "grpo", "grpo_opd", "cord"]
 
 
 def _load(**kw):
@@ -42,18 +39,12 @@ def _examples():
 @pytest.fixture(scope="module")
 def adapter():
     a = _load()
-    with torch.no_grad():  # sharpen the head (tied to the embeddings): at init logits are ~uniform
-        a.lm_head().weight.mul_(8.0)
+    contract.sharpen(a, attention=False)  # the head (tied to the embeddings): at init logits are ~uniform
     return a
 
 
 def _completions(n: int, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(40, 250, (n, 7), generator=g)
-    mask = torch.ones(n, 7, dtype=torch.bool)
-    for i in range(n):
-        mask[i, 3 + 2 * i :] = False  # ragged: 3, 5, 7 tokens
-    return ids, mask
+    return contract.completions(n, seed)
 
 
 def test_prompts_are_laid_out_as_the_chat_template_and_processor_lay_them(adapter):
@@ -100,26 +91,13 @@ def test_features_are_the_extractors_one_clip_at_a_time(adapter):
 @pytest.mark.parametrize("modality", ["audio", "text"])
 def test_batched_completion_hidden_equals_one_by_one(adapter, modality):
     exs = _examples()
-    make = adapter.audio_prompts if modality == "audio" else adapter.text_prompts
-    ids, mask = _completions(3)
-    with torch.no_grad():
-        batched = adapter.completion_hidden(make(exs), ids, mask)
-        for i in range(3):
-            alone = adapter.completion_hidden(make(exs[i : i + 1]), ids[i : i + 1], mask[i : i + 1])
-            torch.testing.assert_close(batched[i][mask[i]], alone[0][mask[i]], atol=1e-5, rtol=1e-5)
+    contract.check_batched_equals_one_by_one(adapter, exs, modality, *_completions(3))
 
 
 def test_completion_hidden_is_the_full_forward_at_completion_positions(adapter):
     prompts = adapter.audio_prompts(_examples()[1:2])
-    ids, mask = _completions(1)
-    with torch.no_grad():
-        h = adapter.completion_hidden(prompts, ids, mask)
-        full = adapter.model(input_ids=torch.cat([prompts.input_ids, ids], 1),
-                             attention_mask=torch.cat([prompts.attention_mask, mask.long()], 1),
-                             **prompts.extra).logits
-    P = prompts.input_ids.shape[1]
-    capped = 30.0 * torch.tanh(adapter.lm_head()(h) / 30.0)
-    torch.testing.assert_close(capped[0, :3], full[0, P - 1 : P + 2], atol=1e-4, rtol=1e-4)
+    contract.check_completion_hidden_is_the_full_forward(adapter, prompts, *_completions(1),
+                                                         logits=lambda z: 30.0 * torch.tanh(z / 30.0))
 
 
 def test_audio_is_merged_as_transformers_gemma3n_model_merges_it(adapter):
@@ -225,42 +203,12 @@ def test_vision_tokens_in_a_prompt_are_one_line(adapter):
         adapter.model.model.embed(torch.tensor([[5, cfg.image_token_id]]))
 
 
-def _argmax_loop(adapter, prompts, steps: int) -> list[list[int]]:
-    """Greedy decoding by full forwards (soft-capped logits), no cache: the engines' reference."""
-    out = []
-    for r in range(len(prompts)):
-        one = prompts.select([r])
-        ids, attn = one.input_ids, one.attention_mask
-        got = []
-        for _ in range(steps):
-            with torch.no_grad():
-                logits = adapter.model(input_ids=ids, attention_mask=attn, **one.extra).logits[0, -1]
-            logits[adapter.placeholder_token_ids] = float("-inf")
-            tok = int(logits.argmax())
-            got.append(tok)
-            if tok in adapter.eos_token_ids:
-                break
-            ids = torch.cat([ids, torch.tensor([[tok]])], 1)
-            attn = torch.cat([attn, torch.ones(1, 1, dtype=attn.dtype)], 1)
-        out.append(got)
-    return out
-
-
 @pytest.mark.parametrize("modality", ["audio", "text"])
 def test_greedy_generation_through_both_engines_equals_a_plain_argmax_loop(adapter, modality):
     exs = _examples()
     prompts = adapter.audio_prompts(exs) if modality == "audio" else adapter.text_prompts(exs)
-    ref = _argmax_loop(adapter, prompts, 6)
-    prefills = []
-    adapter.prefill = lambda p, _f=type(adapter).prefill: prefills.append(len(p)) or _f(adapter, p)
-    try:
-        for name in ("hf", "hf-generate"):
-            engine = make_engine(adapter, RolloutConfig(engine=name), batch_size=2)
-            out = engine.generate(prompts, n=1, greedy=True, max_new_tokens=6)
-            assert [out.ids[r][out.mask[r]].tolist() for r in range(3)] == ref, name
-    finally:
-        del adapter.prefill
-    assert prefills == [2, 1]  # the hf engine took its prefill-once path (2 prompts per call)
+    # the loop's full forwards give the soft-capped logits
+    contract.check_both_engines_equal_the_argmax_loop(adapter, prompts, 6)
 
 
 def test_engine_samples_from_the_soft_capped_distribution_the_objectives_score():
@@ -339,11 +287,7 @@ def test_save_and_reload_gives_identical_hidden_states(adapter, tmp_path):
     adapter.save_pretrained(str(tmp_path / "m"))
     again = load_adapter(ModelConfig(family="gemma3n", name_or_path=str(tmp_path / "m"), dtype="float32",
                                      device="cpu"))
-    with torch.no_grad():
-        a = adapter.completion_hidden(adapter.audio_prompts(exs), ids, mask)
-        b = again.completion_hidden(again.audio_prompts(exs), ids, mask)
-    torch.testing.assert_close(a, b, atol=0, rtol=0)
-    assert again.text_prompts(exs).input_ids.tolist() == adapter.text_prompts(exs).input_ids.tolist()
+    contract.check_save_and_reload(adapter, again, exs, ids, mask)
     assert again.logit_softcap == 30.0
 
 
@@ -408,20 +352,6 @@ def test_module_map_covers_every_parameter_and_lora_stays_in_the_decoder():
     assert not [n for n in wrapped if ".layers.3.self_attn.k_proj" in n or ".layers.2.self_attn.v_proj" in n]
 
 
-FAST = ["model.name_or_path=tiny", "model.dtype=float32", "model.device=cpu", "data.train=builtin:tiny-arith",
-        "data.limit=4", "train.batch_size=2", "train.grad_accum=1", "train.max_steps=2", "train.progress=false",
-        "train.tensorboard=false", "train.bf16=false", "rollout.max_new_tokens=4", "rollout.seq_n=2"]
-
-
 @pytest.mark.slow
 def test_every_method_preset_runs_two_steps_on_the_tiny_model(tmp_path, capsys):
-    for method in METHODS:
-        out = tmp_path / method
-        argv = ["train", "--config", str(ROOT / "configs" / "gemma3n" / f"{method}.yaml"),
-                "--set", f"train.output_dir={out}"]
-        for s in FAST:
-            argv += ["--set", s]
-        assert main(argv) == 0, capsys.readouterr().err
-        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        assert [r["step"] for r in rows] == [1, 2], method
-        assert all(not r["skipped"] and math.isfinite(r["loss"]) for r in rows), method
+    contract.check_every_method_preset_runs_two_steps("gemma3n", tmp_path, capsys)

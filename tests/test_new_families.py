@@ -7,23 +7,17 @@ LoRA stays in the decoder; and every method's preset runs 2 steps on the tiny mo
 
 from __future__ import annotations
 
-import json
-import math
-from pathlib import Path
-
 import pytest
 import torch
 
-from cord.cli import main
 from cord.config import LoraConfig, ModelConfig
 from cord.models import load_adapter
 from cord.models.base import module_map_of, part_of
 from cord.rollout.engine import GenerateEngine, HFEngine
+from tests import family_contract as contract
 from tests.conftest import make_examples
 
-ROOT = Path(__file__).resolve().parents[1]
 NEW_FAMILIES = ["qwen3-omni"]
-METHODS = ["sft", "forward_kl", "opd", "opd_weighted", "grpo", "grpo_opd", "cord"]
 
 
 def _load(family: str, **kw):
@@ -33,11 +27,7 @@ def _load(family: str, **kw):
 @pytest.fixture(scope="module", params=NEW_FAMILIES)
 def adapter(request):
     a = _load(request.param)
-    with torch.no_grad():  # sharpen attention and head: at init a wrong position barely shows
-        for name, p in a.model.named_parameters():
-            if "language_model" in name and name.endswith(("q_proj.weight", "k_proj.weight")):
-                p.mul_(12.0)
-        a.lm_head().weight.mul_(8.0)
+    contract.sharpen(a)
     return a
 
 
@@ -52,39 +42,19 @@ def _encoder_tokens(adapter, prompts) -> int:
 
 
 def _completions(n: int, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, 256, (n, 7), generator=g)
-    mask = torch.ones(n, 7, dtype=torch.bool)
-    for i in range(n):
-        mask[i, 3 + 2 * i:] = False  # ragged: 3, 5, 7 tokens
-    return ids, mask
+    return contract.completions(n, seed, low=0, high=256)
 
 
 @pytest.mark.parametrize("modality", ["audio", "text"])
 def test_batched_completion_hidden_equals_one_by_one(adapter, modality):
     exs = make_examples(3)  # 0.4 s, 0.95 s, 1.5 s of audio; questions of 1-3 sentences
-    make = adapter.audio_prompts if modality == "audio" else adapter.text_prompts
-    ids, mask = _completions(3)
-    with torch.no_grad():
-        batched = adapter.completion_hidden(make(exs), ids, mask)
-        for i in range(3):
-            alone = adapter.completion_hidden(make(exs[i : i + 1]), ids[i : i + 1], mask[i : i + 1])
-            torch.testing.assert_close(batched[i][mask[i]], alone[0][mask[i]], atol=1e-5, rtol=1e-5)
+    contract.check_batched_equals_one_by_one(adapter, exs, modality, *_completions(3))
 
 
 def test_completion_hidden_is_the_full_forward_at_completion_positions(adapter):
     exs = make_examples(2)
     prompts = adapter.audio_prompts(exs[1:])
-    ids, mask = _completions(1)
-    with torch.no_grad():
-        h = adapter.completion_hidden(prompts, ids, mask)
-        full = adapter.model(
-            input_ids=torch.cat([prompts.input_ids, ids], 1),
-            attention_mask=torch.cat([prompts.attention_mask, mask.long()], 1),
-            **prompts.extra,
-        ).logits
-    P = prompts.input_ids.shape[1]
-    torch.testing.assert_close(adapter.lm_head()(h)[0, :3], full[0, P - 1 : P + 2], atol=1e-4, rtol=1e-4)
+    contract.check_completion_hidden_is_the_full_forward(adapter, prompts, *_completions(1))
 
 
 def test_text_prompt_has_no_placeholders_and_audio_prompt_matches_the_encoder(adapter):
@@ -103,33 +73,11 @@ def test_text_prompt_has_no_placeholders_and_audio_prompt_matches_the_encoder(ad
     assert adapter.tokenizer.decode(audio.input_ids[0][-8:]) == tail
 
 
-def _argmax_loop(adapter, prompts, steps: int) -> list[list[int]]:
-    """Greedy decoding by full forwards, no cache: the reference for the engines."""
-    out = []
-    eos = set(adapter.eos_token_ids)
-    for r in range(len(prompts)):
-        one = prompts.select([r])
-        ids, attn = one.input_ids, one.attention_mask
-        got = []
-        for _ in range(steps):
-            with torch.no_grad():
-                logits = adapter.model(input_ids=ids, attention_mask=attn, **one.extra).logits[0, -1]
-            logits[adapter.placeholder_token_ids] = float("-inf")
-            tok = int(logits.argmax())
-            got.append(tok)
-            if tok in eos:
-                break
-            ids = torch.cat([ids, torch.tensor([[tok]])], 1)
-            attn = torch.cat([attn, torch.ones(1, 1, dtype=attn.dtype)], 1)
-        out.append(got)
-    return out
-
-
 @pytest.mark.parametrize("modality", ["audio", "text"])
 def test_greedy_generation_through_the_engines_equals_a_plain_argmax_loop(adapter, modality):
     exs = make_examples(3)
     prompts = adapter.audio_prompts(exs) if modality == "audio" else adapter.text_prompts(exs)
-    ref = _argmax_loop(adapter, prompts, 8)
+    ref = contract.argmax_loop(adapter, prompts, 8)
     assert hasattr(adapter, "prefill")  # the hf engine's prefill-once path, not its fallback
     for engine in (HFEngine(adapter, batch_size=2), GenerateEngine(adapter)):
         out = engine.generate(prompts, n=1, greedy=True, max_new_tokens=8)
@@ -141,10 +89,7 @@ def test_save_and_reload_gives_identical_hidden_states(adapter, tmp_path):
     ids, mask = _completions(2)
     adapter.save_pretrained(str(tmp_path / "m"))
     again = load_adapter(ModelConfig(family=adapter.family, name_or_path=str(tmp_path / "m"), dtype="float32", device="cpu"))
-    with torch.no_grad():
-        a = adapter.completion_hidden(adapter.audio_prompts(exs), ids, mask)
-        b = again.completion_hidden(again.audio_prompts(exs), ids, mask)
-    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    contract.check_save_and_reload(adapter, again, exs, ids, mask, same_text_prompts=False)
 
 
 @pytest.mark.parametrize("family", NEW_FAMILIES)
@@ -176,23 +121,10 @@ def test_qwen3_omni_router_loss_is_never_computed_and_experts_train_in_full_fine
     assert not any(n.startswith(("model.audio_tower", "model.visual", "lm_head")) for n in names)
 
 
-FAST = ["model.name_or_path=tiny", "model.dtype=float32", "model.device=cpu", "data.train=builtin:tiny-arith",
-        "data.limit=4", "train.batch_size=2", "train.grad_accum=1", "train.max_steps=2", "train.progress=false",
-        "train.tensorboard=false", "train.bf16=false", "rollout.max_new_tokens=4", "rollout.seq_n=2"]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("family", NEW_FAMILIES)
 def test_every_method_preset_runs_two_steps_on_the_tiny_model(family, tmp_path, capsys):
-    for method in METHODS:
-        out = tmp_path / method
-        argv = ["train", "--config", str(ROOT / "configs" / family / f"{method}.yaml"), "--set", f"train.output_dir={out}"]
-        for s in FAST:
-            argv += ["--set", s]
-        assert main(argv) == 0, capsys.readouterr().err
-        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        assert [r["step"] for r in rows] == [1, 2], method
-        assert all(not r["skipped"] and math.isfinite(r["loss"]) for r in rows), method
+    contract.check_every_method_preset_runs_two_steps(family, tmp_path, capsys)
 
 
 def test_lora_that_peft_would_put_on_the_experts_is_one_line():
