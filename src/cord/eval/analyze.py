@@ -44,7 +44,7 @@ import torch
 from cord import CordError
 from cord.data.paired import PairedExample
 from cord.eval.plots import plot_kl_by_position, plot_kl_histogram
-from cord.eval.report import dump_json, read_records, write_atomic
+from cord.eval.report import check_fingerprint, dump_json, read_records, write_atomic
 
 PERCENTILES = (50, 80, 90, 99)
 ANALYSIS_JSON = "analysis.json"
@@ -275,22 +275,6 @@ def _model_stamp(name_or_path: str) -> str | None:
     return h.hexdigest()
 
 
-def _check_resume(out: Path, fingerprint: dict[str, Any]) -> None:
-    run_json = out / RUN_JSON
-    if not (out / ROLLOUTS_JSONL).is_file() or not run_json.is_file():
-        return
-    try:
-        old = json.loads(run_json.read_text(encoding="utf-8")).get("fingerprint", {})
-    except (json.JSONDecodeError, AttributeError):
-        return
-    for k, v in fingerprint.items():
-        if k in old and old[k] != v:
-            raise CordError(
-                f"{out} holds rollouts from another analysis ({k}: {old[k]!r}, now {v!r}); "
-                "use another --out, or delete that folder to start over"
-            )
-
-
 def analyze(
     cfg=None,
     adapter=None,
@@ -338,7 +322,8 @@ def analyze(
     max_new_tokens = max_new_tokens or cfg.rollout.max_new_tokens
     seed = cfg.train.seed if seed is None else seed
     fingerprint = _fingerprint(cfg, adapter, source, seed, temperature, max_new_tokens, batch_size)
-    _check_resume(out, fingerprint)
+    check_fingerprint(out, fingerprint, resumable=(out / ROLLOUTS_JSONL).is_file(),
+                      holds="rollouts from another analysis")
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / RUN_JSON, dump_json({"fingerprint": fingerprint}))
     path = out / ROLLOUTS_JSONL

@@ -348,6 +348,26 @@ def dump_json(data: Any) -> str:
     return json.dumps(_clean(data), indent=2, ensure_ascii=False) + "\n"
 
 
+def check_fingerprint(out: Path, fingerprint: Mapping[str, Any], *, resumable: bool, holds: str) -> None:
+    """Refuse to resume into ``out`` when an earlier run left resumable files there
+    (``resumable``) and its ``run.json`` fingerprint differs from ``fingerprint`` in a key both
+    have: one line naming the key (``holds``: what ``out`` holds, e.g. "answers from another
+    run"). An unreadable ``run.json`` is no evidence either way."""
+    run_json = out / "run.json"
+    if not resumable or not run_json.is_file():
+        return
+    try:
+        old = json.loads(run_json.read_text(encoding="utf-8")).get("fingerprint", {})
+    except (json.JSONDecodeError, AttributeError):
+        return
+    for k, v in fingerprint.items():
+        if k in old and old[k] != v:
+            raise CordError(
+                f"{out} holds {holds} ({k}: {old[k]!r}, now {v!r}); "
+                "use another --out, or delete that folder to start over"
+            )
+
+
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
 

@@ -43,6 +43,7 @@ from cord.eval.benchmarks import BENCHMARKS, HUB_BENCHMARKS, MMAU_JSON, PROTOCOL
 from cord.eval.report import (
     AVERAGE,
     add_gap_reduction,
+    check_fingerprint,
     dump_json,
     load_report,
     read_records,
@@ -290,23 +291,6 @@ def run_fingerprint(cfg, adapter) -> dict[str, Any]:
     }
 
 
-def _check_resume(out: Path, fingerprint: dict[str, Any]) -> None:
-    has_answers = out.is_dir() and any(out.glob("*/*.jsonl"))
-    run_json = out / RUN_JSON
-    if not has_answers or not run_json.is_file():
-        return
-    try:
-        old = json.loads(run_json.read_text(encoding="utf-8")).get("fingerprint", {})
-    except (json.JSONDecodeError, AttributeError):
-        return
-    for k, v in fingerprint.items():
-        if k in old and old[k] != v:
-            raise CordError(
-                f"{out} holds answers from another run ({k}: {old[k]!r}, now {v!r}); "
-                "use another --out, or delete that folder to start over"
-            )
-
-
 def evaluate(cfg, adapter=None, progress: bool = True, *, engine=None) -> dict[str, dict[str, Any]]:
     """Run ``cfg.eval`` (benchmarks × modalities) and write the report; returns it.
 
@@ -336,7 +320,8 @@ def evaluate(cfg, adapter=None, progress: bool = True, *, engine=None) -> dict[s
         engine = make_engine(adapter, cfg, batch_size=ev.batch_size, stop_strings=())
     out = Path(ev.out)
     fingerprint = run_fingerprint(cfg, adapter)
-    _check_resume(out, fingerprint)
+    check_fingerprint(out, fingerprint, resumable=out.is_dir() and any(out.glob("*/*.jsonl")),
+                      holds="answers from another run")
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / RUN_JSON, dump_json({"fingerprint": fingerprint, "benchmarks": names, "modalities": modalities}))
 
