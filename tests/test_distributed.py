@@ -3,20 +3,20 @@ same global batch, their metrics agree even when one process's micro-batch was a
 and they start from the same weights.
 
 The processes are started with torch.multiprocessing (spawn) and meet through a file store in
-the test's temporary directory: no port to pick, so no race for a free one. Each builds the
+the test's temporary directory (tests/gloo.py): no port to pick, so no race for a free one. Each builds the
 Trainer with a real accelerate ``Accelerator``, which takes over the process group.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from tests.gloo import run_two_processes, tiny_data
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "tiny" / "cord.yaml"
@@ -36,13 +36,6 @@ CASES = {
 NON_DETERMINISTIC = ("step_time", "tokens_per_s")
 
 
-def _data() -> str:
-    """The tiny preset's built-in dataset, made once here (not by two processes at once)."""
-    from cord.train.trainer import resolve_data
-
-    return resolve_data("builtin:tiny-arith")
-
-
 def _long_audio_examples(n: int):
     from cord.data.paired import PairedExample
 
@@ -54,7 +47,7 @@ def _trainer(out: Path, *extra: str):
     from cord.config import load_config
     from cord.train.trainer import Trainer
 
-    return Trainer(load_config(CONFIG, [*COMMON, f"data.train={_data()}", f"train.output_dir={out}", *extra]))
+    return Trainer(load_config(CONFIG, [*COMMON, f"data.train={tiny_data()}", f"train.output_dir={out}", *extra]))
 
 
 def _one_step(trainer, accum: int, clip: float | None, skip: bool = False) -> dict:
@@ -80,37 +73,20 @@ def _one_step(trainer, accum: int, clip: float | None, skip: bool = False) -> di
     return {"grads": grads, "metrics": metrics, "records": records}
 
 
-def _worker(rank: int, world: int, store: str, out: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
-                      OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    torch.set_num_threads(1)
-    import torch.distributed as dist
-
-    # a hung collective (ranks disagreeing on what to reduce) fails within the timeout
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=120))
-    try:
-        trainer = _trainer(Path(out) / "run")
-        results = {name: _one_step(trainer, accum, clip) for name, (accum, clip) in CASES.items()}
-        results["skip"] = _one_step(trainer, 1, None, skip=rank == 1)
-        # LoRA initialised from a different seed on each process: process 0's weights win
-        lora = _trainer(Path(out) / "lora", "model.lora.r=2", f"train.seed={rank}")
-        results["lora_init"] = {n: p.detach().clone() for n, p in lora.adapter.model.named_parameters()
-                                if p.requires_grad}
-        torch.save(results, Path(out) / f"rank{rank}.pt")
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+def _ranks_body(rank: int, out: Path) -> dict:
+    trainer = _trainer(out / "run")
+    results = {name: _one_step(trainer, accum, clip) for name, (accum, clip) in CASES.items()}
+    results["skip"] = _one_step(trainer, 1, None, skip=rank == 1)
+    # LoRA initialised from a different seed on each process: process 0's weights win
+    lora = _trainer(out / "lora", "model.lora.r=2", f"train.seed={rank}")
+    results["lora_init"] = {n: p.detach().clone() for n, p in lora.adapter.model.named_parameters()
+                            if p.requires_grad}
+    return results
 
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
-    import torch.multiprocessing as mp
-
-    out = tmp_path_factory.mktemp("two_processes")
-    _data()
-    mp.spawn(_worker, args=(2, str(out / "store"), str(out)), nprocs=2, join=True)
-    return [torch.load(out / f"rank{r}.pt") for r in range(2)]
+    return run_two_processes(_ranks_body, tmp_path_factory.mktemp("two_processes"), timeout_s=120)
 
 
 @pytest.fixture(scope="module")

@@ -7,19 +7,19 @@
 - a sharded checkpoint at step 2, resumed to step 4, equals the uninterrupted run;
 - the consolidated export loads with load_adapter and gives the sharded model's logits.
 
-The processes start with torch.multiprocessing (spawn) and meet through a file store, as in
-tests/test_distributed.py.
+The processes start with torch.multiprocessing (spawn) and meet through a file store
+(tests/gloo.py), as in tests/test_distributed.py.
 """
 
 from __future__ import annotations
 
-import os
 import zlib
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.gloo import run_two_processes, tiny_data
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "tiny" / "cord.yaml"
@@ -41,18 +41,12 @@ def _reward(candidates, references):
     return [float(zlib.crc32(c.encode()) % 2) for c in candidates]
 
 
-def _data() -> str:
-    from cord.train.trainer import resolve_data
-
-    return resolve_data("builtin:tiny-arith")
-
-
 def _trainer(out: Path, family: str, *extra: str):
     from cord.config import load_config
     from cord.train.trainer import Trainer
 
-    cfg = load_config(CONFIG, [*COMMON, *FAMILIES[family], f"data.train={_data()}", f"train.output_dir={out}",
-                               *extra])
+    cfg = load_config(CONFIG, [*COMMON, *FAMILIES[family], f"data.train={tiny_data()}",
+                               f"train.output_dir={out}", *extra])
     trainer = Trainer(cfg)
     trainer.ctx.reward_fn = _reward
     return trainer
@@ -92,7 +86,7 @@ def _logits(adapter) -> torch.Tensor:
     """The model's logits on the completion of one audio prompt (hidden states @ lm_head)."""
     from cord.data.paired import load_paired
 
-    examples = load_paired(_data(), limit=2)
+    examples = load_paired(tiny_data(), limit=2)
     audio = adapter.audio_prompts(examples)
     ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 0]])
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
@@ -103,52 +97,37 @@ def _logits(adapter) -> torch.Tensor:
         return (h.float() @ w.float().T).detach().clone()
 
 
-def _worker(rank: int, world: int, store: str, out: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
-                      OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    torch.set_num_threads(1)
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=300))
-    try:
-        results: dict = {}
-        for family in FAMILIES:
-            trainer = _trainer(Path(out) / f"step-{family}", family, "train.sharding=fsdp")
-            assert trainer.sharded and trainer.units
-            results[family] = _step(trainer)
-            results[f"{family}-teacher"] = trainer.teacher.kind
-        # activation checkpointing (non-reentrant) inside the FSDP units
-        gc = _trainer(Path(out) / "gc", "qwen2-audio", "train.sharding=fsdp", "train.gradient_checkpointing=true")
-        results["gc_on"] = any(getattr(m, "gradient_checkpointing", False) for m in gc.adapter.model.modules())
-        results["qwen2-audio-gc"] = _step(gc)
-        # save at step 2, resume, step 4 = 4 uninterrupted steps
-        fam = "qwen2-audio"
-        run = Path(out) / "run"
-        a = _trainer(run, fam, "train.sharding=fsdp", "train.max_steps=2")
-        a.fit(export=False)
-        b = _trainer(run, fam, "train.sharding=fsdp", "train.max_steps=4")
-        fitted = b.fit(resume="auto")
-        results["resumed_from"] = fitted["resumed_from"]
-        results["resumed"] = {"params": _full(b), "last": fitted["last"]}
-        results["sharded_logits"] = _logits(b.adapter)
-        c = _trainer(Path(out) / "straight", fam, "train.sharding=fsdp", "train.max_steps=4")
-        fitted = c.fit(export=False)
-        results["straight"] = {"params": _full(c), "last": fitted["last"]}
-        torch.save(results, Path(out) / f"rank{rank}.pt")
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+def _ranks_body(rank: int, out: Path) -> dict:
+    results: dict = {}
+    for family in FAMILIES:
+        trainer = _trainer(out / f"step-{family}", family, "train.sharding=fsdp")
+        assert trainer.sharded and trainer.units
+        results[family] = _step(trainer)
+        results[f"{family}-teacher"] = trainer.teacher.kind
+    # activation checkpointing (non-reentrant) inside the FSDP units
+    gc = _trainer(out / "gc", "qwen2-audio", "train.sharding=fsdp", "train.gradient_checkpointing=true")
+    results["gc_on"] = any(getattr(m, "gradient_checkpointing", False) for m in gc.adapter.model.modules())
+    results["qwen2-audio-gc"] = _step(gc)
+    # save at step 2, resume, step 4 = 4 uninterrupted steps
+    fam = "qwen2-audio"
+    run = out / "run"
+    a = _trainer(run, fam, "train.sharding=fsdp", "train.max_steps=2")
+    a.fit(export=False)
+    b = _trainer(run, fam, "train.sharding=fsdp", "train.max_steps=4")
+    fitted = b.fit(resume="auto")
+    results["resumed_from"] = fitted["resumed_from"]
+    results["resumed"] = {"params": _full(b), "last": fitted["last"]}
+    results["sharded_logits"] = _logits(b.adapter)
+    c = _trainer(out / "straight", fam, "train.sharding=fsdp", "train.max_steps=4")
+    fitted = c.fit(export=False)
+    results["straight"] = {"params": _full(c), "last": fitted["last"]}
+    return results
 
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
-    import torch.multiprocessing as mp
-
     out = tmp_path_factory.mktemp("fsdp")
-    _data()
-    mp.spawn(_worker, args=(2, str(out / "store"), str(out)), nprocs=2, join=True)
-    return out, [torch.load(out / f"rank{r}.pt") for r in range(2)]
+    return out, run_two_processes(_ranks_body, out, timeout_s=300)
 
 
 @pytest.mark.slow
@@ -225,7 +204,7 @@ def test_sharding_refuses_lora_and_skipped_audio_in_one_line(extra, match, tmp_p
     from cord.config import load_config
     from cord.train.trainer import Trainer
 
-    cfg = load_config(CONFIG, ["data.limit=4", f"data.train={_data()}", f"train.output_dir={tmp_path}",
+    cfg = load_config(CONFIG, ["data.limit=4", f"data.train={tiny_data()}", f"train.output_dir={tmp_path}",
                                "train.sharding=fsdp", *extra])
     with pytest.raises(CordError, match=match) as err:
         Trainer(cfg)

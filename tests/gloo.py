@@ -1,0 +1,47 @@
+"""Two CPU processes over gloo, for the multi-process tests (tests/test_distributed.py,
+tests/test_fsdp.py): started with torch.multiprocessing (spawn), they meet through a file store
+in the test's temporary directory (no port to pick, so no race for a free one). Each runs
+``body(rank, out)`` and its result is saved as ``out/rank<r>.pt``."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+
+def tiny_data() -> str:
+    """The tiny preset's built-in dataset, made once by the test process (not by two processes at once)."""
+    from cord.train.trainer import resolve_data
+
+    return resolve_data("builtin:tiny-arith")
+
+
+def _worker(rank: int, world: int, store: str, out: str, body: Callable[[int, Path], dict], timeout_s: float) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+                      OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    # a hung collective (ranks disagreeing on what to reduce) fails within the timeout
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=timeout_s))
+    try:
+        results = body(rank, Path(out))
+        torch.save(results, Path(out) / f"rank{rank}.pt")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def run_two_processes(body: Callable[[int, Path], dict], out: Path, timeout_s: float) -> list[dict]:
+    """Run ``body`` (a module-level function, so that spawn can pickle it) on ranks 0 and 1;
+    return what each returned, loaded back in rank order."""
+    import torch.multiprocessing as mp
+
+    tiny_data()
+    mp.spawn(_worker, args=(2, str(out / "store"), str(out), body, timeout_s), nprocs=2, join=True)
+    return [torch.load(out / f"rank{r}.pt") for r in range(2)]
