@@ -150,15 +150,21 @@ def save_checkpoint(
     (tmp / "rng.json").write_text(json.dumps(rng_state()))
     (tmp / "config.yaml").write_text(config_yaml)
     (tmp / "trainer_state.json").write_text(json.dumps({**state, "format": FORMAT}, indent=1))
-    if final.exists():  # re-saving the same step (e.g. final save right after a periodic one)
+    _publish(tmp, final, output_dir, state.get("run_id"), keep_last)
+    return final
+
+
+def _publish(tmp: Path, final: Path, output_dir: str | Path, run_id: str | None, keep_last: int) -> None:
+    """Rename the written ``tmp`` folder to ``final`` (replacing a checkpoint of the same step,
+    e.g. the final save right after a periodic one), then delete this run's (``run_id``) older
+    checkpoints beyond the last ``keep_last``; another run's checkpoint is never deleted."""
+    if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    run_id = state.get("run_id")
     mine = [d for d in checkpoint_dirs(output_dir) if d == final or _run_id(d) == run_id]
     for old in mine[:-keep_last]:
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def _run_id(path: Path) -> str | None:
@@ -280,14 +286,7 @@ def save_sharded_checkpoint(
             json.dumps({**state, "format": FORMAT, "sharded": True}, indent=1))
     _barrier()  # every process's shards are in tmp
     if rank == 0:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        run_id = state.get("run_id")
-        mine = [d for d in checkpoint_dirs(output_dir) if d == final or _run_id(d) == run_id]
-        for old in mine[:-keep_last]:
-            if old != final:
-                shutil.rmtree(old, ignore_errors=True)
+        _publish(tmp, final, output_dir, state.get("run_id"), keep_last)
     _barrier()
     return final if rank == 0 else None
 
