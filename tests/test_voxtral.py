@@ -39,10 +39,6 @@ def adapter():
     return a
 
 
-def _completions(n: int, seed: int = 0):
-    return contract.completions(n, seed)
-
-
 def test_prompts_are_laid_out_as_mistral_common_lays_them(adapter):
     tok = adapter.tokenizer
     exs = _examples()
@@ -80,13 +76,13 @@ def test_features_are_the_processors_one_clip_at_a_time(adapter):
 @pytest.mark.parametrize("modality", ["audio", "text"])
 def test_batched_completion_hidden_equals_one_by_one(adapter, modality):
     exs = _examples()
-    contract.check_batched_equals_one_by_one(adapter, exs, modality, *_completions(3))
+    contract.check_batched_equals_one_by_one(adapter, exs, modality, *contract.completions(3))
 
 
 def test_completion_hidden_is_the_full_forward_at_completion_positions(adapter):
     exs = _examples()
     prompts = adapter.audio_prompts(exs[1:2])
-    contract.check_completion_hidden_is_the_full_forward(adapter, prompts, *_completions(1),
+    contract.check_completion_hidden_is_the_full_forward(adapter, prompts, *contract.completions(1),
                                                          model_inputs=adapter.model_inputs)
 
 
@@ -117,7 +113,7 @@ def test_greedy_generation_through_both_engines_equals_a_plain_argmax_loop(adapt
 
 def test_save_and_reload_gives_identical_hidden_states(adapter, tmp_path):
     exs = _examples()[:2]
-    ids, mask = _completions(2)
+    ids, mask = contract.completions(2)
     adapter.save_pretrained(str(tmp_path / "m"))
     again = load_adapter(ModelConfig(family="voxtral", name_or_path=str(tmp_path / "m"), dtype="float32", device="cpu",
                                      max_audio_seconds=60))
