@@ -19,7 +19,7 @@ def _acc(path: Path) -> float:
     return sum(int(r["correct"]) for r in rows) / len(rows)
 
 
-# The quick demo trains three stages and five methods once (about 2 minutes on two idle
+# The quick demo trains three stages, the control and five methods once (about 2 minutes on two idle
 # cores); the three tests share it.
 
 
