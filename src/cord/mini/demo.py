@@ -127,16 +127,32 @@ def check_presets(cfgs: dict[str, Any]) -> dict[str, Any]:
             "schedule": t["schedule"], "trainable": t["trainable"], "lora": want["lora"]}
 
 
+def demo_recipe(quick: bool = False, test_voice: str = "espeak"):
+    """The Stage A/B recipe of start 0: quick or full, with the held-out (dev and test) voice
+    from ``test_voice``: "espeak" (default) or "piper" (a neural voice; see cord.mini.data)."""
+    from dataclasses import replace
+
+    from cord.mini.stages import RecipeConfig
+
+    recipe = RecipeConfig.quick(seed=0) if quick else RecipeConfig(seed=0)
+    # DataSettings(test_engine="piper") turns the default espeak-ng held-out voice into PIPER_TEST_VOICE
+    return replace(recipe, data=replace(recipe.data, test_engine=test_voice))
+
+
 def run_demo(out: str | Path = "cord-demo", seeds: int | None = None, quick: bool = False,
-             progress: bool = True, study: bool = False, starts: int | None = None) -> dict[str, Any]:
+             progress: bool = True, study: bool = False, starts: int | None = None,
+             test_voice: str = "espeak") -> dict[str, Any]:
     """The whole miniature into ``out`` (resuming what is there); returns report.json's dict.
 
     ``starts`` independent Stage A/B starts (start ``s``: data, split and init seed ``s``),
     each with the control arm and every method for ``seeds`` Stage C seeds. Defaults: one
     start and 2 seeds; ``study``: 3 starts × 3 seeds; ``quick``: the test-sized recipe, one
-    start, one seed. Runs on the recipe's fixed torch thread count (the count changes float
-    reduction order, so a seed reproduces only at the same count) and restores the caller's."""
-    from cord.mini.stages import RecipeConfig, auto_threads, torch_threads
+    start, one seed. ``test_voice="piper"``: dev and test spoken by a Piper neural voice (the
+    ``[piper]`` extra; slow on a CPU). Runs on the recipe's fixed torch thread count (the
+    count changes float reduction order, so a seed reproduces only at the same count) and
+    restores the caller's."""
+    from cord.mini.data import check_engines
+    from cord.mini.stages import auto_threads, torch_threads
 
     mode = "quick" if quick else "study" if study else "default"
     seeds = seeds if seeds is not None else DEFAULT_SEEDS[mode]
@@ -147,7 +163,8 @@ def run_demo(out: str | Path = "cord-demo", seeds: int | None = None, quick: boo
         raise CordError("--starts must be at least 1")
     if Path(out).exists() and not Path(out).is_dir():
         raise CordError(f"--out {out}: exists and is not a directory (give a new or an earlier demo directory)")
-    recipe = RecipeConfig.quick(seed=0) if quick else RecipeConfig(seed=0)
+    recipe = demo_recipe(quick, test_voice)
+    check_engines(recipe.data)
     with torch_threads(recipe.threads or auto_threads()):
         return _run_demo(Path(out), recipe, seeds, starts, quick, study, progress)
 
@@ -234,6 +251,7 @@ def _run_demo(out: Path, recipe0, seeds: int, starts: int, quick: bool, study: b
     timings["analyze"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
     report = build_report(per_start, recipe_c, analysis, {}, seeds, quick, study, machine_info(load_at_start))
+    report["test_voice"] = held_out_voice_info(recipe0.data, Path(first["data"]["test"]))
     timings["report"] = round(time.perf_counter() - t, 2)
     timings["total"] = round(time.perf_counter() - t_all, 2)
     report["timings"] = timings
@@ -435,6 +453,24 @@ def build_report(per_start: list[dict[str, Any]], recipe_c: dict[str, Any], anal
     }
 
 
+def held_out_voice_info(data, test_dir: Path) -> dict[str, Any]:
+    """The held-out voice as report.json records it: the engine and voice asked for
+    (DataSettings) and the engine version and voice names the test manifest records."""
+    from cord.data.paired import MANIFEST
+
+    versions, names = set(), set()
+    manifest = test_dir / MANIFEST
+    for line in (manifest.read_text(encoding="utf-8").splitlines() if manifest.is_file() else ()):
+        if line.strip():
+            row = json.loads(line)
+            versions.add(row.get("tts", ""))
+            names.add(row.get("voice_name", ""))
+    versions.discard("")
+    names.discard("")
+    return {"engine": data.test_engine, "voice": data.test_voice, "tts": sorted(versions),
+            "voice_names": sorted(names)}
+
+
 def _ci(d: dict[str, Any] | None) -> str:
     if not d:
         return "—"
@@ -449,12 +485,15 @@ def render_markdown(report: dict[str, Any]) -> str:
     lora = rc.get("lora")
     trains = ", ".join(rc["trainable"]) + (f" (language model through LoRA r={lora['r']})" if lora else "")
     scope = (f"{report['starts']} independent Stage A/B start(s) × {report['seeds']} Stage C seed(s)")
+    tv = report.get("test_voice")
+    voice = (f" ({tv['engine']} voice {', '.join(tv['voice_names']) or tv['voice']}"
+             f"{', ' + ', '.join(tv['tts']) if tv['tts'] else ''}; training voices are espeak-ng)" if tv else "")
     lines = [
         "# cord demo: the audio-text gap on a tiny audio LLM",
         "",
         f"**Conclusion: `{report['conclusion']}`** — {_conclusion_sentence(report)}",
         "",
-        f"Held-out voice test set: n = {base['n']} ({', '.join(map(str, base['n_per_start']))} per start). {scope}. "
+        f"Held-out voice test set{voice}: n = {base['n']} ({', '.join(map(str, base['n_per_start']))} per start). {scope}. "
         f"Stage C: {rc['steps']} steps for every arm, lr {rc['lr']:g} ({rc['schedule']}, {rc['warmup_steps']} "
         f"warmup), batch {rc['batch_size']}, training {trains}. The control continues Stage B's own objective "
         "(answer CE + CTC) with exactly that recipe. Accuracies are greedy, exact final answer; Δ columns are "
@@ -647,11 +686,12 @@ def _plots(out: Path, report: dict[str, Any]) -> None:
 
 
 def run(args) -> int:
-    """CLI entry: ``cord demo [--out DIR] [--seeds N] [--quick | --study]``."""
+    """CLI entry: ``cord demo [--out DIR] [--seeds N] [--quick | --study] [--test-voice espeak|piper]``."""
     study = bool(getattr(args, "study", False))
     if study and args.quick:
         raise CordError("--quick and --study exclude each other")
-    report = run_demo(args.out, seeds=args.seeds, quick=args.quick, study=study)
+    report = run_demo(args.out, seeds=args.seeds, quick=args.quick, study=study,
+                      test_voice=getattr(args, "test_voice", "espeak"))
     d = report["methods"]["cord"]["delta_vs_control"]
     print(f"conclusion: {report['conclusion']} (CORD vs control: {d['mean']:+.1f} points audio accuracy, "
           f"95% interval [{d['ci95'][0]:+.1f}, {d['ci95'][1]:+.1f}]); report: {Path(args.out) / 'report.md'}")
