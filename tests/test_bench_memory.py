@@ -1,0 +1,37 @@
+"""benchmarks/bench_memory.py: the depth extrapolation and the fit table (no model runs)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import bench_memory as bm  # noqa: E402
+
+
+def _results():
+    runs = [dict(arch="qwen2-audio", dtype="bfloat16", method="cord", decoder_layers=L, trainable=5_000_000 * L,
+                 peaks_mb={"student": 1000.0 + 100 * L, "backward": 2000.0 + 300 * L}) for L in (1, 2)]
+    rollout = [dict(arch="qwen2-audio", dtype="bfloat16", decoder_layers=L, peak_extra_mb=400.0 + 20 * L,
+                    prompt_tokens=818, kv_bytes_per_token_per_layer=16384) for L in (1, 2)]
+    res = dict(runs=runs, rollout=rollout, full_depth_params={"qwen2-audio": 8_400_000_000})
+    res["extrapolation"] = bm.extrapolate(res)
+    return res
+
+
+def test_extrapolation_is_constant_plus_depth_times_per_layer():
+    ex = _results()["extrapolation"]["qwen2-audio/bfloat16/cord"]
+    assert ex["student"] == dict(per_layer_mb=100.0, const_mb=1000.0, full_depth_mb=1000.0 + 32 * 100.0)
+    assert ex["backward"]["full_depth_mb"] == 2000.0 + 32 * 300.0
+
+
+def test_fit_table_adds_static_weights_lora_and_scales_with_prompts():
+    res = _results()
+    static = (8_400_000_000 * 2 + 5_000_000 * 32 * 16) / 1e9
+    backward = (2000.0 + 32 * 300.0) * 2**20 / 1e9
+    row1 = bm.fit_table(res, prompts=1).splitlines()[2]
+    row8 = bm.fit_table(res, prompts=8).splitlines()[2]
+    assert f"| {static:.1f} |" in row1
+    assert f"| {static + backward:.1f} | yes | yes |" in row1
+    assert f"| {static + 8 * backward:.1f} | **no** | yes |" in row8
