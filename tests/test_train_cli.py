@@ -182,6 +182,14 @@ def test_resume_checks_the_saved_method_and_global_batch(tmp_path, capsys):
     with pytest.raises(CordError, match=rf"global batch of {2 * own} prompts per step \(world size 2\); this run "
                                         rf"has {own} \(world size 1\)"):
         sft.resume(None)
+    # same global batch, but another micro-batch size (processes x grad_accum changed): each
+    # micro-batch's normalisation and rollout seeds change, so it is refused too
+    assert state["micro_batch"] == sft.micro_batch
+    (ckpt / "trainer_state.json").write_text(json.dumps({**state, "world_size": 2, "global_batch": own,
+                                                         "micro_batch": sft.micro_batch + 1}))
+    with pytest.raises(CordError, match=rf"{sft.micro_batch + 1} prompts per micro-batch \(world size 2\); this "
+                                        rf"run has {sft.micro_batch} \(world size 1 x train.grad_accum="):
+        sft.resume(None)
     (ckpt / "trainer_state.json").write_text(json.dumps({**state, "world_size": 2, "global_batch": own}))
     assert sft.resume(None) == ckpt and sft.step == 1
 

@@ -88,6 +88,8 @@ def _mm_out_dtype(h: Tensor, w: Tensor, cdtype: torch.dtype) -> Tensor | None:
     if _OUT_DTYPE_MM.get(dev, True):
         try:
             return torch.mm(h, w.t(), out_dtype=torch.float32)
+        except torch.OutOfMemoryError:
+            raise  # a real OOM: the fallback would need more memory, not less
         except (RuntimeError, TypeError, NotImplementedError):
             _OUT_DTYPE_MM[dev] = False
     return None

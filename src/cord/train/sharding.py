@@ -64,7 +64,12 @@ def shard_model(model: nn.Module, module_map: Mapping[str, Sequence[str]], *,
 
     device = next(model.parameters()).device
     mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
-    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    # Units hand their outputs back in the master dtype: the modules kept whole (norms, the
+    # projector, lm_head) hold fp32 master weights and are also called outside autocast (the
+    # rollout engine), where a bf16 activation meeting an fp32 weight would fail.
+    master = next(model.parameters()).dtype
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32,
+                                  output_dtype=master if param_dtype is not None else None)
     units = fsdp_units(model, module_map)
     for unit in units:
         # reshard_after_forward given explicitly: each unit is its own FSDP root (the root

@@ -216,8 +216,9 @@ class Trainer:
 
         Refused (one line), unless ``allow_config_change``: a checkpoint whose config differs in
         a key that changes the math (see checkpoint.HARMLESS_KEYS for the others), whose method
-        differs, or whose global batch (prompts per optimizer step) differs. Another world size
-        with the same global batch is the same computation, and resumes."""
+        differs, or whose global batch (prompts per optimizer step) or micro-batch size differs.
+        Another world size with the same global and micro-batch (processes x grad_accum kept) is
+        the same computation, and resumes."""
         if which == "no":
             return None
         path = latest_checkpoint(self.out) if which in (None, "auto") else Path(which)
@@ -236,6 +237,17 @@ class Trainer:
                 f"{path} was trained with a global batch of {saved_batch} prompts per step (world size "
                 f"{saved_world}); this run has {self.global_batch} (world size {self.world}), which changes the "
                 "update and the data position: keep the global batch, or pass --allow-config-change"
+            )
+        # Each micro-batch's loss is normalised by its own tokens and its rollouts are seeded by
+        # its index, so processes x grad_accum (the micro-batch size) is part of the math: 2 GPUs
+        # x accum 2 may become 4 GPUs x accum 1, but not 2 GPUs x accum 1.
+        saved_micro = state.get("micro_batch")
+        if saved_micro is not None and int(saved_micro) != self.micro_batch and not allow_config_change:
+            raise CordError(
+                f"{path} was trained with {saved_micro} prompts per micro-batch (world size {saved_world}); this "
+                f"run has {self.micro_batch} (world size {self.world} x train.grad_accum="
+                f"{self.cfg.train.grad_accum}), which changes each micro-batch's normalisation and rollout seeds: "
+                "keep processes x train.grad_accum, or pass --allow-config-change"
             )
         if self.sharded:
             from cord.train.checkpoint import load_sharded_checkpoint
@@ -270,7 +282,7 @@ class Trainer:
         return save(
             self.out, self.step, model=self.adapter.model, optimizer=self.optimizer, scheduler=self.scheduler,
             state={"step": self.step, "bad_steps": self.bad_steps, "data_position": self.step * self.global_batch,
-                   "world_size": self.world, "global_batch": self.global_batch,
+                   "world_size": self.world, "global_batch": self.global_batch, "micro_batch": self.micro_batch,
                    "method": self.cfg.objective.method, "run_id": self._run_id()},
             config_yaml=dump_config(self.cfg), keep_last=self.cfg.train.keep_last,
         )
