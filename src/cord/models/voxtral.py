@@ -62,13 +62,8 @@ def voxtral_chunks(n_samples: int, chunk_samples: int = 30 * SAMPLE_RATE) -> int
 class VoxtralAdapter(QwenAudioAdapter):
     family = "voxtral"
     default_system_prompt = ""
-    module_map = {
-        "audio_encoder": ("model.audio_tower",),
-        "projector": ("model.multi_modal_projector",),
-        "language_model": ("model.language_model",),
-        "lm_head": ("lm_head",),
-    }
-    lora_scope = ("model.language_model",)
+    # module_map and lora_scope: the Qwen adapter's (same module paths: model.audio_tower,
+    # model.multi_modal_projector, model.language_model, lm_head)
 
     def __init__(self, model, tokenizer, feature_extractor, **kwargs) -> None:
         super().__init__(model, tokenizer, feature_extractor, **kwargs)
