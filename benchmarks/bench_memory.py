@@ -111,6 +111,69 @@ class PhaseSampler:
         self._th.join()
 
 
+class LiveTensorBytes:
+    """Live tensor bytes as an accelerator's caching allocator would count them, on any device.
+
+    A TorchDispatchMode sees every op's outputs; a returned tensor whose schema gives it no
+    alias (not a view, not in-place, not ``out=``) owns a new storage: its bytes are added and a
+    finalizer subtracts them when the storage dies. Tensors that existed before (weights,
+    optimizer state: ``ignore``) are never counted, so ``current``/``peak`` are bytes above
+    them. What this does not see: buffers a fused kernel allocates inside itself (an SDPA or
+    GEMM workspace) and allocator fragmentation: it counts what the step holds, not what the
+    CPU allocator keeps resident (that is the RSS column). ``phase(label)`` starts a phase;
+    ``peaks[label]`` is the highest ``current`` seen in it."""
+
+    def __init__(self) -> None:
+        self.current = 0
+        self.peak = 0
+        self.label = "idle"
+        self.peaks: dict[str, int] = {}
+        self._live: dict[int, int] = {}  # id(storage) -> bytes, for storages counted here
+
+    def phase(self, label: str) -> None:
+        self.label = label
+        self.peaks[label] = max(self.peaks.get(label, 0), self.current)
+
+    def _add(self, t: torch.Tensor) -> None:
+        import weakref
+
+        st = t.untyped_storage()
+        key = id(st)
+        if key in self._live or st.nbytes() == 0:
+            return
+        self._live[key] = st.nbytes()
+        self.current += st.nbytes()
+        if self.current > self.peaks.get(self.label, 0):
+            self.peaks[self.label] = self.current
+        self.peak = max(self.peak, self.current)
+        weakref.finalize(st, self._free, key)
+
+    def _free(self, key: int) -> None:
+        self.current -= self._live.pop(key, 0)
+
+    def mode(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_flatten
+
+        tracker = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                returns = func._schema.returns
+                flat, _ = tree_flatten(out)
+                tensors = [x for x in flat if isinstance(x, torch.Tensor)]
+                fresh = (len(returns) == len(tensors) and all(r.alias_info is None for r in returns)) or (
+                    len(returns) == 1 and returns[0].alias_info is None)  # Tensor[] returns: one schema entry
+                if fresh:
+                    for x in tensors:
+                        if x.device.type != "meta":
+                            tracker._add(x)
+                return out
+
+        return _Mode()
+
+
 def _fill_random(model: torch.nn.Module) -> None:
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -35,3 +35,29 @@ def test_fit_table_adds_static_weights_lora_and_scales_with_prompts():
     assert f"| {static:.1f} |" in row1
     assert f"| {static + backward:.1f} | yes | yes |" in row1
     assert f"| {static + 8 * backward:.1f} | **no** | yes |" in row8
+
+
+def test_live_tensor_bytes_counts_new_storages_until_they_die_and_not_views_or_in_place_ops():
+    import torch
+
+    w = torch.randn(100, 100)  # existed before: never counted
+    live = bm.LiveTensorBytes()
+    with live.mode():
+        live.phase("a")
+        view = w.t()
+        y = w @ w  # 40,000 bytes
+        flat = y.view(-1)
+        y.add_(1.0)
+        assert live.current == 40_000
+        del y
+        assert live.current == 40_000  # the view keeps the storage alive
+        del flat
+        assert live.current == 0
+        live.phase("b")
+        a = torch.empty(25, 100)  # 10,000
+        b = torch.cat([a, a])  # 20,000
+        del a
+        halves = torch.split(b, 25)  # views
+    assert view.shape == (100, 100) and len(halves) == 2
+    assert live.peaks == {"a": 40_000, "b": 30_000}
+    assert live.current == 20_000 and live.peak == 40_000

@@ -73,6 +73,34 @@ def select_trainable(
     return params
 
 
+def enable_checkpointing(model: torch.nn.Module) -> bool:
+    """Non-reentrant activation checkpointing of every transformer layer, without input-grad hooks.
+
+    transformers' ``activation_checkpointing_enable`` (and peft, and the older
+    ``gradient_checkpointing_enable``) also call ``enable_input_require_grads``, which marks the
+    output of *every* sub-model's input embedding as requiring grad: for an LALM that includes the
+    audio encoder's first convolution, so a frozen Whisper encoder joins the autograd graph, holds
+    its activations and is recomputed and backpropagated through on every step for nothing. The
+    hooks exist for reentrant checkpointing (whose segments need an input that requires grad);
+    non-reentrant checkpointing gives trainable parameters inside a segment their gradients
+    without them, so they are removed. Returns False for a model without checkpointing support."""
+    kwargs = {"use_reentrant": False}
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.2x
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    elif hasattr(model, "gradient_checkpointing_enable"):
+        with warnings.catch_warnings():  # its deprecation notice, where it is only an alias
+            warnings.simplefilter("ignore", FutureWarning)
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        return False
+    for module in model.modules():  # every (sub-)model that registered hooks
+        disable = getattr(module, "disable_input_require_grads", None)
+        if disable is not None and getattr(module, "_require_grads_hooks", None):
+            disable()
+    return True
+
+
 def lr_lambda(cfg: CordConfig):
     warm, total, kind = cfg.train.warmup_steps, cfg.train.max_steps, cfg.train.schedule
 
@@ -166,11 +194,8 @@ class Trainer:
             self.units = shard_model(self.adapter.model, module_map, param_dtype=compute)
             # fully_shard replaced the layers' parameters (DTensors now)
             self.params = [p for p in self.adapter.model.parameters() if p.requires_grad]
-        if cfg.train.gradient_checkpointing and hasattr(self.adapter.model, "gradient_checkpointing_enable"):
-            kwargs = {"gradient_checkpointing_kwargs": {"use_reentrant": False}} if self.sharded else {}
-            self.adapter.model.gradient_checkpointing_enable(**kwargs)
-            if lora and hasattr(self.adapter.model, "enable_input_require_grads"):
-                self.adapter.model.enable_input_require_grads()
+        if cfg.train.gradient_checkpointing:
+            enable_checkpointing(self.adapter.model)
         self.adapter.model.train()
         self.engine = make_engine(self.adapter, cfg)
         if self.sharded:
