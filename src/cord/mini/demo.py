@@ -127,30 +127,33 @@ def check_presets(cfgs: dict[str, Any]) -> dict[str, Any]:
             "schedule": t["schedule"], "trainable": t["trainable"], "lora": want["lora"]}
 
 
-def demo_recipe(quick: bool = False, test_voice: str = "espeak"):
+def demo_recipe(quick: bool = False, test_voice: str = "espeak", threads: int | None = None):
     """The Stage A/B recipe of start 0: quick or full, with the held-out (dev and test) voice
-    from ``test_voice``: "espeak" (default) or "piper" (a neural voice; see cord.mini.data)."""
+    from ``test_voice``: "espeak" (default) or "piper" (a neural voice; see cord.mini.data), on
+    ``threads`` torch threads (None: the recipe's fixed count)."""
     from dataclasses import replace
 
     from cord.mini.stages import RecipeConfig
 
     recipe = RecipeConfig.quick(seed=0) if quick else RecipeConfig(seed=0)
+    if threads is not None:
+        recipe = replace(recipe, threads=threads)
     # DataSettings(test_engine="piper") turns the default espeak-ng held-out voice into PIPER_TEST_VOICE
     return replace(recipe, data=replace(recipe.data, test_engine=test_voice))
 
 
 def run_demo(out: str | Path = "cord-demo", seeds: int | None = None, quick: bool = False,
              progress: bool = True, study: bool = False, starts: int | None = None,
-             test_voice: str = "espeak") -> dict[str, Any]:
+             test_voice: str = "espeak", threads: int | None = None) -> dict[str, Any]:
     """The whole miniature into ``out`` (resuming what is there); returns report.json's dict.
 
     ``starts`` independent Stage A/B starts (start ``s``: data, split and init seed ``s``),
     each with the control arm and every method for ``seeds`` Stage C seeds. Defaults: one
     start and 2 seeds; ``study``: 3 starts × 3 seeds; ``quick``: the test-sized recipe, one
     start, one seed. ``test_voice="piper"``: dev and test spoken by a Piper neural voice (the
-    ``[piper]`` extra; slow on a CPU). Runs on the recipe's fixed torch thread count (the
-    count changes float reduction order, so a seed reproduces only at the same count) and
-    restores the caller's."""
+    ``[piper]`` extra; slow on a CPU). Runs on the recipe's fixed torch thread count, or
+    ``threads`` (the count changes float reduction order, so a seed reproduces only at the same
+    count), and restores the caller's."""
     from cord.mini.data import check_engines
     from cord.mini.stages import auto_threads, torch_threads
 
@@ -161,9 +164,11 @@ def run_demo(out: str | Path = "cord-demo", seeds: int | None = None, quick: boo
         raise CordError("--seeds must be at least 1")
     if starts < 1:
         raise CordError("--starts must be at least 1")
+    if threads is not None and threads < 1:
+        raise CordError("--threads must be at least 1")
     if Path(out).exists() and not Path(out).is_dir():
         raise CordError(f"--out {out}: exists and is not a directory (give a new or an earlier demo directory)")
-    recipe = demo_recipe(quick, test_voice)
+    recipe = demo_recipe(quick, test_voice, threads)
     check_engines(recipe.data)
     with torch_threads(recipe.threads or auto_threads()):
         return _run_demo(Path(out), recipe, seeds, starts, quick, study, progress)
@@ -196,6 +201,7 @@ def _run_demo(out: Path, recipe0, seeds: int, starts: int, quick: bool, study: b
         else:
             say(f"start {start}: data, Stage A (text LM), Stage B (audio alignment to convergence) ...")
             stages = run_stages(sdir / "stages", recipe, progress=progress)
+            _drop_stale([sdir / "runs", sdir / "eval", *([out / "analyze"] if start == 0 else [])], say)
         for k, v in stages["timings"].items():
             timings[f"stages_{k}"] = round(timings.get(f"stages_{k}", 0.0) + v, 2)
         stage_b = Path(stages["paths"]["stage_b"])
@@ -260,6 +266,18 @@ def _run_demo(out: Path, recipe0, seeds: int, starts: int, quick: bool, study: b
     _plots(out, report)
     say(f"done in {timings['total']:.0f} s: {out / 'report.md'} (conclusion: {report['conclusion']})")
     return report
+
+
+def _drop_stale(paths: list[Path], say) -> None:
+    """Stage C runs, evaluations and analyses made from an earlier Stage B (another recipe: thread
+    count, voice, version) would be taken as finished: they go (they are derived, and are remade
+    from the new Stage B)."""
+    import shutil
+
+    for path in paths:
+        if path.exists():
+            say(f"removing {path}: made from an earlier Stage B")
+            shutil.rmtree(path)
 
 
 def _last_step(run_dir: Path) -> int:
@@ -686,12 +704,12 @@ def _plots(out: Path, report: dict[str, Any]) -> None:
 
 
 def run(args) -> int:
-    """CLI entry: ``cord demo [--out DIR] [--seeds N] [--quick | --study] [--test-voice espeak|piper]``."""
+    """CLI entry: ``cord demo [--out DIR] [--seeds N] [--quick | --study] [--threads N] [--test-voice espeak|piper]``."""
     study = bool(getattr(args, "study", False))
     if study and args.quick:
         raise CordError("--quick and --study exclude each other")
     report = run_demo(args.out, seeds=args.seeds, quick=args.quick, study=study,
-                      test_voice=getattr(args, "test_voice", "espeak"))
+                      test_voice=getattr(args, "test_voice", "espeak"), threads=getattr(args, "threads", None))
     d = report["methods"]["cord"]["delta_vs_control"]
     print(f"conclusion: {report['conclusion']} (CORD vs control: {d['mean']:+.1f} points audio accuracy, "
           f"95% interval [{d['ci95'][0]:+.1f}, {d['ci95'][1]:+.1f}]); report: {Path(args.out) / 'report.md'}")
