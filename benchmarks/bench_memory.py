@@ -18,8 +18,12 @@ the worst case) so that the teacher/student/backward phases run at the paper's s
 CPU; the real engine's rollout memory is measured separately (prefill + a few decode steps of
 one group) and extended to 200 tokens with the KV-cache formula.
 
-Memory: an RSS sampler thread (every 5 ms, ``/proc/self/statm``) records the peak resident
-memory during each phase — rollout (the engine), teacher (``Teacher.scope``), student (the
+Memory, two ways, per phase. **Live tensor bytes** (``LiveTensorBytes``, the table's number): a
+dispatch mode adds every new tensor storage's bytes and subtracts them when it dies — what a
+GPU's caching allocator would have to hold, without the CPU allocator's fragmentation (fused
+kernels' internal workspaces are not seen). **RSS** (kept for comparison: it overstated the
+per-layer terms ~6× in the first version of this table): a sampler thread (every 5 ms,
+``/proc/self/statm``) records the peak resident memory during each phase — rollout (the engine), teacher (``Teacher.scope``), student (the
 rest of the micro-step: forwards and the objective), backward (backward + optimizer step) —
 minus the resident memory just before the step (weights, LoRA, optimizer state after a first
 warm-up step). Peaks are cumulative: a phase's number includes what earlier phases still hold.
@@ -266,7 +270,9 @@ def synthetic_engine_class():
 
 def step_memory(arch: str, method: str, family: str, data: Path, work: Path, dtype_name: str,
                 sampler: PhaseSampler, new_tokens: int = 200, warmup: bool = True) -> dict:
-    """Peak extra RSS (MB) per phase of one optimizer step (after a warm-up step)."""
+    """Peak extra memory (MB) per phase of one optimizer step (after a warm-up step): live tensor
+    bytes (``peaks_mb``, what a GPU's caching allocator would hold) and resident memory
+    (``rss_peaks_mb``, what the CPU allocator kept)."""
     import cord.train.step as step_mod
     import cord.train.trainer as trainer_mod
     from cord.config import load_config
@@ -285,30 +291,36 @@ def step_memory(arch: str, method: str, family: str, data: Path, work: Path, dty
     orig_scope = step_mod.Teacher.scope
     orig_micro = trainer_mod.run_micro_step
 
+    live = LiveTensorBytes()
+
+    def set_phase(label: str) -> None:
+        sampler.set(label)
+        live.phase(label)
+
     def generate(self, *a, **k):
         prev = sampler.label
-        sampler.set("rollout")
+        set_phase("rollout")
         try:
             return orig_gen(self, *a, **k)
         finally:
-            sampler.set(prev)
+            set_phase(prev)
 
     import contextlib
 
     @contextlib.contextmanager
     def scope(self):
         prev = sampler.label
-        sampler.set("teacher")
+        set_phase("teacher")
         try:
             with orig_scope(self) as t:
                 yield t
         finally:
-            sampler.set(prev)
+            set_phase(prev)
 
     def micro(*a, **k):
-        sampler.set("student")
+        set_phase("student")
         out = orig_micro(*a, **k)
-        sampler.set("backward")
+        set_phase("backward")
         return out
 
     type(trainer.ctx.engine).generate = generate
@@ -325,17 +337,21 @@ def step_memory(arch: str, method: str, family: str, data: Path, work: Path, dty
         base = rss()
         sampler.peaks = {}
         t0 = time.perf_counter()
-        rec = trainer.train_step()
+        with live.mode():
+            set_phase("idle")
+            rec = trainer.train_step()
+            set_phase("done")
         step_s = time.perf_counter() - t0
-        sampler.set("done")
     finally:
         type(trainer.ctx.engine).generate = orig_gen
         step_mod.Teacher.scope = orig_scope
         trainer_mod.run_micro_step = orig_micro
-    peaks = {k: (v - base) / 2**20 for k, v in sampler.peaks.items() if k in ("rollout", "teacher", "student", "backward")}
+    phases = ("rollout", "teacher", "student", "backward")
+    rss_peaks = {k: (v - base) / 2**20 for k, v in sampler.peaks.items() if k in phases}
+    peaks = {k: v / 2**20 for k, v in live.peaks.items() if k in phases}
     params = sum(p.numel() for p in trainer.adapter.model.parameters())
     trainable = sum(p.numel() for p in trainer.adapter.model.parameters() if p.requires_grad)
-    out = dict(peaks_mb=peaks, base_mb=base / 2**20, params=params, trainable=trainable, step_s=step_s,
+    out = dict(peaks_mb=peaks, rss_peaks_mb=rss_peaks, base_mb=base / 2**20, params=params, trainable=trainable, step_s=step_s,
                warmup_s=warm_s, completion_tokens=rec.get("completion_tokens"), loss=rec.get("loss"))
     del trainer
     trim()
@@ -363,8 +379,11 @@ def rollout_memory(arch: str, dtype: torch.dtype, decoder_layers: int, tokens: i
     base = rss()
     sampler.peaks = {}
     sampler.set("rollout")
+    live = LiveTensorBytes()
     t0 = time.perf_counter()
-    engine.generate(prompts, n=4, temperature=1.5, max_new_tokens=tokens, seed=0)
+    with live.mode():
+        live.phase("rollout")
+        engine.generate(prompts, n=4, temperature=1.5, max_new_tokens=tokens, seed=0)
     secs = time.perf_counter() - t0
     sampler.set("done")
     sampler.close()
@@ -372,7 +391,8 @@ def rollout_memory(arch: str, dtype: torch.dtype, decoder_layers: int, tokens: i
     head_dim = text.hidden_size // text.num_attention_heads
     bytes_ = torch.finfo(dtype).bits // 8
     kv_per_token_layer = 2 * text.num_key_value_heads * head_dim * bytes_
-    out = dict(peak_extra_mb=(sampler.peaks["rollout"] - base) / 2**20, seconds=secs, prompt_tokens=int(prompts.input_ids.shape[1]),
+    out = dict(peak_extra_mb=live.peaks["rollout"] / 2**20, rss_peak_extra_mb=(sampler.peaks["rollout"] - base) / 2**20,
+               seconds=secs, prompt_tokens=int(prompts.input_ids.shape[1]),
                kv_bytes_per_token_per_layer=kv_per_token_layer)
     del engine, adapter, model
     trim()
@@ -420,13 +440,15 @@ def main(argv: list[str] | None = None) -> dict:
                                     args.new_tokens, not args.no_warmup)
                     r.update(arch=arch, dtype=dtype_name, decoder_layers=layers, method=method)
                     results["runs"].append(r)
-                    print(f"{arch} {dtype_name} L={layers} {method}: " + " ".join(
-                        f"{k} {v:.0f}" for k, v in r["peaks_mb"].items()) + f" MB  ({r['step_s']:.0f} s)", flush=True)
+                    print(f"{arch} {dtype_name} L={layers} {method}: live " + " ".join(
+                        f"{k} {v:.0f}" for k, v in r["peaks_mb"].items()) + " MB; rss " + " ".join(
+                        f"{k} {v:.0f}" for k, v in r["rss_peaks_mb"].items()) + f" MB  ({r['step_s']:.0f} s)", flush=True)
                 if args.rollout_tokens > 0:
                     ro = rollout_memory(arch, dtype, layers, args.rollout_tokens, args.seconds)
                     ro.update(arch=arch, dtype=dtype_name, decoder_layers=layers)
                     results["rollout"].append(ro)
-                    print(f"{arch} {dtype_name} L={layers} real rollout: {ro['peak_extra_mb']:.0f} MB", flush=True)
+                    print(f"{arch} {dtype_name} L={layers} real rollout: live {ro['peak_extra_mb']:.0f} MB, "
+                          f"rss {ro['rss_peak_extra_mb']:.0f} MB", flush=True)
     sampler.close()
     results["args"] = vars(args)
     results["extrapolation"] = extrapolate(results)
@@ -435,11 +457,12 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
-def extrapolate(results: dict) -> dict:
-    """Per (arch, dtype, method, phase): const + L·per_layer from the 1- and 2-layer runs."""
+def extrapolate(results: dict, key: str = "peaks_mb") -> dict:
+    """Per (arch, dtype, method, phase): const + L·per_layer from the 1- and 2-layer runs, of the
+    live tensor bytes (``peaks_mb``, the default) or of the resident memory (``rss_peaks_mb``)."""
     by = {}
     for r in results["runs"]:
-        by.setdefault((r["arch"], r["dtype"], r["method"]), {})[r["decoder_layers"]] = r["peaks_mb"]
+        by.setdefault((r["arch"], r["dtype"], r["method"]), {})[r["decoder_layers"]] = r[key]
     out = {}
     for (arch, dtype, method), runs in by.items():
         if not {1, 2} <= set(runs):
@@ -462,24 +485,22 @@ GPUS_GB = (80, 141)
 def fit_table(results: dict, prompts: int = 8, tokens: int = 200, rows_per_prompt: int = 4) -> str:
     """Markdown: full-depth memory of one GPU, LoRA, ``prompts`` prompts per micro-batch.
 
-    static = bf16 weights (full depth; + the Omni vision tower) + LoRA (fp32 weight, grad, 2
-    AdamW moments: 16 B a parameter); phase peak = prompts × (const + L·per_layer) from the
+    static = the weights in the run's dtype (2 B a parameter in bf16, 4 in fp32; full depth; + the
+    Omni vision tower) + LoRA (fp32 weight, grad, 2 AdamW moments: 16 B a parameter); phase peak = prompts × (const + L·per_layer) from the
     1-prompt runs (every activation term taken linear in the prompts); rollout = KV cache of
     prompts × n rows × (prompt + tokens) × L × kv_bytes + prompts × the measured real-engine
     prefill of one group (extrapolated in depth the same way)."""
-    lines = ["| model, method (phases as measured) | static GB | rollout GB | teacher GB | student GB | backward GB "
+    lines = ["| model, weights, method | static GB | rollout GB | teacher GB | student GB | backward GB "
              "| peak GB | 80 GB | 141 GB |", "|---|---:|---:|---:|---:|---:|---:|---|---|"]
     runs = {(r["arch"], r["dtype"], r["method"], r["decoder_layers"]): r for r in results["runs"]}
     ro = {(r["arch"], r["dtype"], r["decoder_layers"]): r for r in results.get("rollout", [])}
     for key, phases in results["extrapolation"].items():
         arch, dtype, method = key.split("/")
-        if dtype != "bfloat16":
-            continue
         L = FULL_DEPTH[arch]
         r1, r2 = runs[(arch, dtype, method, 1)], runs[(arch, dtype, method, 2)]
         lora = r1["trainable"] + (L - 1) * (r2["trainable"] - r1["trainable"])
         params = results["full_depth_params"][arch] + (OMNI_VISION_PARAMS if arch != "qwen2-audio" else 0)
-        static = (params * 2 + lora * 16) / 1e9
+        static = (params * (2 if dtype == "bfloat16" else 4) + lora * 16) / 1e9
         gb = {ph: prompts * v["full_depth_mb"] * 2**20 / 1e9 for ph, v in phases.items()}
         if (arch, dtype, 1) in ro and (arch, dtype, 2) in ro:
             a, b = ro[(arch, dtype, 1)], ro[(arch, dtype, 2)]
@@ -490,7 +511,7 @@ def fit_table(results: dict, prompts: int = 8, tokens: int = 200, rows_per_promp
         peak = static + max(gb.values())
         fits = ["yes" if peak <= g * 0.95 else "**no**" for g in GPUS_GB]
         cells = [f"{gb.get(ph, 0.0):.1f}" for ph in ("rollout", "teacher", "student", "backward")]
-        lines.append(f"| {arch} {method} | {static:.1f} | " + " | ".join(cells) + f" | {peak:.1f} | {fits[0]} | {fits[1]} |")
+        lines.append(f"| {arch} {dtype} {method} | {static:.1f} | " + " | ".join(cells) + f" | {peak:.1f} | {fits[0]} | {fits[1]} |")
     return "\n".join(lines)
 
 

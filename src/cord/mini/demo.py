@@ -579,7 +579,7 @@ def _machine_line(m: dict[str, Any]) -> str:
     load = (f"; 1-minute load average {m['load_avg_1min_start']} at the start, {m['load_avg_1min_end']} at the end"
             if m.get("load_avg_1min_start") is not None else "")
     return (f"Machine: {m['processor']}, {m['cpu_count']} CPUs, {m['torch_threads']} torch threads, "
-            f"torch {m['torch']}, {m['platform']}{load}.")
+            f"torch {m['torch']}, transformers {m.get('transformers', 'n/a')}, {m['platform']}{load}.")
 
 
 def _num(x, digits: int) -> str:

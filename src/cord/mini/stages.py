@@ -497,11 +497,14 @@ def machine_info(load_at_start: float | None = None) -> dict[str, Any]:
     """What the timings were measured on (the load average says whether the CPU was shared)."""
     import os
 
+    import transformers
+
     return {
         "platform": platform.platform(),
         "processor": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
+        "transformers": transformers.__version__,
         "torch_threads": torch.get_num_threads(),
         "load_avg_1min_start": load_at_start,
         "load_avg_1min_end": load_average(),
