@@ -305,7 +305,8 @@ def test_study_runs_every_start_seed_and_arm_with_its_own_data_seed(tmp_path, mo
     def finish(cfg, arm):
         run_dir = Path(cfg.train.output_dir)
         (run_dir / "model").mkdir(parents=True, exist_ok=True)
-        rows = [{"step": s + 1, "loss": 1.0, "completion_tokens": 10.0} for s in range(cfg.train.max_steps)]
+        rows = [{"step": s + 1, "loss": 1.0, "completion_tokens": 10.0, "step_time": 0.25}
+                for s in range(cfg.train.max_steps)]
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         trained.append((arm, cfg.train.seed, cfg.train.lr, tuple(cfg.train.trainable), str(run_dir)))
 
@@ -346,8 +347,11 @@ def test_study_runs_every_start_seed_and_arm_with_its_own_data_seed(tmp_path, mo
     assert report["control"]["compute"]["rollout_tokens_per_run"] == 0
 
     n_trained = len(trained)
-    demo.run_demo(tmp_path / "study", study=True, progress=False)
+    again = demo.run_demo(tmp_path / "study", study=True, progress=False)
     assert len(trained) == n_trained  # a rerun reuses every finished run
+    # ... and reports their training time from the steps' own clock, not the rerun's
+    per_run = [r["train_seconds"] for s in again["per_start"] for r in s["control"]]
+    assert per_run == [0.25 * report["stage_c_steps"]] * 9
 
     # another thread count is another recipe: new stages, and no Stage C run or evaluation made
     # from the old Stage B is taken as finished

@@ -233,8 +233,8 @@ def _run_demo(out: Path, recipe0, seeds: int, starts: int, quick: bool, study: b
                 train_s = round(time.perf_counter() - t, 2)
                 t = time.perf_counter()
                 result = _evaluate(run_dir / "model", test_dir, sdir / "eval" / f"{arm}-seed{seed}", max_new)
-                result.update(seed=seed, train_seconds=train_s, eval_seconds=round(time.perf_counter() - t, 2),
-                              steps=steps, run_dir=str(run_dir), **_compute(run_dir, arm))
+                result.update(seed=seed, wall_seconds=train_s, eval_seconds=round(time.perf_counter() - t, 2),
+                              steps=steps, run_dir=str(run_dir), **_compute(run_dir, arm, train_s))
                 result["gap_reduction"] = _reduction(base["gap"], result["gap"])
                 arms[arm].append(result)
                 say(f"start {start} {arm:>10} seed {seed}: text {result['text_acc']:.3f}, audio "
@@ -298,13 +298,16 @@ def _metrics(path: Path) -> list[dict[str, Any]]:
 SAMPLING_ARMS = frozenset({"cord", "opd", "forward_kl", "grpo"})
 
 
-def _compute(run_dir: Path, arm: str) -> dict[str, float]:
-    """Training tokens of a run, summed over its steps from metrics.jsonl: ``tokens`` (every
-    completion token trained on) and ``rollout_tokens`` (those sampled: 0 for sft and the
-    control, which read the reference solution)."""
+def _compute(run_dir: Path, arm: str, wall_seconds: float = 0.0) -> dict[str, float]:
+    """Compute of a run, summed over its steps from metrics.jsonl: ``tokens`` (every completion
+    token trained on), ``rollout_tokens`` (those sampled: 0 for sft and the control, which read
+    the reference solution) and ``train_seconds`` (the steps' own clock, so a run reused by a
+    rerun keeps its time; ``wall_seconds`` when the rows have no step times)."""
     rows = _metrics(run_dir / "metrics.jsonl")
     tokens = float(sum(float(r.get("completion_tokens") or 0.0) for r in rows))
-    return {"tokens": tokens, "rollout_tokens": tokens if arm in SAMPLING_ARMS else 0.0}
+    times = [float(r["step_time"]) for r in rows if r.get("step_time") is not None]
+    return {"tokens": tokens, "rollout_tokens": tokens if arm in SAMPLING_ARMS else 0.0,
+            "train_seconds": round(sum(times), 2) if times else wall_seconds}
 
 
 def _reduction(base_gap: float, gap: float) -> float | None:
