@@ -352,6 +352,8 @@ def test_study_runs_every_start_seed_and_arm_with_its_own_data_seed(tmp_path, mo
     # ... and reports their training time from the steps' own clock, not the rerun's
     per_run = [r["train_seconds"] for s in again["per_start"] for r in s["control"]]
     assert per_run == [0.25 * report["stage_c_steps"]] * 9
+    assert report["reused"] == {"starts": 0, "runs": 0, "of_starts": 3, "of_runs": 54}
+    assert again["reused"] == {"starts": 3, "runs": 54, "of_starts": 3, "of_runs": 54}
 
     # another thread count is another recipe: new stages, and no Stage C run or evaluation made
     # from the old Stage B is taken as finished

@@ -189,6 +189,7 @@ def _run_demo(out: Path, recipe0, seeds: int, starts: int, quick: bool, study: b
     steps = _stage_c_steps(quick)
     per_start: list[dict[str, Any]] = []
     recipe_c = None
+    reused = {"starts": 0, "runs": 0}  # Stage A/B starts and Stage C runs an earlier invocation made
     for start in range(starts):
         recipe = replace(recipe0, seed=start, data=replace(recipe0.data, seed=start))
         sdir = out / f"start{start}"
@@ -197,6 +198,7 @@ def _run_demo(out: Path, recipe0, seeds: int, starts: int, quick: bool, study: b
         previous = json.loads(stages_json.read_text()) if stages_json.is_file() else None
         if previous is not None and previous.get("config") == recipe.to_dict():
             stages = previous
+            reused["starts"] += 1
             say(f"start {start}: reusing stages A and B in {sdir / 'stages'}")
         else:
             say(f"start {start}: data, Stage A (text LM), Stage B (audio alignment to convergence) ...")
@@ -228,8 +230,12 @@ def _run_demo(out: Path, recipe0, seeds: int, starts: int, quick: bool, study: b
                 if arm == "control":
                     if not control_done(run_dir, steps):
                         run_control(cfg, recipe)
+                    else:
+                        reused["runs"] += 1
                 elif not (run_dir / "model").is_dir() or _last_step(run_dir) < steps:
                     Trainer(cfg).fit()
+                else:
+                    reused["runs"] += 1
                 train_s = round(time.perf_counter() - t, 2)
                 t = time.perf_counter()
                 result = _evaluate(run_dir / "model", test_dir, sdir / "eval" / f"{arm}-seed{seed}", max_new)
@@ -261,6 +267,7 @@ def _run_demo(out: Path, recipe0, seeds: int, starts: int, quick: bool, study: b
     timings["report"] = round(time.perf_counter() - t, 2)
     timings["total"] = round(time.perf_counter() - t_all, 2)
     report["timings"] = timings
+    report["reused"] = {**reused, "of_starts": starts, "of_runs": starts * seeds * (1 + len(METHODS))}
     _atomic_json(out / "report.json", report)
     _atomic_text(out / "report.md", render_markdown(report))
     _plots(out, report)
@@ -558,7 +565,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {name} | {_num(kl.get('mean'), 4)} | {_num(kl.get('p80'), 4)} | {_num(kl.get('skewness'), 2)} | "
                      f"{_num(r.get('pearson_position'), 3)} | {r.get('n_tokens', 0)} |")
     t = report["timings"]
-    lines += ["", "Wall time: " + ", ".join(f"{k.replace('stages_', '')} {v:.0f} s" for k, v in t.items()) + ".", "",
+    r = report.get("reused") or {}
+    again = (f" (this invocation only: {r['starts']} of {r['of_starts']} Stage A/B starts and {r['runs']} of "
+             f"{r['of_runs']} Stage C runs were reused from an earlier one)") if r.get("starts") or r.get("runs") else ""
+    lines += ["", f"Wall time{again}: " + ", ".join(f"{k.replace('stages_', '')} {v:.0f} s" for k, v in t.items()) + ".", "",
               _machine_line(report["machine"]),
               "", "## What these numbers do and do not show", "", _honest_paragraph(report), ""]
     return "\n".join(lines)
