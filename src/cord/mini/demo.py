@@ -566,8 +566,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                      f"{_num(r.get('pearson_position'), 3)} | {r.get('n_tokens', 0)} |")
     t = report["timings"]
     r = report.get("reused") or {}
-    again = (f" (this invocation only: {r['starts']} of {r['of_starts']} Stage A/B starts and {r['runs']} of "
-             f"{r['of_runs']} Stage C runs were reused from an earlier one)") if r.get("starts") or r.get("runs") else ""
+    again = (f" (data and stages A/B as recorded when they ran; the rest is this invocation, which reused "
+             f"{r['runs']} of {r['of_runs']} Stage C runs from an earlier one)") if r.get("starts") or r.get("runs") else ""
     lines += ["", f"Wall time{again}: " + ", ".join(f"{k.replace('stages_', '')} {v:.0f} s" for k, v in t.items()) + ".", "",
               _machine_line(report["machine"]),
               "", "## What these numbers do and do not show", "", _honest_paragraph(report), ""]
