@@ -515,11 +515,42 @@ def fit_table(results: dict, prompts: int = 8, tokens: int = 200, rows_per_promp
     return "\n".join(lines)
 
 
+def measured_table(results: dict) -> str:
+    """Markdown: what was measured, MB above the weights for one prompt, per phase: live tensor
+    bytes (RSS in brackets), and the step's seconds."""
+    lines = ["| model, weights | method | L | rollout* | teacher | student | backward | step s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results["runs"]:
+        live, rss_ = r["peaks_mb"], r.get("rss_peaks_mb", {})
+        cells = [f"{live[ph]:,.0f} ({rss_.get(ph, float('nan')):,.0f})" if ph in live else "–"
+                 for ph in ("rollout", "teacher", "student", "backward")]
+        lines.append(f"| {r['arch']} {r['dtype']} | {r['method']} | {r['decoder_layers']} | " + " | ".join(cells)
+                     + f" | {r['step_s']:.0f} |")
+    for r in results.get("rollout", []):
+        lines.append(f"| {r['arch']} {r['dtype']} | real engine, one group (prefill + decode) | {r['decoder_layers']} | "
+                     f"{r['peak_extra_mb']:,.0f} ({r.get('rss_peak_extra_mb', float('nan')):,.0f}) | | | | {r.get('seconds', float('nan')):.0f} |")
+    return "\n".join(lines)
+
+
+def merge(paths: list[str]) -> dict:
+    """One results dict from several runs' saved stdout (their last line)."""
+    out: dict = {"runs": [], "rollout": [], "full_depth_params": {}}
+    for path in paths:
+        data = json.loads(Path(path).read_text().strip().splitlines()[-1])
+        out["runs"] += data["runs"]
+        out["rollout"] += data.get("rollout", [])
+        out["full_depth_params"].update(data["full_depth_params"])
+    out["extrapolation"] = extrapolate(out)
+    return out
+
+
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--table-from":  # the table from a saved JSON line
-        data = json.loads(Path(sys.argv[2]).read_text().strip().splitlines()[-1])
+    if len(sys.argv) > 1 and sys.argv[1] == "--table-from":  # the tables from saved outputs
+        # python bench_memory.py --table-from out1.log[,out2.log...] [8,2,1]
+        data = merge(sys.argv[2].split(","))
+        print(measured_table(data))
         for p in [int(x) for x in (sys.argv[3] if len(sys.argv) > 3 else "8").split(",")]:
-            print(f"prompts per micro-batch: {p}")
+            print(f"\nprompts per micro-batch: {p}")
             print(fit_table(data, prompts=p))
     else:
         main()

@@ -61,3 +61,26 @@ def test_live_tensor_bytes_counts_new_storages_until_they_die_and_not_views_or_i
     assert view.shape == (100, 100) and len(halves) == 2
     assert live.peaks == {"a": 40_000, "b": 30_000}
     assert live.current == 20_000 and live.peak == 40_000
+
+
+def test_saved_runs_merge_into_one_extrapolation_and_tables(tmp_path):
+    import json
+
+    res = _results()
+    a, b = dict(res), dict(res)
+    b["runs"] = [dict(r, dtype="float32", peaks_mb={k: 2 * v for k, v in r["peaks_mb"].items()}, step_s=1.0)
+                 for r in res["runs"]]
+    b["rollout"] = []
+    for r in a["runs"]:
+        r["step_s"] = 1.0
+    (tmp_path / "a.log").write_text("progress line\n" + json.dumps(a) + "\n")
+    (tmp_path / "b.log").write_text(json.dumps(b) + "\n")
+    merged = bm.merge([str(tmp_path / "a.log"), str(tmp_path / "b.log")])
+    ex = merged["extrapolation"]
+    assert ex["qwen2-audio/float32/cord"]["backward"]["full_depth_mb"] == 2 * ex["qwen2-audio/bfloat16/cord"]["backward"]["full_depth_mb"]
+    rows = bm.measured_table(merged).splitlines()
+    assert len(rows) == 2 + 4 + 2  # header, 4 step runs, 2 real-engine rollouts
+    table = bm.fit_table(merged, prompts=1)
+    # fp32 weights cost 4 B a parameter, bf16 2 B
+    static32 = (8_400_000_000 * 4 + 5_000_000 * 32 * 16) / 1e9
+    assert f"| qwen2-audio float32 cord | {static32:.1f} |" in table
