@@ -414,6 +414,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--rollout-tokens", type=int, default=4, help="real-engine decode steps for the rollout phase")
     ap.add_argument("--new-tokens", type=int, default=200, help="completion length (synthetic rollouts, SFT targets)")
+    ap.add_argument("--save", help="write the results so far (one JSON line) to this file after every measurement, "
+                                   "so an interrupted run keeps what it measured (--table-from reads it)")
     ap.add_argument("--no-warmup", action="store_true",
                     help="measure the first step (the optimizer state, LoRA-sized, is then allocated inside 'backward')")
     args = ap.parse_args(argv)
@@ -440,6 +442,7 @@ def main(argv: list[str] | None = None) -> dict:
                                     args.new_tokens, not args.no_warmup)
                     r.update(arch=arch, dtype=dtype_name, decoder_layers=layers, method=method)
                     results["runs"].append(r)
+                    _save(args.save, results)
                     print(f"{arch} {dtype_name} L={layers} {method}: live " + " ".join(
                         f"{k} {v:.0f}" for k, v in r["peaks_mb"].items()) + " MB; rss " + " ".join(
                         f"{k} {v:.0f}" for k, v in r["rss_peaks_mb"].items()) + f" MB  ({r['step_s']:.0f} s)", flush=True)
@@ -447,6 +450,7 @@ def main(argv: list[str] | None = None) -> dict:
                     ro = rollout_memory(arch, dtype, layers, args.rollout_tokens, args.seconds)
                     ro.update(arch=arch, dtype=dtype_name, decoder_layers=layers)
                     results["rollout"].append(ro)
+                    _save(args.save, results)
                     print(f"{arch} {dtype_name} L={layers} real rollout: live {ro['peak_extra_mb']:.0f} MB, "
                           f"rss {ro['rss_peak_extra_mb']:.0f} MB", flush=True)
     sampler.close()
@@ -455,6 +459,13 @@ def main(argv: list[str] | None = None) -> dict:
     results["total_s"] = time.perf_counter() - t_start
     print(json.dumps(results))
     return results
+
+
+def _save(path: str | None, results: dict) -> None:
+    if path:
+        tmp = Path(path + ".tmp")
+        tmp.write_text(json.dumps(results) + "\n")
+        os.replace(tmp, path)
 
 
 def extrapolate(results: dict, key: str = "peaks_mb") -> dict:

@@ -84,3 +84,13 @@ def test_saved_runs_merge_into_one_extrapolation_and_tables(tmp_path):
     # fp32 weights cost 4 B a parameter, bf16 2 B
     static32 = (8_400_000_000 * 4 + 5_000_000 * 32 * 16) / 1e9
     assert f"| qwen2-audio float32 cord | {static32:.1f} |" in table
+
+
+def test_save_keeps_the_results_so_far_in_a_file_table_from_reads(tmp_path):
+    res = _results()
+    path = tmp_path / "partial.json"
+    bm._save(str(path), {"runs": res["runs"][:1], "rollout": [], "full_depth_params": res["full_depth_params"]})
+    bm._save(str(path), {"runs": res["runs"], "rollout": res["rollout"], "full_depth_params": res["full_depth_params"]})
+    merged = bm.merge([str(path)])
+    assert merged["runs"] == res["runs"] and merged["extrapolation"] == res["extrapolation"]
+    assert not (tmp_path / "partial.json.tmp").exists()
