@@ -493,14 +493,23 @@ OMNI_VISION_PARAMS = 675e6
 GPUS_GB = (80, 141)
 
 
-def fit_table(results: dict, prompts: int = 8, tokens: int = 200, rows_per_prompt: int = 4) -> str:
+#: rows one prompt decodes at once in each method's largest engine call (the presets: a GRPO
+#: group of seq_n = 4; the token term's token_n = 1; forward KL's one teacher sample; sft none)
+ROLLOUT_ROWS = {"cord": 4, "grpo_opd": 4, "grpo": 4, "opd": 1, "opd_weighted": 1, "forward_kl": 1, "sft": 0}
+
+
+def fit_table(results: dict, prompts: int = 8, tokens: int = 200) -> str:
     """Markdown: full-depth memory of one GPU, LoRA, ``prompts`` prompts per micro-batch.
 
     static = the weights in the run's dtype (2 B a parameter in bf16, 4 in fp32; full depth; + the
-    Omni vision tower) + LoRA (fp32 weight, grad, 2 AdamW moments: 16 B a parameter); phase peak = prompts × (const + L·per_layer) from the
-    1-prompt runs (every activation term taken linear in the prompts); rollout = KV cache of
-    prompts × n rows × (prompt + tokens) × L × kv_bytes + prompts × the measured real-engine
-    prefill of one group (extrapolated in depth the same way)."""
+    Omni vision tower) + LoRA (fp32 weight, grad, 2 AdamW moments: 16 B a parameter); phase
+    peak = prompts × (const + L·per_layer) from the 1-prompt runs (every activation term taken
+    linear in the prompts). Rollout = what the step holds during an engine call (the measured
+    rollout phase, synthetic engine) + prompts × rows/4 × the measured real-engine call of one
+    group of 4 (prefill, the prompt's KV cache repeated to the rows and 4 decode steps,
+    extrapolated in depth the same way) + the KV cache of the new tokens: prompts × rows ×
+    tokens × L × kv_bytes, rows = ROLLOUT_ROWS[method] (forward KL's teacher samples are read
+    with the audio prompt's length: conservative)."""
     lines = ["| model, weights, method | static GB | rollout GB | teacher GB | student GB | backward GB "
              "| peak GB | 80 GB | 141 GB |", "|---|---:|---:|---:|---:|---:|---:|---|---|"]
     runs = {(r["arch"], r["dtype"], r["method"], r["decoder_layers"]): r for r in results["runs"]}
@@ -513,12 +522,13 @@ def fit_table(results: dict, prompts: int = 8, tokens: int = 200, rows_per_promp
         params = results["full_depth_params"][arch] + (OMNI_VISION_PARAMS if arch != "qwen2-audio" else 0)
         static = (params * (2 if dtype == "bfloat16" else 4) + lora * 16) / 1e9
         gb = {ph: prompts * v["full_depth_mb"] * 2**20 / 1e9 for ph, v in phases.items()}
-        if (arch, dtype, 1) in ro and (arch, dtype, 2) in ro:
+        rows = ROLLOUT_ROWS.get(method, 4)
+        if rows and (arch, dtype, 1) in ro and (arch, dtype, 2) in ro:
             a, b = ro[(arch, dtype, 1)], ro[(arch, dtype, 2)]
-            prefill = (a["peak_extra_mb"] - (b["peak_extra_mb"] - a["peak_extra_mb"])) + L * (
-                b["peak_extra_mb"] - a["peak_extra_mb"])
-            kv = prompts * rows_per_prompt * (a["prompt_tokens"] + tokens) * L * a["kv_bytes_per_token_per_layer"]
-            gb["rollout"] = max(gb.get("rollout", 0.0), (kv + prompts * prefill * 2**20) / 1e9)
+            per_layer = b["peak_extra_mb"] - a["peak_extra_mb"]
+            group = (a["peak_extra_mb"] - per_layer + L * per_layer) * 2**20  # one group of 4, full depth
+            kv_new = prompts * rows * tokens * L * a["kv_bytes_per_token_per_layer"]
+            gb["rollout"] = gb.get("rollout", 0.0) + (prompts * rows / 4 * group + kv_new) / 1e9
         peak = static + max(gb.values())
         fits = ["yes" if peak <= g * 0.95 else "**no**" for g in GPUS_GB]
         cells = [f"{gb.get(ph, 0.0):.1f}" for ph in ("rollout", "teacher", "student", "backward")]

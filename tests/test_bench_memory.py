@@ -94,3 +94,18 @@ def test_save_keeps_the_results_so_far_in_a_file_table_from_reads(tmp_path):
     merged = bm.merge([str(path)])
     assert merged["runs"] == res["runs"] and merged["extrapolation"] == res["extrapolation"]
     assert not (tmp_path / "partial.json.tmp").exists()
+
+
+def test_fit_table_rollout_is_held_memory_plus_groups_plus_new_token_kv_by_method_rows():
+    res = _results()
+    for r in res["runs"]:
+        r["peaks_mb"]["rollout"] = 50.0  # held during the engine call, both depths
+    res["runs"] += [dict(r, method="sft", peaks_mb={"student": 10.0, "backward": 20.0}) for r in res["runs"]]
+    res["extrapolation"] = bm.extrapolate(res)
+    table = bm.fit_table(res, prompts=2, tokens=200)
+    group_mb = 400.0 + 32 * 20.0  # the real-engine group of 4 at full depth (const 400, 20 a layer)
+    want = (2 * 50.0 * 2**20 + 2 * group_mb * 2**20 + 2 * 4 * 200 * 32 * 16384) / 1e9
+    cord = next(line for line in table.splitlines() if " cord |" in line)
+    sft = next(line for line in table.splitlines() if " sft |" in line)
+    assert cord.split("|")[3].strip() == f"{want:.1f}"
+    assert sft.split("|")[3].strip() == "0.0"  # sft samples nothing
