@@ -23,7 +23,7 @@ class FakeChatServer:
     requests each wait until ``gate`` of them are in flight at once (a barrier), which
     proves the client sends them concurrently without timing anything."""
 
-    def __init__(self, status=(), hang=0, gate=0, reply=None):
+    def __init__(self, status=(), hang=0, gate=0, reply=None, gate_timeout=20.0):
         self.count = 0
         self.bodies = []
         self.headers = []
@@ -38,6 +38,7 @@ class FakeChatServer:
         self.released = threading.Event()
         self.gate = threading.Barrier(gate) if gate else None
         self.gate_n = gate
+        self.gate_timeout = gate_timeout
         self.gate_broken = False
         server = self
 
@@ -58,16 +59,25 @@ class FakeChatServer:
                     server.max_active = max(server.max_active, server.active)
                     code = server.status.pop(0) if server.status else 200
                     server.cond.notify_all()
+                finished = []
+
+                def finish():  # before a response leaves: a client may send its next request at once
+                    if not finished:
+                        finished.append(True)
+                        with server.lock:
+                            server.active -= 1
+
                 try:
                     if n <= server.hang:
                         server.released.wait()  # never answered: the client times out
                         return
                     if server.gate is not None and n <= server.gate_n:
                         try:
-                            server.gate.wait(timeout=20)
+                            server.gate.wait(timeout=server.gate_timeout)
                         except threading.BrokenBarrierError:
                             server.gate_broken = True
                     if code != 200:
+                        finish()
                         self.send_response(code)
                         self.end_headers()
                         self.wfile.write(b'{"error": "nope"}')
@@ -76,6 +86,7 @@ class FakeChatServer:
                     m = re.search(r"Answer 1:\n(.*?)\n\nAnswer 2:\n(.*?)\n\n", prompt, re.S)
                     content = server.reply or ("YES" if m and m.group(1) == m.group(2) else "NO")
                     data = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+                    finish()
                     self.send_response(200)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
@@ -84,8 +95,7 @@ class FakeChatServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout) before we answered
                 finally:
-                    with server.lock:
-                        server.active -= 1
+                    finish()
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
@@ -258,10 +268,13 @@ def test_batch_runs_concurrently_within_the_limit_and_dedupes():
 
 
 def test_batch_with_concurrency_one_sends_one_at_a_time():
-    with FakeChatServer() as srv:
+    # a gate of 2 that a one-at-a-time client can never pass: its first request waits the
+    # gate's second out and breaks it; a client sending two at once would pass it
+    with FakeChatServer(gate=2, gate_timeout=1.0) as srv:
         out = _client(srv.url, concurrency=1).agree_batch([""] * 4, list("abcd"), list("abce"))
     assert [v.agree for v in out] == [True, True, True, False]
     assert (srv.count, srv.max_active) == (4, 1)
+    assert srv.gate_broken
 
 
 def test_reward_api_llm_kind():
