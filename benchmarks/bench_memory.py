@@ -521,7 +521,7 @@ def fit_table(results: dict, prompts: int = 8, tokens: int = 200) -> str:
         lora = r1["trainable"] + (L - 1) * (r2["trainable"] - r1["trainable"])
         params = results["full_depth_params"][arch] + (OMNI_VISION_PARAMS if arch != "qwen2-audio" else 0)
         static = (params * (2 if dtype == "bfloat16" else 4) + lora * 16) / 1e9
-        gb = {ph: prompts * v["full_depth_mb"] * 2**20 / 1e9 for ph, v in phases.items()}
+        gb = {ph: max(0.0, prompts * v["full_depth_mb"] * 2**20 / 1e9) for ph, v in phases.items()}
         rows = ROLLOUT_ROWS.get(method, 4)
         if rows and (arch, dtype, 1) in ro and (arch, dtype, 2) in ro:
             a, b = ro[(arch, dtype, 1)], ro[(arch, dtype, 2)]
