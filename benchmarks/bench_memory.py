@@ -120,8 +120,8 @@ class LiveTensorBytes:
 
     A TorchDispatchMode sees every op's outputs; a returned tensor whose schema gives it no
     alias (not a view, not in-place, not ``out=``) owns a new storage: its bytes are added and a
-    finalizer subtracts them when the storage dies. Tensors that existed before (weights,
-    optimizer state: ``ignore``) are never counted, so ``current``/``peak`` are bytes above
+    finalizer subtracts them when the storage dies. Tensors that existed before the mode was
+    entered (weights, optimizer state) are never counted, so ``current``/``peak`` are bytes above
     them. What this does not see: buffers a fused kernel allocates inside itself (an SDPA or
     GEMM workspace) and allocator fragmentation: it counts what the step holds, not what the
     CPU allocator keeps resident (that is the RSS column). ``phase(label)`` starts a phase;
@@ -468,12 +468,12 @@ def _save(path: str | None, results: dict) -> None:
         os.replace(tmp, path)
 
 
-def extrapolate(results: dict, key: str = "peaks_mb") -> dict:
+def extrapolate(results: dict) -> dict:
     """Per (arch, dtype, method, phase): const + L·per_layer from the 1- and 2-layer runs, of the
-    live tensor bytes (``peaks_mb``, the default) or of the resident memory (``rss_peaks_mb``)."""
+    live tensor bytes (``peaks_mb``)."""
     by = {}
     for r in results["runs"]:
-        by.setdefault((r["arch"], r["dtype"], r["method"]), {})[r["decoder_layers"]] = r[key]
+        by.setdefault((r["arch"], r["dtype"], r["method"]), {})[r["decoder_layers"]] = r["peaks_mb"]
     out = {}
     for (arch, dtype, method), runs in by.items():
         if not {1, 2} <= set(runs):
