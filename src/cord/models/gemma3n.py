@@ -383,21 +383,18 @@ def load_model(name_or_path: str, *, device: torch.device, dtype: torch.dtype, a
     from transformers import AutoFeatureExtractor, AutoTokenizer
 
     from cord.models.export import base_only_kwargs
-    from cord.models.registry import _deepspeed_zero3, check_model_path
+    from cord.models.registry import check_model_path, from_pretrained_on
 
     name = check_model_path(name_or_path)
-    kwargs: dict[str, Any] = {"dtype": dtype, "output_loading_info": True}
+    kwargs: dict[str, Any] = {"output_loading_info": True}
     if os.path.isdir(name):
         kwargs.update(base_only_kwargs(name))
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    if not _deepspeed_zero3():
-        kwargs["device_map"] = {"": device}
     try:
         config = Gemma3nConfig.from_pretrained(name)
         if getattr(config, "model_type", None) != "gemma3n":
             raise CordError(f"{name_or_path} is not a Gemma 3n model (model_type {config.model_type!r})")
-        model, info = Gemma3nAudioForCausalLM.from_pretrained(name, config=config, **kwargs)
+        model, info = from_pretrained_on(Gemma3nAudioForCausalLM, name, config=config, device=device, dtype=dtype,
+                                         attn_implementation=attn_implementation, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(name)
         fe = AutoFeatureExtractor.from_pretrained(name)
     except (OSError, ValueError) as e:

@@ -11,7 +11,8 @@ written by ``cord train`` with LoRA holds base weights plus the adapter
 (:mod:`cord.models.export`); the adapter is applied with peft as it was in training.
 
 Models load straight onto the configured device in the configured dtype
-(``from_pretrained(..., dtype=..., device_map={"": device})``): no full host copy per rank.
+(:func:`from_pretrained_on`: ``device_map={"": device}``): no full host copy per rank; on the
+``meta`` device they are built from their config alone.
 """
 
 from __future__ import annotations
@@ -186,6 +187,40 @@ def _deepspeed_zero3() -> bool:
     return bool(is_deepspeed_zero3_enabled())
 
 
+def from_pretrained_on(model_cls, name, *, device: torch.device, dtype: torch.dtype, config=None,
+                       attn_implementation: str | None = None, **kwargs):
+    """``model_cls.from_pretrained(name, ...)`` straight onto ``device`` in ``dtype`` (no full host
+    copy per process; ZeRO-3 partitions the weights itself and refuses a device map).
+
+    ``device="meta"`` builds the model from its config under ``torch.device("meta")``: shapes
+    and dtypes only, no memory, no file read but the config (transformers >= 5.25 refuses a
+    ``device_map`` on the meta device, and no version needs the weights for it). With
+    ``output_loading_info=True`` the meta model comes with empty loading info, like a
+    checkpoint that matched."""
+    if device.type == "meta":
+        if config is None:
+            config = model_cls.config_class.from_pretrained(name)
+        if attn_implementation:
+            config._attn_implementation = attn_implementation
+        with torch.device("meta"):
+            model = model_cls(config).to(dtype=dtype)
+        if kwargs.get("output_loading_info"):
+            return model, {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
+        return model
+    kwargs = {"dtype": dtype, **kwargs}
+    if config is not None:
+        kwargs["config"] = config
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    on_device = not _deepspeed_zero3()
+    if on_device:
+        kwargs["device_map"] = {"": device}
+    out = model_cls.from_pretrained(name, **kwargs)
+    if not on_device:
+        (out[0] if isinstance(out, tuple) else out).to(device)
+    return out
+
+
 def _load_hf(model_cls_name: str, cfg):
     import transformers
     from transformers import AutoProcessor
@@ -194,15 +229,7 @@ def _load_hf(model_cls_name: str, cfg):
     dtype = resolve_dtype(cfg.dtype, device)
     name = check_model_path(cfg.name_or_path)
     model_cls = getattr(transformers, model_cls_name)
-    kwargs: dict[str, Any] = {"dtype": dtype}
-    # Straight onto this rank's device in the target dtype: no full host copy per process.
-    # (ZeRO-3 partitions the weights itself and refuses a device_map.)
-    on_device = not _deepspeed_zero3()
-    if on_device:
-        kwargs["device_map"] = {"": device}
-    if cfg.attn_implementation:
-        kwargs["attn_implementation"] = cfg.attn_implementation
-    kwargs.update(base_only_kwargs(name))  # a LoRA export: load_adapter applies its adapter
+    kwargs: dict[str, Any] = base_only_kwargs(name)  # a LoRA export: load_adapter applies its adapter
     try:
         from huggingface_hub.errors import HFValidationError
     except ImportError:  # pragma: no cover
@@ -219,12 +246,11 @@ def _load_hf(model_cls_name: str, cfg):
 
             tokenizer = AutoTokenizer.from_pretrained(name)
             feature_extractor = AutoFeatureExtractor.from_pretrained(name)
-        model = model_cls.from_pretrained(name, **kwargs)
+        model = from_pretrained_on(model_cls, name, device=device, dtype=dtype,
+                                   attn_implementation=cfg.attn_implementation, **kwargs)
     except (HFValidationError, OSError, ValueError) as e:
         where = "" if os.path.exists(name) else " (and no local folder has that name)"
         raise CordError(f"cannot load model '{cfg.name_or_path}'{where}: {str(e).strip().splitlines()[0]}") from None
-    if not on_device:
-        model.to(device)
     model.eval()
     tokenizer.padding_side = "left"
     return model, tokenizer, feature_extractor

@@ -789,21 +789,10 @@ def _materialize(config: StepAudio2Config, state_dict: dict, device: torch.devic
                  attn_implementation: str | None):
     """The model from ``state_dict`` through transformers' loader (buffers such as the rotary
     tables are built as a checkpoint load builds them; straight onto ``device``)."""
-    from cord.models.registry import _deepspeed_zero3
+    from cord.models.registry import from_pretrained_on
 
-    kwargs: dict[str, Any] = {"dtype": dtype}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    if device.type == "meta":
-        with torch.device("meta"):
-            return StepAudio2ForCausalLM(config).to(dtype=dtype).eval()
-    on_device = not _deepspeed_zero3()
-    if on_device:
-        kwargs["device_map"] = {"": device}
-    model = StepAudio2ForCausalLM.from_pretrained(None, config=config, state_dict=state_dict, **kwargs)
-    if not on_device:
-        model.to(device)
-    return model.eval()
+    return from_pretrained_on(StepAudio2ForCausalLM, None, config=config, state_dict=state_dict, device=device,
+                              dtype=dtype, attn_implementation=attn_implementation).eval()
 
 
 def _resolve(name: str) -> Path:
@@ -875,14 +864,10 @@ def load_model(name_or_path: str, *, device: torch.device, dtype: torch.dtype, a
         state = load_release_state_dict(path, expected, dtype)
         model = _materialize(config, state, device, dtype, attn_implementation)
     elif kind == StepAudio2Config.model_type:
-        from cord.models.registry import _deepspeed_zero3
+        from cord.models.registry import from_pretrained_on
 
-        kwargs: dict[str, Any] = {"dtype": dtype, **base_only_kwargs(path)}
-        if attn_implementation:
-            kwargs["attn_implementation"] = attn_implementation
-        if not _deepspeed_zero3():
-            kwargs["device_map"] = {"": device}
-        model = StepAudio2ForCausalLM.from_pretrained(str(path), **kwargs).to(device).eval()
+        model = from_pretrained_on(StepAudio2ForCausalLM, str(path), device=device, dtype=dtype,
+                                   attn_implementation=attn_implementation, **base_only_kwargs(path)).eval()
     else:
         raise CordError(f"{name_or_path} is not a Step-Audio2 model (config.json model_type {kind!r}; expected "
                         f"{RELEASE_MODEL_TYPE!r} or {StepAudio2Config.model_type!r})")
