@@ -217,10 +217,12 @@ def test_sampling_logprobs_equal_the_training_forward_on_every_token(any_adapter
     assert out.mask.sum() > 20 and float(diff.max()) < 1e-4
 
 
-def test_audio_encoded_and_prompt_prefilled_once_per_prompt_with_last_position_logits(any_adapter):
+def test_audio_encoded_and_prompt_prefilled_once_per_prompt_with_last_position_logits(any_adapter, monkeypatch):
     """n = 4 rollouts of 2 audio prompts: the audio encoder sees 2 clips once, the decoder's
     first (prefill) call has 2 rows, and the output head never sees more than one position
     per row (no prompt-wide logits)."""
+    import cord.objectives.divergence as divergence
+
     adapter = any_adapter
     model = adapter.model.get_base_model() if hasattr(adapter.model, "get_base_model") else adapter.model
     encoder = getattr(getattr(model, "model", model), "audio_tower", None) or model.audio_encoder
@@ -229,8 +231,14 @@ def test_audio_encoded_and_prompt_prefilled_once_per_prompt_with_last_position_l
     hooks = [
         encoder.register_forward_hook(lambda m, a, kw, o: seen["encoder"].append(1), with_kwargs=True),
         decoder_layer.register_forward_hook(lambda m, a, o: seen["decoder"].append(tuple(a[0].shape[:2]))),
-        adapter.lm_head().register_forward_hook(lambda m, a, o: seen["head"].append(tuple(a[0].shape))),
     ]
+    head_logits = divergence.head_logits
+
+    def record_head(hidden, *a, **k):  # the engine's logits go through the objectives' head_logits
+        seen["head"].append(tuple(hidden.shape))
+        return head_logits(hidden, *a, **k)
+
+    monkeypatch.setattr(divergence, "head_logits", record_head)
     try:
         prompts = adapter.audio_prompts(make_examples(2))
         HFEngine(adapter).generate(prompts, n=4, temperature=1.0, max_new_tokens=5, seed=0)
@@ -304,3 +312,50 @@ def test_trainer_builds_every_engine_through_make_engine_and_syncs_once_per_step
     adapters = {id(e.adapter) for e in built}
     assert len(built) >= 3 and len(adapters) == 2  # the policy's engine and the teacher's
     assert all(type(e) is Spy and e.stop_strings == ["@@"] and e.batch_size == 5 for e in built)
+
+
+@pytest.mark.parametrize("family", ["qwen2-audio", "gemma3n"])
+def test_a_bf16_model_samples_from_the_logits_the_objectives_score(family):
+    """On a bf16 model the sampler's log-probs are the objectives' (``token_logprobs``: float32
+    accumulation, the soft cap in float32) on the very hidden states the sampler decoded from:
+    max |Δ| ≤ 1e-5 nats. A bf16 ``lm_head(hidden)`` rounds the logits to bf16 first (~1e-2
+    nats here, what the engine did before). The hidden states are recorded from the decode
+    loop itself, so a cached-vs-full-forward difference in bf16 attention does not enter."""
+    from cord.objectives import token_logprobs
+
+    adapter = load_adapter(ModelConfig(family=family, name_or_path="tiny", dtype="bfloat16", device="cpu"))
+    with torch.no_grad():
+        adapter.lm_head().weight.mul_(8.0)  # logits of a few units, where bf16 steps show
+    seen: list[torch.Tensor] = []
+    prefill, decode = adapter.prefill, adapter.decode
+
+    def record_prefill(prompts):
+        hidden, state = prefill(prompts)
+        seen.append(hidden.repeat_interleave(2, dim=0))  # n = 2 rows per prompt
+        return hidden, state
+
+    def record_decode(state, tokens):
+        hidden = decode(state, tokens)
+        seen.append(hidden)
+        return hidden
+
+    adapter.prefill, adapter.decode = record_prefill, record_decode
+    out = HFEngine(adapter, batch_size=64).generate(adapter.audio_prompts(make_examples(3)), n=2, temperature=1.0,
+                                                   max_new_tokens=8, seed=0)
+    hidden = torch.stack(seen[: out.ids.shape[1]], dim=1)  # (R, T, H): position t predicted token t
+    assert hidden.dtype == torch.bfloat16
+    head = adapter.lm_head()
+    cap = getattr(adapter, "logit_softcap", None)
+    ids = out.ids.masked_fill(~out.mask, 0)
+    ref = token_logprobs(hidden, head.weight, ids, out.mask, bias=head.bias, softcap=cap)
+    # the distribution sampled from excludes the placeholders: renormalise the reference
+    with torch.no_grad():
+        z = hidden.float() @ head.weight.float().T
+        if cap is not None:
+            z = torch.tanh(z / cap) * cap
+        lse_all = torch.logsumexp(z, -1)
+        z[..., adapter.placeholder_token_ids] = float("-inf")
+        ref = ref + lse_all - torch.logsumexp(z, -1)
+    diff = (ref - out.logprobs).abs()[out.mask]
+    assert out.mask.sum() > 10
+    assert float(diff.max()) < 1e-5, float(diff.max())

@@ -505,6 +505,18 @@ def token_logprobs(
                   chunk_size, grad_hint, softcap)
 
 
+def head_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None = None, *, softcap: float | None = None) -> Tensor:
+    """(R, V) float32 logits of (R, H) ``hidden`` through the head, exactly as the objectives
+    form them: products accumulated in float32 (a bf16 head upcast a vocabulary block at a
+    time, never rounded to bf16 on the way) and the soft cap c·tanh(z/c) applied in float32.
+    What the rollout engine samples from, so the sampler's distribution is the one the loss
+    trains (a bf16 ``lm_head(hidden)`` is rounded to steps of 0.125 near |z| ≈ 20). No grad."""
+    with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
+        cdtype = _compute_dtype(hidden, weight, bias)
+        z, _ = _logits(hidden.reshape(-1, hidden.shape[-1]), weight, bias, 1.0, cdtype, softcap)
+    return z.reshape(*hidden.shape[:-1], weight.shape[0])
+
+
 def sampled_token_logratio(student_logprobs: Tensor, teacher_logprobs: Tensor, mask: Tensor | None = None) -> Tensor:
     """The k1 estimator of the reverse KL from sampled tokens only: log p_s(y_t) - log p_t(y_t).
 

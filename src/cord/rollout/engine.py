@@ -230,17 +230,21 @@ class HFEngine(_EngineBase):
 
 
 def apply_head(adapter):
-    """hidden -> logits through the adapter's lm_head and, where the family has one, its final
-    logit soft cap c·tanh(z/c) (``adapter.logit_softcap``, e.g. Gemma 3n's 30.0)."""
+    """hidden -> float32 logits through the adapter's lm_head and, where the family has one, its
+    final logit soft cap c·tanh(z/c) (``adapter.logit_softcap``, e.g. Gemma 3n's 30.0), formed
+    exactly as the objectives form them (:func:`cord.objectives.head_logits`: float32
+    accumulation, cap in float32). A bf16 ``lm_head(hidden)`` would round the logits to bf16
+    (steps of 0.125 near |z| ≈ 20, the cap applied in bf16): the sampled distribution would
+    differ from the one the loss trains by ~1e-2 nats per token, a systematic off-policy error."""
+    from cord.objectives.divergence import head_logits
+
     head = adapter.lm_head()
     cap = getattr(adapter, "logit_softcap", None)
-    if cap is None:
-        return head
 
-    def capped(hidden: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(head(hidden) / cap) * cap
+    def logits(hidden: torch.Tensor) -> torch.Tensor:
+        return head_logits(hidden, head.weight, head.bias, softcap=cap)
 
-    return capped
+    return logits
 
 
 def decode_loop(
