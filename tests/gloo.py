@@ -45,3 +45,30 @@ def run_two_processes(body: Callable[[int, Path], dict], out: Path, timeout_s: f
     tiny_data()
     mp.spawn(_worker, args=(2, str(out / "store"), str(out), body, timeout_s), nprocs=2, join=True)
     return [torch.load(out / f"rank{r}.pt") for r in range(2)]
+
+
+class cuda_optimizer_defaults:  # noqa: N801 - used as a context manager
+    """Inside: torch's optimizers choose as they do when every parameter is on CUDA — AdamW's
+    ``foreach`` implementation (``torch._foreach_*`` over each group's tensor list) instead of
+    the per-tensor loop they take on the CPU. ``calls`` counts the foreach AdamW steps taken."""
+
+    def __enter__(self):
+        import torch.optim.optimizer as optimizer
+
+        self._optimizer = optimizer
+        self._devices = optimizer._get_foreach_kernels_supported_devices
+        optimizer._get_foreach_kernels_supported_devices = lambda: ["cuda", "cpu"]
+        self._lerp = torch._foreach_lerp_
+        self.calls = 0
+
+        def counted(*a, **k):
+            self.calls += 1
+            return self._lerp(*a, **k)
+
+        torch._foreach_lerp_ = counted
+        return self
+
+    def __exit__(self, *exc):
+        self._optimizer._get_foreach_kernels_supported_devices = self._devices
+        torch._foreach_lerp_ = self._lerp
+        return False

@@ -38,6 +38,18 @@ def is_sharded(t: torch.Tensor) -> bool:
     return isinstance(t, DTensor)
 
 
+def param_groups(params: Iterable[nn.Parameter]) -> list[dict]:
+    """The optimizer's parameter groups: the sharded parameters (DTensors) and the plain ones
+    apart. On CUDA, torch's AdamW takes its ``foreach`` path, whose ``torch._foreach_*`` ops
+    refuse a list mixing ``torch.Tensor`` and ``DTensor`` (the FSDP units' weights beside the
+    whole-kept embeddings, norms and ``lm_head``); each group is stepped as its own list.
+    Unsharded: one group, as a plain parameter list would be."""
+    params = list(params)
+    sharded = [p for p in params if is_sharded(p)]
+    plain = [p for p in params if not is_sharded(p)]
+    return [{"params": group} for group in (sharded, plain) if group]
+
+
 def fsdp_units(model: nn.Module, module_map: Mapping[str, Sequence[str]]) -> list[nn.Module]:
     """The modules to shard one by one: every element of a ``ModuleList`` that lies under a
     part of ``module_map`` and is a block of its own (a class not from ``torch.nn``, e.g.

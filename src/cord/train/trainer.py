@@ -202,8 +202,11 @@ class Trainer:
             from cord.train.sharding import GatheredEngine
 
             self.engine = GatheredEngine(self.engine, self.units)
+        from cord.train.sharding import param_groups
+
         self.optimizer = torch.optim.AdamW(
-            self.params, lr=cfg.train.lr, betas=tuple(cfg.train.adam_betas), weight_decay=cfg.train.weight_decay
+            param_groups(self.params), lr=cfg.train.lr, betas=tuple(cfg.train.adam_betas),
+            weight_decay=cfg.train.weight_decay,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
