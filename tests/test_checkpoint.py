@@ -135,6 +135,64 @@ def test_rng_state_is_plain_json_and_restores_every_generator():
 
 
 # ---------------------------------------------------------------------------- keep_last
+class _FakeCuda:
+    """CUDA RNG calls as torch makes them with ``devices`` visible GPUs (no GPU needed):
+    ``set_rng_state`` of a device index that does not exist raises, as torch's does."""
+
+    def __init__(self, devices: int, current: int = 0) -> None:
+        self.devices, self.current = devices, current
+        self.states = {i: torch.full((16,), i, dtype=torch.uint8) for i in range(devices)}
+        self.set: list[int] = []
+
+    def install(self, monkeypatch) -> None:
+        import torch.cuda.random as cuda_random
+
+        def get_rng_state(device="cuda"):
+            return self.states[self._index(device)].clone()
+
+        def set_rng_state(new_state, device="cuda"):
+            index = self._index(device)
+            self.states[index] = new_state.clone()
+            self.set.append(index)
+
+        for mod in (torch.cuda, cuda_random):
+            monkeypatch.setattr(mod, "get_rng_state", get_rng_state)
+            monkeypatch.setattr(mod, "set_rng_state", set_rng_state)
+            monkeypatch.setattr(mod, "device_count", lambda: self.devices, raising=False)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: self.current)
+        monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [self.states[i] for i in range(self.devices)])
+
+    def _index(self, device) -> int:
+        index = self.current if device in ("cuda", None) else int(getattr(device, "index", device))
+        if not 0 <= index < self.devices:
+            raise IndexError(f"list index out of range (CUDA device {index} of {self.devices})")
+        return index
+
+
+def test_a_checkpoint_with_more_cuda_rng_states_than_devices_resumes(monkeypatch):
+    """An 8-GPU run's checkpoint resumed where this process sees one GPU (fewer GPUs, or each
+    rank seeing only its own device): its own device's state is restored, nothing indexes a
+    device that does not exist. A new checkpoint saves only this process's device."""
+    saved = _FakeCuda(devices=8, current=0)
+    saved.install(monkeypatch)
+    old_format = {**ck.rng_state(), "cuda": [saved.states[i].tolist() for i in range(8)]}
+    here = _FakeCuda(devices=1, current=0)
+    here.install(monkeypatch)
+    ck.set_rng_state(old_format)
+    assert here.set == [0] and torch.equal(here.states[0], saved.states[0])
+    # written now: one state, of the current device
+    rank3 = _FakeCuda(devices=4, current=3)
+    rank3.install(monkeypatch)
+    state = ck.rng_state()
+    assert state["cuda"]["device"] == 3 and state["cuda"]["state"] == rank3.states[3].tolist()
+    json.dumps(state)  # plain JSON
+    alone = _FakeCuda(devices=1, current=0)  # that rank resumes seeing only its own GPU
+    alone.install(monkeypatch)
+    ck.set_rng_state(state)
+    assert alone.set == [0] and torch.equal(alone.states[0], rank3.states[3])
+
+
 def test_keep_last_deletes_only_this_runs_older_checkpoints(tmp_path):
     out = tmp_path / "run"
     _save(out, 12, run_id="old")

@@ -5,7 +5,7 @@ Layout of ``<output_dir>/checkpoints/step-00000012/``:
     trainable.safetensors   the parameters that train (full names), or
     adapter/                the peft adapter (LoRA runs; also loadable by peft directly)
     optimizer.pt, scheduler.pt   tensors and plain values only (read with weights_only=True)
-    rng.json                torch / CUDA / numpy / python RNG states as plain JSON
+    rng.json                torch / numpy / python RNG states and this process's CUDA device's, as plain JSON
     trainer_state.json      step, bad steps, data position, method, world size, global batch,
                             run id, metrics of the last step
     config.yaml             the config the run used
@@ -102,7 +102,9 @@ def rng_state() -> dict[str, Any]:
         "python": {"version": version, "state": list(internal), "gauss_next": gauss_next},
     }
     if torch.cuda.is_available():
-        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+        # this process's own device only: a run may resume with fewer (or other) visible GPUs
+        index = torch.cuda.current_device()
+        state["cuda"] = {"device": index, "state": torch.cuda.get_rng_state(index).tolist()}
     return state
 
 
@@ -113,8 +115,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
                          n["cached_gaussian"]))
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available():
+        index = torch.cuda.current_device()
+        if isinstance(cuda, dict):
+            saved = cuda["state"]
+        else:  # older checkpoints: one state per device the saving process saw
+            saved = cuda[index] if index < len(cuda) else cuda[0]
+        torch.cuda.set_rng_state(torch.tensor(saved, dtype=torch.uint8), index)
 
 
 # --------------------------------------------------------------------------- save / load
