@@ -126,8 +126,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- save / load
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+def trainable_state(model: torch.nn.Module, masters: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The trainable parameters by name, on the CPU; a parameter with an fp32 master
+    (:class:`cord.train.precision.MasterWeights`, ``masters``: name -> master) is saved as its master."""
+    masters = masters or {}
+    return {n: masters.get(n, p).detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def save_checkpoint(
@@ -140,9 +143,11 @@ def save_checkpoint(
     state: dict[str, Any],
     config_yaml: str,
     keep_last: int,
+    masters: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ``step-<step>`` atomically, then delete this run's older checkpoints beyond the
-    last ``keep_last`` (a run is ``state["run_id"]``; another run's checkpoint is never deleted)."""
+    last ``keep_last`` (a run is ``state["run_id"]``; another run's checkpoint is never deleted).
+    ``masters``: fp32 master weights saved in place of their low-precision parameters."""
     root = Path(output_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:08d}"
@@ -152,7 +157,7 @@ def save_checkpoint(
     tmp.mkdir()
     if hasattr(model, "peft_config"):
         model.save_pretrained(str(tmp / "adapter"))
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+    save_file(trainable_state(model, masters), str(tmp / "trainable.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     (tmp / "rng.json").write_text(json.dumps(rng_state()))
@@ -209,9 +214,12 @@ def _params_device(model: torch.nn.Module, optimizer) -> torch.device:
     return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
-def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer, scheduler) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer, scheduler,
+                    masters: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """Load weights, optimizer, scheduler and RNG state; returns ``trainer_state.json``.
-    Everything lands on the device of the parameters it belongs to (each rank's own)."""
+    Everything lands on the device of the parameters it belongs to (each rank's own).
+    ``masters`` (name -> fp32 master): their saved values go into the masters too, whole (the
+    model's parameters get them rounded to the model dtype)."""
     path = Path(path)
     state = read_state(path)
     if not (path / "rng.json").is_file():
@@ -236,6 +244,8 @@ def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer, sche
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value.to(params[name].device, params[name].dtype))
+            if masters and name in masters:
+                masters[name].copy_(value.to(masters[name].device, masters[name].dtype))
     optimizer.load_state_dict(optim_state)
     scheduler.load_state_dict(sched_state)
     set_rng_state(rng)

@@ -174,6 +174,12 @@ class Trainer:
         self.adapter = load_adapter(model_cfg)
         lora = cfg.model.lora is not None
         self.sharded = self._use_fsdp(lora)
+        low = sorted({str(p.dtype) for p in self.adapter.model.parameters() if p.dtype != torch.float32})
+        if self.sharded and low:
+            # FSDP's parameters are the optimizer's master weights: held in fp32, computed in bf16
+            warnings.warn(f"train.sharding=fsdp keeps fp32 master weights: the model loaded in {', '.join(low)} "
+                          "(model.dtype) is cast to float32; its layers still compute in bf16 on GPUs", stacklevel=2)
+            self.adapter.model.to(torch.float32)
         module_map = module_map_of(self.adapter)
         self.params = select_trainable(self.adapter.model, list(cfg.train.trainable), lora, module_map)
         self._broadcast_trainable()  # before the frozen teacher copy is taken
@@ -202,8 +208,14 @@ class Trainer:
             from cord.train.sharding import GatheredEngine
 
             self.engine = GatheredEngine(self.engine, self.units)
+        # bf16/fp16 weights that train outside LoRA get fp32 masters (cord.train.precision); the
+        # optimizer, averaging and clipping see the masters
+        from cord.train.precision import MasterWeights
         from cord.train.sharding import param_groups
 
+        self.master = MasterWeights([] if self.sharded else self.params)
+        if self.master:
+            self.params = self.master.params
         self.optimizer = torch.optim.AdamW(
             param_groups(self.params), lr=cfg.train.lr, betas=tuple(cfg.train.adam_betas),
             weight_decay=cfg.train.weight_decay,
@@ -284,7 +296,7 @@ class Trainer:
                                             scheduler=self.scheduler, rank=self.rank)
         else:
             state = load_checkpoint(path, model=self.adapter.model, optimizer=self.optimizer,
-                                    scheduler=self.scheduler)
+                                    scheduler=self.scheduler, masters=self.master.by_name(self.adapter.model))
         self.step = int(state["step"])
         self.bad_steps = int(state.get("bad_steps", 0))
         self.run_id = state.get("run_id") or uuid.uuid4().hex
@@ -313,6 +325,7 @@ class Trainer:
                    "world_size": self.world, "global_batch": self.global_batch, "micro_batch": self.micro_batch,
                    "method": self.cfg.objective.method, "run_id": self._run_id()},
             config_yaml=dump_config(self.cfg), keep_last=self.cfg.train.keep_last,
+            **({"masters": self.master.by_name(self.adapter.model)} if self.master else {}),
         )
 
     @property
@@ -350,6 +363,7 @@ class Trainer:
             t0 = sync_clock(device)
             if loss.requires_grad:
                 (loss / accum).backward()
+            self.master.accumulate_grads()  # low-precision gradients into the fp32 masters
             m["time_backward"] = sync_clock(device) - t0
             m["loss_finite"] = float(bool(torch.isfinite(loss.detach())))
             records.append(m)
@@ -372,6 +386,7 @@ class Trainer:
         lr = self.scheduler.get_last_lr()[0]
         if finite and not empty:
             self.optimizer.step()
+            self.master.copy_to_model()
         elif finite:
             warnings.warn(f"step {self.step + 1}: every example of the global batch was skipped "
                           "(model.long_audio); no update", stacklevel=2)
