@@ -176,3 +176,29 @@ def test_processes_start_from_the_same_trainable_weights(two_processes):
         assert torch.equal(a[name], b[name]), name
     # (they would differ: train.seed differs between the processes, and LoRA's A is random)
     assert any("lora_A" in n for n in a)
+
+
+def test_the_trainer_starts_its_process_group_with_the_configured_timeout(tmp_path, monkeypatch):
+    """NCCL's default 10-minute timeout would abort ranks waiting in a barrier while process 0
+    writes a 7B export to slow storage: the trainer's Accelerator gets train.dist_timeout_s."""
+    import accelerate
+
+    from cord.config import load_config
+    from cord.train.trainer import Trainer
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_accelerator(**kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(accelerate, "Accelerator", fake_accelerator)
+    cfg = load_config(ROOT / "configs" / "tiny" / "cord.yaml",
+                      [f"train.output_dir={tmp_path}", "train.dist_timeout_s=5400"])
+    with pytest.raises(Stop):
+        Trainer(cfg)
+    (handler,) = seen["kwargs_handlers"]
+    assert handler.timeout.total_seconds() == 5400

@@ -130,6 +130,18 @@ def _ranks_body(rank: int, out: Path) -> dict:
         fitted = d.fit(resume="auto", export=False)
     results["foreach"] = {"params": _full(d), "last": fitted["last"], "resumed_from": fitted["resumed_from"],
                           "foreach_steps": spy.calls}
+    # model.dtype=bfloat16: trained on fp32 masters, exported in bf16 without reloading the model
+    import cord.train.trainer as trainer_module
+
+    e = _trainer(out / "bf16", fam, "train.sharding=fsdp", "train.max_steps=1", "model.dtype=bfloat16")
+    loads, real = [], trainer_module.load_adapter
+    trainer_module.load_adapter = lambda cfg: loads.append(cfg.device) or real(cfg)
+    try:
+        e.fit()
+    finally:
+        trainer_module.load_adapter = real
+    results["bf16"] = {"params": _full(e), "loads": loads,
+                       "dtypes": {str(p.dtype) for p in e.adapter.model.parameters()}}
     return results
 
 
@@ -217,6 +229,31 @@ def test_consolidated_export_loads_and_gives_the_sharded_logits(two_processes):
     params = dict(adapter.model.named_parameters())
     for n, p in r0["resumed"]["params"].items():
         torch.testing.assert_close(params[n].detach(), p, rtol=0, atol=0, msg=n)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_bf16_sharded_run_trains_fp32_masters_and_exports_bf16_without_reloading(two_processes):
+    """model.dtype=bfloat16 under FSDP: the parameters the optimizer steps are fp32 (the
+    masters); the export is gathered tensor by tensor into a model built on the meta device
+    (process 0 loads nothing else) and written in bf16 — the masters rounded."""
+    from safetensors.torch import load_file
+
+    from cord.config import ModelConfig
+    from cord.models import load_adapter
+
+    out, (r0, r1) = two_processes
+    assert r0["bf16"]["dtypes"] == {"torch.float32"}
+    assert r0["bf16"]["loads"] == ["meta"] and r1["bf16"]["loads"] == []
+    files = list((out / "bf16" / "model").glob("*.safetensors"))
+    assert files and {t.dtype for f in files for t in load_file(str(f)).values()} == {torch.bfloat16}
+    exported = load_adapter(ModelConfig(family="qwen2-audio", name_or_path=str(out / "bf16" / "model"),
+                                        dtype="bfloat16", device="cpu"))
+    params = dict(exported.model.named_parameters())
+    masters = r0["bf16"]["params"]
+    assert set(masters) == set(params)
+    for n, m in masters.items():
+        assert torch.equal(params[n].detach(), m.to(torch.bfloat16)), n
 
 
 @pytest.mark.parametrize("extra, match", [

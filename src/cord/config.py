@@ -182,6 +182,10 @@ class TrainConfig(_Section):
     #: unit; see cord.train.sharding); "none": every process holds the whole model (DDP-like);
     #: "auto": fsdp when launched with an accelerate config whose distributed_type is FSDP
     sharding: Literal["auto", "none", "fsdp"] = "auto"
+    #: how long any collective (all-reduce, barrier) waits before the run fails, in seconds, for
+    #: the process group the trainer starts (NCCL's own default is 10 min: a barrier while process
+    #: 0 writes a 7B checkpoint or export to slow storage can outlast it)
+    dist_timeout_s: int = Field(3600, ge=60)
     #: which parts train: any of language_model, audio_encoder, projector, lm_head
     #: (with model.lora set, the language model trains through its adapter only)
     trainable: list[Literal["language_model", "audio_encoder", "projector", "lm_head"]] = Field(

@@ -130,14 +130,39 @@ class _BaseAndAdapter:
         cfg_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def export_model(adapter, directory: str | os.PathLike) -> Path:
+class _WithState:
+    """Stands in for a model in ``adapter.save_pretrained``: writes ``state`` (name -> tensor)
+    as its weights — e.g. gathered from a sharded run into a model built on the ``meta``
+    device, which holds shapes and config but no values. Everything else is the model's."""
+
+    def __init__(self, model, state: dict[str, Any]) -> None:
+        self._model, self._state = model, state
+
+    def save_pretrained(self, directory: str, **kwargs) -> None:
+        self._model.save_pretrained(directory, state_dict=self._state, **kwargs)
+
+    def state_dict(self, *args, **kwargs) -> dict[str, Any]:
+        return dict(self._state)
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+
+def export_model(adapter, directory: str | os.PathLike, state_dict: dict[str, Any] | None = None) -> Path:
     """Write ``adapter``'s model to ``directory`` (replaced atomically: a ``.tmp`` sibling is
-    written first), loadable with ``model.name_or_path: <directory>``."""
+    written first), loadable with ``model.name_or_path: <directory>``. ``state_dict``: the
+    weights to write instead of the model's own (the model may then be on ``meta``)."""
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    if is_peft_model(adapter.model):
+    if state_dict is not None:
+        if is_peft_model(adapter.model):
+            raise ValueError("export_model: state_dict is for a model without LoRA")
+        adapter = copy.copy(adapter)
+        adapter.model = _WithState(adapter.model, state_dict)
+        adapter.save_pretrained(str(tmp))
+    elif is_peft_model(adapter.model):
         exporter = copy.copy(adapter)
         exporter.model = _BaseAndAdapter(adapter.model)
         exporter.save_pretrained(str(tmp))

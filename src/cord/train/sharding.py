@@ -152,6 +152,23 @@ def clip_grad_norm(params: Sequence[nn.Parameter], max_norm: float) -> float:
     return total
 
 
+def gather_state_dict(model: nn.Module, *, rank: int, dtypes: Mapping[str, torch.dtype] | None = None,
+                      dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """The model's state dict whole, on process 0's CPU (empty elsewhere), gathered one tensor at
+    a time and cast there: a sharded layer's weight is all-gathered (a collective every
+    process runs, in the same order), cast on its device to ``dtypes[name]`` (else ``dtype``
+    for floating tensors; else kept) and only then copied to the host. Process 0's peak host
+    memory is the model in the export dtype, not the fp32 masters."""
+    out: dict[str, torch.Tensor] = {}
+    for name, value in model.state_dict().items():
+        whole = value.full_tensor() if is_sharded(value) else value
+        if rank != 0:
+            continue
+        target = (dtypes or {}).get(name, dtype if whole.is_floating_point() else None)
+        out[name] = whole.detach().to(dtype=target or whole.dtype).to("cpu", copy=True)
+    return out
+
+
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter and buffer of ``model`` whole, on the CPU, on process 0 (empty on the
     others); a collective: every process calls it."""

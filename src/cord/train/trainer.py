@@ -147,7 +147,14 @@ class Trainer:
         self.cfg = cfg
         if cfg.objective.method not in METHODS:
             raise CordError(f"unknown method {cfg.objective.method!r}")
-        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        if accelerator is None:
+            from datetime import timedelta
+
+            from accelerate.utils import InitProcessGroupKwargs
+
+            timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.dist_timeout_s))
+            accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[timeout])
+        self.accelerator = accelerator
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
         parts = self.world * cfg.train.grad_accum
@@ -533,15 +540,24 @@ class Trainer:
         if not self.sharded:
             export_model(self.adapter, directory)
             return
-        # sharded: the full weights gathered onto process 0's CPU, loaded into an unsharded
-        # copy of the model made there, exported like an unsharded run
-        from cord.train.sharding import full_state_dict
+        # sharded: process 0 builds the model on the meta device (config, tokenizer and
+        # feature extractor; no weights read or held), the weights are gathered onto its CPU
+        # one tensor at a time in the exported dtype (model.dtype), and written under that
+        # shell's names — no reload of the checkpoint from disk while the others wait
+        from cord.models.registry import resolve_dtype
+        from cord.train.sharding import gather_state_dict
 
-        weights = full_state_dict(self.adapter.model)
+        shell = dtypes = None
         if self.rank == 0:
-            whole = load_adapter(self.cfg.model.model_copy(update={"device": "cpu"}))
-            whole.model.load_state_dict(weights, strict=True)
-            export_model(whole, directory)
+            shell = load_adapter(self.cfg.model.model_copy(update={"device": "meta"}))
+            dtypes = {k: v.dtype for k, v in shell.model.state_dict().items()}
+        dtype = resolve_dtype(self.cfg.model.dtype, self.adapter.device)
+        weights = gather_state_dict(self.adapter.model, rank=self.rank, dtypes=dtypes, dtype=dtype)
+        if self.rank == 0:
+            missing = set(dtypes) - set(weights)
+            if missing:
+                raise RuntimeError(f"sharded export: {len(missing)} tensors missing (e.g. {sorted(missing)[0]})")
+            export_model(shell, directory, state_dict={k: weights[k] for k in dtypes})
         self.accelerator.wait_for_everyone()
 
 
