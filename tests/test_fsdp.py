@@ -130,6 +130,27 @@ def _ranks_body(rank: int, out: Path) -> dict:
         fitted = d.fit(resume="auto", export=False)
     results["foreach"] = {"params": _full(d), "last": fitted["last"], "resumed_from": fitted["resumed_from"],
                           "foreach_steps": spy.calls}
+    # grad_accum=2: gradients reduce-scattered after each micro-batch, or only after the last
+    import torch.distributed.fsdp._fully_shard._fsdp_param_group as param_group
+
+    import cord.train.trainer as trainer_module
+
+    reduce, micro_step = param_group.foreach_reduce, trainer_module.run_micro_step
+    for sync in ("every_micro_batch", "last_micro_batch"):
+        t = _trainer(out / f"sync-{sync}", fam, "train.sharding=fsdp", "train.grad_accum=2",
+                     f"train.fsdp_grad_sync={sync}")
+        current, calls = [None], []  # the micro-batch whose backward reduce-scatters
+
+        def tracked(ctx, examples, step, micro):
+            current[0] = micro
+            return micro_step(ctx, examples, step, micro)
+
+        param_group.foreach_reduce = lambda *a, **k: calls.append(current[0]) or reduce(*a, **k)
+        trainer_module.run_micro_step = tracked
+        try:
+            results[f"sync-{sync}"] = {**_step(t), "reduced_in": calls}
+        finally:
+            param_group.foreach_reduce, trainer_module.run_micro_step = reduce, micro_step
     # model.dtype=bfloat16: trained on fp32 masters, exported in bf16 without reloading the model
     import cord.train.trainer as trainer_module
 
@@ -254,6 +275,24 @@ def test_a_bf16_sharded_run_trains_fp32_masters_and_exports_bf16_without_reloadi
     assert set(masters) == set(params)
     for n, m in masters.items():
         assert torch.equal(params[n].detach(), m.to(torch.bfloat16)), n
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_fsdp_can_reduce_scatter_once_per_step_instead_of_once_per_micro_batch(two_processes):
+    """train.fsdp_grad_sync=last_micro_batch: with grad_accum=2 no layer's gradient is
+    reduce-scattered during the first micro-batch's backward (the unsharded gradients accumulate
+    locally: half the traffic), and the update is the one of a reduce-scatter after every
+    micro-batch."""
+    _, (r0, _) = two_processes
+    every, last = r0["sync-every_micro_batch"], r0["sync-last_micro_batch"]
+    # process 0 runs micro-batches 0 and 2 of the global batch (world 2 x grad_accum 2)
+    assert set(every["reduced_in"]) == {0, 2}
+    assert set(last["reduced_in"]) == {2}
+    assert last["metrics"]["loss"] == pytest.approx(every["metrics"]["loss"], rel=1e-6)
+    assert every["grads"].keys() == last["grads"].keys()
+    for n in every["grads"]:
+        torch.testing.assert_close(last["grads"][n], every["grads"][n], rtol=1e-5, atol=1e-9, msg=n)
 
 
 @pytest.mark.parametrize("extra, match", [

@@ -186,6 +186,17 @@ class TrainConfig(_Section):
     #: the process group the trainer starts (NCCL's own default is 10 min: a barrier while process
     #: 0 writes a 7B checkpoint or export to slow storage can outlast it)
     dist_timeout_s: int = Field(3600, ge=60)
+    #: FSDP with grad_accum > 1: reduce-scatter the layers' gradients after every micro-batch
+    #: (sharded gradients, the least memory) or only in the last one's backward ("last_micro_batch":
+    #: each process holds every layer's unsharded gradient in between, in fp32 — at 7B ~28 GB more
+    #: per GPU). Measured on gloo at grad_accum=2: opd and grpo 3 reduce-scatters per step instead
+    #: of 6; cord and grpo_opd (two student forwards per micro-batch unless
+    #: rollout.share_rollouts) 6 either way: FSDP reduces once per forward use in that backward
+    fsdp_grad_sync: Literal["every_micro_batch", "last_micro_batch"] = "every_micro_batch"
+    #: allow TF32 tensor cores for float32 matmuls on NVIDIA GPUs (Ampere and newer): the fp32
+    #: lm_head products of full fine-tuning run several times faster, with ~1e-3 relative error in
+    #: the logits instead of ~1e-7 (layers compute in bf16 anyway). Off: exact fp32
+    tf32: bool = False
     #: which parts train: any of language_model, audio_encoder, projector, lm_head
     #: (with model.lora set, the language model trains through its adapter only)
     trainable: list[Literal["language_model", "audio_encoder", "projector", "lm_head"]] = Field(

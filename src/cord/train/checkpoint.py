@@ -49,7 +49,7 @@ RUN_ARTIFACTS = ("checkpoints", "metrics.jsonl", "config.yaml", "model", "tensor
 HARMLESS_KEYS = (
     "train.max_steps", "train.save_every", "train.keep_last", "train.log_every", "train.progress",
     "train.tensorboard", "train.output_dir", "train.max_bad_steps", "train.gradient_checkpointing",
-    "train.grad_accum", "train.dist_timeout_s",
+    "train.grad_accum", "train.dist_timeout_s", "train.fsdp_grad_sync",
     "rollout.batch_size", "rollout.engine", "objective.chunk_size", "model.device",
     "judge.timeout", "judge.max_retries", "judge.concurrency", "judge.cache_dir", "judge.api_key_env",
     "synth.", "eval.",

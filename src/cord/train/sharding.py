@@ -113,15 +113,13 @@ def average_replicated_grads(params: Iterable[nn.Parameter], world: int) -> None
     """All-reduce (mean) the gradients of the replicated (non-DTensor) parameters; FSDP has
     already averaged the sharded ones (reduce-scatter). A parameter without a gradient
     contributes zeros, so every process runs the same collectives in the same order."""
-    import torch.distributed as dist
+    from cord.train.collectives import all_reduce_mean
 
-    for p in params:
-        if is_sharded(p):
-            continue
+    plain = [p for p in params if not is_sharded(p)]
+    for p in plain:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-        p.grad.div_(world)
+    all_reduce_mean([p.grad for p in plain], world)
 
 
 def clip_grad_norm(params: Sequence[nn.Parameter], max_norm: float) -> float:

@@ -166,6 +166,8 @@ class Trainer:
                 f"micro-batches; use a multiple of {parts} (e.g. train.batch_size={fit})"
             )
         self.out = Path(cfg.train.output_dir)
+        # fp32 matmuls (a full fine-tuning's fp32 lm_head in the chunked KL) on TF32 tensor cores
+        torch.backends.cuda.matmul.allow_tf32 = cfg.train.tf32
         # data first: a missing dataset is reported before any model loads
         with self.accelerator.main_process_first():  # a built-in dataset is made once, by process 0
             data_path = resolve_data(cfg.data.train)
@@ -364,7 +366,11 @@ class Trainer:
         accum = cfg.train.grad_accum
         records = []
         self.ctx.engine.sync_weights(self.step)  # once per optimizer step, before its rollouts
+        defer_sync = self.sharded and cfg.train.fsdp_grad_sync == "last_micro_batch" and accum > 1
         for a in range(accum):
+            if defer_sync:  # reduce-scatter the layers' gradients once, after the last micro-batch
+                for unit in self.units:
+                    unit.set_requires_gradient_sync(a == accum - 1)
             micro = a * self.world + self.rank
             loss, m = run_micro_step(self.ctx, self.micro_examples(self.step, micro), self.step, micro)
             t0 = sync_clock(device)
@@ -431,16 +437,15 @@ class Trainer:
                 dist.broadcast(p.data, src=0)
 
     def _average_gradients(self) -> None:
-        """Gradients averaged over processes (all-reduce, on the parameters' device); a
-        parameter without a gradient here contributes zeros, so every process runs the same
-        collectives in the same order."""
-        import torch.distributed as dist
+        """Gradients averaged over processes (all-reduce in buckets, on the parameters' device,
+        cord.train.collectives); a parameter without a gradient here contributes zeros, so every
+        process runs the same collectives in the same order."""
+        from cord.train.collectives import all_reduce_mean
 
         for p in self.params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-            p.grad.div_(self.world)
+        all_reduce_mean([p.grad for p in self.params], self.world)
 
     def _reduce_metrics(self, records: list[dict[str, float]]) -> dict[str, float]:
         """One step's metrics from this process's micro-batch records, the same on every process.
