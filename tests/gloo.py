@@ -72,3 +72,21 @@ class cuda_optimizer_defaults:  # noqa: N801 - used as a context manager
         self._optimizer._get_foreach_kernels_supported_devices = self._devices
         torch._foreach_lerp_ = self._lerp
         return False
+
+
+def _alone(index: int, store: str, out: str, body: Callable[[int, Path], dict]) -> None:
+    os.environ.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        os.environ.pop(k, None)
+    torch.set_num_threads(1)
+    torch.save(body(0, Path(out)), Path(out) / "rank0.pt")
+
+
+def run_one_process(body: Callable[[int, Path], dict], out: Path) -> dict:
+    """Run ``body(0, out)`` in one fresh process with no process group (whatever it starts
+    stays out of the test process); return what it returned."""
+    import torch.multiprocessing as mp
+
+    tiny_data()
+    mp.spawn(_alone, args=(str(out / "store"), str(out), body), nprocs=1, join=True)
+    return torch.load(out / "rank0.pt")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.gloo import cuda_optimizer_defaults, run_two_processes, tiny_data
+from tests.gloo import cuda_optimizer_defaults, run_one_process, run_two_processes, tiny_data
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "tiny" / "cord.yaml"
@@ -364,3 +364,41 @@ def test_frozen_copy_casts_each_parameter_once_and_keeps_ties():
     assert copy_[2].weight is copy_[0].weight and torch.equal(copy_.scale, model.scale)
     plain = frozen_copy(model)
     assert all(q.dtype == torch.float32 and not q.requires_grad for q in plain.parameters())
+
+
+def _alone_body(rank: int, out: Path) -> dict:
+    """train.sharding=fsdp on one process: 2 steps and a sharded save, a fresh trainer resumes
+    for 1 step and exports; the export reloads with the trained model's logits."""
+    import torch.distributed as dist
+
+    fam, run = "qwen2-audio", out / "run"
+    a = _trainer(run, fam, "train.sharding=fsdp", "train.max_steps=2")
+    started = {"sharded": a.sharded, "world": dist.get_world_size(), "units": len(a.units),
+               "dtensors": sum(hasattr(p, "full_tensor") for p in a.adapter.model.parameters())}
+    a.fit(export=False)
+    b = _trainer(run, fam, "train.sharding=fsdp", "train.max_steps=3")
+    fitted = b.fit(resume="auto")
+    straight = _trainer(out / "straight", fam, "train.sharding=none", "train.max_steps=3")
+    straight.fit(export=False)
+    return {**started, "resumed_from": fitted["resumed_from"], "logits": _logits(b.adapter),
+            "params": _full(b), "straight": _full(straight)}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_fsdp_asked_for_on_one_process_shards_saves_resumes_and_exports(tmp_path):
+    """One GPU with train.sharding=fsdp runs FSDP2 over a process group of one (not silently an
+    unsharded run): sharded checkpoint, exact resume in a fresh trainer (the same weights as an
+    unsharded run of 3 steps), and an export that reloads to the trained model's logits."""
+    from cord.config import ModelConfig
+    from cord.models import load_adapter
+
+    r = run_one_process(_alone_body, tmp_path)
+    assert r["sharded"] and r["world"] == 1 and r["units"] == 3 and r["dtensors"] > 0
+    assert r["resumed_from"].endswith("step-00000002")
+    assert (Path(r["resumed_from"]) / "sharded").is_dir()
+    for n, p in r["straight"].items():
+        torch.testing.assert_close(r["params"][n], p, rtol=0, atol=1e-5, msg=n)
+    adapter = load_adapter(ModelConfig(family="qwen2-audio", name_or_path=str(tmp_path / "run" / "model"),
+                                       dtype="float32", device="cpu"))
+    torch.testing.assert_close(_logits(adapter), r["logits"], rtol=1e-5, atol=1e-5)

@@ -50,6 +50,20 @@ def param_groups(params: Iterable[nn.Parameter]) -> list[dict]:
     return [{"params": group} for group in (sharded, plain) if group]
 
 
+def init_single_process_group(device: torch.device, *, timeout_s: float) -> None:
+    """A process group of one (NCCL on CUDA, gloo elsewhere) over an in-memory store, unless
+    one exists: FSDP2 needs a group even when one process holds every shard."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    from datetime import timedelta
+
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1,
+                            timeout=timedelta(seconds=timeout_s))
+
+
 def fsdp_units(model: nn.Module, module_map: Mapping[str, Sequence[str]]) -> list[nn.Module]:
     """The modules to shard one by one: every element of a ``ModuleList`` that lies under a
     part of ``module_map`` and is a block of its own (a class not from ``torch.nn``, e.g.

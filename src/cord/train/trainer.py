@@ -257,7 +257,14 @@ class Trainer:
             raise CordError("model.long_audio=skip is not supported with train.sharding=fsdp (a process whose whole "
                             "micro-batch is skipped would run no layer and stall the others' collectives): use "
                             "model.long_audio=truncate, or drop the long clips from the data")
-        return self.world > 1  # one process: nothing to shard over
+        if self.world == 1:
+            # asked for on one process (one GPU): FSDP2 over a process group of one, so the run
+            # is what was asked — fp32 masters, bf16 compute, sharded checkpoints — not silently
+            # an unsharded run in the model's dtype
+            from cord.train.sharding import init_single_process_group
+
+            init_single_process_group(self.adapter.device, timeout_s=self.cfg.train.dist_timeout_s)
+        return True
 
     # -------------------------------------------------------------------------------- state
     def resume(self, which: str | Path | None, allow_config_change: bool = False) -> Path | None:
@@ -385,7 +392,8 @@ class Trainer:
         if self.sharded:  # FSDP averaged the layers' gradients (reduce-scatter); the rest here
             from cord.train.sharding import average_replicated_grads, clip_grad_norm
 
-            average_replicated_grads(self.params, self.world)
+            if self.world > 1:
+                average_replicated_grads(self.params, self.world)
             grad_norm = clip_grad_norm(self.params, max_norm)
         else:
             if self.world > 1:
