@@ -35,9 +35,8 @@ import time
 import hashlib
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -47,6 +46,7 @@ from cord.data.normalize import normalize_for_speech
 from cord.data.paired import MANIFEST
 from cord.data.sources import load_rows
 from cord.data.tts import TTS, TTSMix, make_tts
+from cord.locking import folder_lock
 
 __all__ = ["synthesize", "synth_main", "SKIP_REASONS", "recover_manifest", "min_seconds"]
 
@@ -165,22 +165,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-@contextmanager
-def _exclusive(out: Path) -> Iterator[None]:
-    """One writer per output folder (two would interleave the manifest)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield
-        return
-    with open(out / ".synth.lock", "w") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise CordError(f"another `cord synth` is writing to {out}; wait for it or use another --out") from None
-        yield
-
-
 def _write_wav(path: Path, audio: np.ndarray) -> None:
     """16 kHz mono PCM16 via soundfile; written to a temp name, fsynced, then renamed."""
     import soundfile as sf
@@ -259,7 +243,7 @@ def synthesize(cfg, progress: bool = True, tts: TTS | None = None) -> dict[str, 
     _prepare_out(out)
     speed_range, pitch_range = tuple(cfg.speed_range), tuple(cfg.pitch_range)
 
-    with _exclusive(out):
+    with folder_lock(out, "synth", "wait for it or use another --out", name=".synth.lock"):  # one writer
         done, repairs = recover_manifest(out)
         notes = _resume_notes(done, cfg, mix)
         known_long = _load_skipped(out)

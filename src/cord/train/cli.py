@@ -20,6 +20,8 @@ def run(args) -> int:
     from cord.train.trainer import train
 
     summary = train(cfg, resume=resume, overwrite=overwrite, allow_config_change=allow)
+    if summary.get("rank", 0) != 0:  # under accelerate launch: one summary, from process 0
+        return 0
     if summary.get("moved_aside"):
         print(f"moved the previous run in {cfg.train.output_dir} to {summary['moved_aside']}")
     if summary["resumed_from"]:

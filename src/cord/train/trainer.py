@@ -568,5 +568,25 @@ def train(cfg: CordConfig, resume: str | None = None, export: bool = True, overw
     """Train with ``cfg``; resumes from the output dir's latest checkpoint unless resume="no".
     The run folder is checked (:func:`plan_run`) before the data or the model loads."""
     plan_run(cfg.train.output_dir, cfg, resume=resume, overwrite=overwrite, allow_config_change=allow_config_change)
-    return Trainer(cfg).fit(resume=resume, export=export, overwrite=overwrite,
-                            allow_config_change=allow_config_change)
+    with run_lock(cfg.train.output_dir):  # before the model loads: a second process stops at once
+        trainer = Trainer(cfg)
+        summary = trainer.fit(resume=resume, export=export, overwrite=overwrite,
+                              allow_config_change=allow_config_change)
+    return {**summary, "rank": trainer.rank}  # the CLI prints the summary on rank 0 only
+
+
+def run_lock(output_dir: str | Path):
+    """The run folder's lock (cord.locking.folder_lock, as ``cord synth`` takes on its folder):
+    a second ``cord train`` on the same train.output_dir is refused with one line naming the
+    first one's pid; a lock left by a killed run does not block. Under ``accelerate launch``
+    only process 0 (``RANK`` 0) takes it: the processes of one run share the folder by design."""
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        return contextlib.nullcontext()
+    from cord.locking import folder_lock
+
+    out = Path(output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CordError(f"train.output_dir {out}: cannot create it ({e.strerror or e})") from None
+    return folder_lock(out, "train", "wait for it to finish, or choose another train.output_dir")
