@@ -446,7 +446,8 @@ def plan_run(out: str | Path, cfg, *, resume: str | None = None, overwrite: bool
     """Decide how a run starts in ``out``, refusing (one line) whatever would mix two runs.
     No side effects, no model: call it before any heavy work.
 
-    ``resume``: None/"auto" (the latest checkpoint, if any), a checkpoint path, or "no"."""
+    ``resume``: None (the latest checkpoint, if any), "auto" (``--resume``: the latest
+    checkpoint, which must exist), a checkpoint path, or "no"."""
     out = Path(out)
     check_output_dir(out)
     present = run_artifacts(out) if out.is_dir() else []
@@ -481,6 +482,11 @@ def plan_run(out: str | Path, cfg, *, resume: str | None = None, overwrite: bool
     latest = latest_checkpoint(out)
     if latest is not None:
         return RunPlan(latest, False, check_config_change(latest, cfg, allow_config_change))
+    if resume == "auto":  # --resume asked for a checkpoint: starting from scratch is not what was asked
+        what = (f"{out} holds no checkpoint (the run there stopped before its first one, "
+                f"train.save_every={cfg.train.save_every})" if present else f"{out} holds no checkpoint")
+        raise CordError(f"--resume: {what}; drop --resume to start a fresh run there, or give "
+                        "--resume CHECKPOINT_DIR (a checkpoints/step-N folder)")
     if present:  # a run that stopped before its first checkpoint: restart it, if it is the same run
         check_config_change(out, cfg, allow_config_change)
     return RunPlan(None, False, [])
