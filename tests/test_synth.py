@@ -587,3 +587,16 @@ def test_espeak_piper_mix_end_to_end(tmp_path, capsys, monkeypatch):
     for r in rows:
         assert ("ls=" in r["voice"]) == r["tts"].startswith("piper-tts")
     assert "by engine: espeak-ng" in capsys.readouterr().out
+
+
+def test_a_byte_order_mark_does_not_rename_the_first_column(tmp_path):
+    """Issue #27: Excel's "CSV UTF-8" starts with a BOM; the id header read as '\\ufeffid', so
+    the given ids were replaced by generated ones."""
+    csv_path = tmp_path / "q.csv"
+    csv_path.write_bytes("id,question,answer\nmine-1,What is 2 + 2?,4\nmine-2,What is 3 + 3?,6\n".encode("utf-8-sig"))
+    assert [r["id"] for r in load_rows(cfg_for(tmp_path, csv_path))] == ["mine-1", "mine-2"]
+    jsonl = tmp_path / "q.jsonl"
+    jsonl.write_bytes(("\ufeff" + json.dumps({"id": "j1", "question": "What is 1 + 1?", "answer": "2"}) + "\n").encode())
+    assert [r["id"] for r in load_rows(cfg_for(tmp_path, jsonl))] == ["j1"]
+    summary = synthesize(cfg_for(tmp_path, csv_path), progress=False, tts=FakeTTS())
+    assert summary["written"] == 2 and [r["id"] for r in read_manifest(tmp_path / "out")] == ["mine-1", "mine-2"]
