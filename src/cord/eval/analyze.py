@@ -291,7 +291,7 @@ def analyze(
     ``data``: a paired-dataset folder or a list of PairedExamples.
     """
     from cord.config import CordConfig
-    from cord.data.check import check_examples, check_out_dir
+    from cord.data.check import check_examples, check_out_dir, check_writable_dir
 
     cfg = cfg if cfg is not None else CordConfig()
     out = check_out_dir(out)
@@ -300,6 +300,7 @@ def analyze(
         raise CordError(f"no examples to analyze in {source}")
     check_examples(examples, max_seconds=getattr(adapter, "max_audio_seconds", cfg.model.max_audio_seconds),
                    policy=getattr(adapter, "long_audio", cfg.model.long_audio), source=source)
+    check_writable_dir(out)  # a read-only --out fails here, not after the model has loaded
     if adapter is None:
         from cord.models import load_adapter
 

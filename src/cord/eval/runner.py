@@ -344,6 +344,9 @@ def evaluate(cfg, adapter=None, progress: bool = True, *, engine=None) -> dict[s
     for name in names:
         check_benchmark(name, ev.protocol)
     baseline = load_report(ev.baseline) if ev.baseline else None
+    from cord.data.check import check_writable_dir
+
+    check_writable_dir(ev.out)  # a read-only --out fails here, not after the model has loaded
     if adapter is None:
         from cord.models import load_adapter
 

@@ -137,12 +137,24 @@ def export_model(adapter, directory: str | os.PathLike) -> Path:
     tmp = directory.with_name(directory.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    if is_peft_model(adapter.model):
-        exporter = copy.copy(adapter)
-        exporter.model = _BaseAndAdapter(adapter.model)
-        exporter.save_pretrained(str(tmp))
-    else:
-        adapter.save_pretrained(str(tmp))
+    try:
+        if is_peft_model(adapter.model):
+            exporter = copy.copy(adapter)
+            exporter.model = _BaseAndAdapter(adapter.model)
+            exporter.save_pretrained(str(tmp))
+        else:
+            adapter.save_pretrained(str(tmp))
+    except Exception as e:  # a full disk: no half-written model.tmp left; the old export stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        from cord.paths import write_failure
+
+        reason = write_failure(e)
+        if reason is None:
+            raise
+        from cord import CordError
+
+        raise CordError(f"cannot write the model to {directory}: {reason}; free space and rerun the same command "
+                        "(training resumes from its last checkpoint and exports again)") from None
     if directory.exists():
         shutil.rmtree(directory)
     os.replace(tmp, directory)

@@ -490,3 +490,31 @@ def plan_run(out: str | Path, cfg, *, resume: str | None = None, overwrite: bool
     if present:  # a run that stopped before its first checkpoint: restart it, if it is the same run
         check_config_change(out, cfg, allow_config_change)
     return RunPlan(None, False, [])
+
+
+# ------------------------------------------------------------------------- failed writes
+def disk_write_guard(save_fn):
+    """``save_fn`` (:func:`save_checkpoint` or :func:`save_sharded_checkpoint`) with a failed
+    write — a full disk, a read-only folder — turned into one line, after removing the
+    half-written temp folder; the checkpoints already published are untouched, and a rerun
+    resumes from the latest. Anything else propagates (after the same clean-up)."""
+    import functools
+
+    from cord.paths import write_failure
+
+    @functools.wraps(save_fn)
+    def guarded(output_dir, step, **kw):
+        try:
+            return save_fn(output_dir, step, **kw)
+        except Exception as e:
+            for tmp in (Path(output_dir) / "checkpoints").glob(f".tmp-{PREFIX}{step:08d}-*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+            reason = write_failure(e)
+            if reason is None:
+                raise
+            latest = latest_checkpoint(output_dir)
+            resume = f"it resumes from {latest.name}" if latest is not None else "no checkpoint was written yet"
+            raise CordError(f"cannot write checkpoint {PREFIX}{step:08d} in {Path(output_dir) / 'checkpoints'}: "
+                            f"{reason}; free space and rerun the same command ({resume})") from None
+
+    return guarded

@@ -30,6 +30,7 @@ from cord.models.base import module_map_of, part_of
 from cord.rollout import make_engine
 from cord.train.checkpoint import (
     check_config_change,
+    disk_write_guard,
     latest_checkpoint,
     load_checkpoint,
     move_run_aside,
@@ -304,6 +305,7 @@ class Trainer:
             from cord.train.checkpoint import save_sharded_checkpoint
 
             save = save_sharded_checkpoint
+        save = disk_write_guard(save)  # a full disk: one line, no temp folder left
         return save(
             self.out, self.step, model=self.adapter.model, optimizer=self.optimizer, scheduler=self.scheduler,
             state={"step": self.step, "bad_steps": self.bad_steps, "data_position": self.step * self.global_batch,
