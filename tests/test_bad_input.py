@@ -241,3 +241,24 @@ def test_a_cache_dir_that_is_a_file_or_read_only_is_one_line(tmp_path, capsys, m
     msg = one_line(rc, err, "train")
     assert msg.startswith(f"cord's cache folder {ro / 'builtin' / 'tiny-arith'} (CORD_CACHE_DIR={ro}) cannot be "
                           "written (Read-only file system)")
+
+
+# ------------------------------------------------------------------ misleading messages
+
+
+def test_an_audio_path_that_is_a_folder_is_not_called_missing(tmp_path, capsys):
+    data = paired(tmp_path / "data", [("a", "What is 1 + 1?"), ("b", "What is 2 + 2?")])
+    (data / "audio" / "1.wav").unlink()
+    (data / "audio" / "1.wav").mkdir()  # b's clip is a folder
+    rc, _, err = run(capsys, train_argv(tmp_path / "run", data))
+    msg = one_line(rc, err, "train")
+    assert "missing" not in msg and "1 unreadable (b; b: 1.wav is a folder, not an audio file)" in msg
+
+
+def test_sft_progress_and_summary_show_no_nan_for_metrics_it_does_not_have(tmp_path, capsys):
+    """SFT has no KL and no reward: its progress bar showed kl=nan, reward=nan."""
+    data = paired(tmp_path / "data", [("a", "What is 1 + 1?"), ("b", "What is 2 + 2?")])
+    rc, stdout, err = run(capsys, train_argv(tmp_path / "run", data, "train.max_steps=2", "train.progress=true"))
+    assert rc == 0, err
+    assert "loss=" in err and "nan" not in err  # the bar's postfix
+    assert "trained to step 2 (sft); loss=" in stdout and "nan" not in stdout

@@ -120,7 +120,9 @@ def scan_examples(examples: Sequence, max_seconds: float, policy: str, source: s
             try:
                 head = audio_header(path)
             except CordError as e:
-                if not Path(path).is_file():
+                if Path(path).is_dir():  # not "missing": it is there, and it is a folder
+                    rep.unreadable.append((ex.id, f"{Path(path).name} is a folder, not an audio file"))
+                elif not Path(path).is_file():
                     rep.missing.append(ex.id)
                 else:
                     msg, prefix = str(e), f"cannot read audio {Path(path)}: "

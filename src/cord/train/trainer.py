@@ -492,9 +492,7 @@ class Trainer:
                                 if isinstance(v, (int, float)) and math.isfinite(float(v)):
                                     writer.add_scalar(f"train/{k}", float(v), self.step)
                     bar.update(1)
-                    bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4g}",
-                                    kl=f"{last.get('kl_mean', float('nan')):.3g}",
-                                    reward=f"{last.get('reward_mean', float('nan')):.2f}")
+                    bar.set_postfix(progress_postfix(last))
                 if self.step % cfg.train.save_every == 0 and self.step < cfg.train.max_steps:
                     self.save()
             ckpt = self.save()
@@ -527,6 +525,17 @@ class Trainer:
             whole.model.load_state_dict(weights, strict=True)
             export_model(whole, directory)
         self.accelerator.wait_for_everyone()
+
+
+def progress_postfix(metrics: Mapping[str, Any]) -> dict[str, str]:
+    """The progress bar's loss, kl and reward: only those the method has (sft has no KL and
+    no reward: they are NaN there, and showed as ``kl=nan, reward=nan``)."""
+    shown = {}
+    for label, key, fmt in (("loss", "loss", ".4g"), ("kl", "kl_mean", ".3g"), ("reward", "reward_mean", ".2f")):
+        value = metrics.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            shown[label] = format(value, fmt)
+    return shown
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
