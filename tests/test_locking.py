@@ -132,7 +132,7 @@ def _train_two_ranks(rank: int, out: Path) -> dict:
 
     from tests.gloo import tiny_data
 
-    argv = cord_train("sft", out / "run", "train.max_steps=1", f"data.train={tiny_data()}")
+    argv = cord_train("grpo", out / "run", "train.max_steps=1", f"data.train={tiny_data()}")
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         rc = main(argv)
@@ -142,7 +142,9 @@ def _train_two_ranks(rank: int, out: Path) -> dict:
 @pytest.mark.slow
 def test_two_processes_of_one_run_share_the_folder_and_print_one_summary(tmp_path):
     """Under accelerate launch (here: two gloo processes) only process 0 takes the run
-    folder's lock (no refusal, no deadlock) and only process 0 prints the end-of-run summary."""
+    folder's lock (no refusal, no deadlock) and only process 0 prints the end-of-run summary.
+    The checkpoint holds each process's frozen-teacher references (gathered to process 0)."""
+    from cord.train.checkpoint import read_references
     from tests.gloo import run_two_processes
 
     r0, r1 = run_two_processes(_train_two_ranks, tmp_path, timeout_s=300)
@@ -150,3 +152,5 @@ def test_two_processes_of_one_run_share_the_folder_and_print_one_summary(tmp_pat
     assert "trained to step 1" in r0["out"] and "checkpoint:" in r0["out"]
     assert r1["out"] == ""
     assert steps(tmp_path / "run") == [1]
+    refs = read_references(tmp_path / "run" / "checkpoints" / "step-00000001")
+    assert len(refs) == 2 and all(len(r) == 1 for r in refs) and refs[0].keys() != refs[1].keys()

@@ -285,18 +285,23 @@ def item_digest(it: PairedExample, modality: str) -> str:
 
 @contextlib.contextmanager
 def protocol_prompting(adapter, bench: Benchmark):
-    """The adapter's ``instruction`` as ``bench``'s protocol sets it (``""``: the question or
-    the audio alone), restored afterwards; None leaves the model's own."""
-    instruction = bench.protocol.instruction
-    if instruction is None or not hasattr(adapter, "instruction"):
-        yield
-        return
-    saved = adapter.instruction
-    adapter.instruction = instruction
+    """The adapter's ``instruction`` (``""``: the question or the audio alone) and, where the
+    official runner gives the family one, its ``system_prompt``, as ``bench``'s protocol sets
+    them, restored afterwards; None leaves the model's own."""
+    changes = {}
+    if bench.protocol.instruction is not None and hasattr(adapter, "instruction"):
+        changes["instruction"] = bench.protocol.instruction
+    system = (bench.protocol.system_prompts or {}).get(getattr(adapter, "family", None))
+    if system is not None and hasattr(adapter, "system_prompt"):
+        changes["system_prompt"] = system
+    saved = {k: getattr(adapter, k) for k in changes}
+    for k, v in changes.items():
+        setattr(adapter, k, v)
     try:
         yield
     finally:
-        adapter.instruction = saved
+        for k, v in saved.items():
+            setattr(adapter, k, v)
 
 
 # --- the whole evaluation -------------------------------------------------------------------

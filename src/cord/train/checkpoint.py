@@ -8,6 +8,8 @@ Layout of ``<output_dir>/checkpoints/step-00000012/``:
     rng.json                torch / CUDA / numpy / python RNG states as plain JSON
     trainer_state.json      step, bad steps, data position, method, world size, global batch,
                             run id, metrics of the last step
+    references.json         a frozen teacher's greedy reference answers, per process
+                            (read_references; absent for a live teacher)
     config.yaml             the config the run used
 
 A run folder holds one run. A fresh start in a folder that holds another run is refused
@@ -132,9 +134,11 @@ def save_checkpoint(
     state: dict[str, Any],
     config_yaml: str,
     keep_last: int,
+    extra_json: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``step-<step>`` atomically, then delete this run's older checkpoints beyond the
-    last ``keep_last`` (a run is ``state["run_id"]``; another run's checkpoint is never deleted)."""
+    last ``keep_last`` (a run is ``state["run_id"]``; another run's checkpoint is never deleted).
+    ``extra_json``: more files, name -> JSON data (the frozen teacher's references)."""
     root = Path(output_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:08d}"
@@ -150,6 +154,8 @@ def save_checkpoint(
     (tmp / "rng.json").write_text(json.dumps(rng_state()))
     (tmp / "config.yaml").write_text(config_yaml)
     (tmp / "trainer_state.json").write_text(json.dumps({**state, "format": FORMAT}, indent=1))
+    for name, data in (extra_json or {}).items():
+        (tmp / name).write_text(json.dumps(data, ensure_ascii=False))
     _publish(tmp, final, output_dir, state.get("run_id"), keep_last)
     return final
 
@@ -518,3 +524,23 @@ def disk_write_guard(save_fn):
                             f"{reason}; free space and rerun the same command ({resume})") from None
 
     return guarded
+
+
+# --------------------------------------------------------------- the teacher's references
+REFERENCES = "references.json"
+
+
+def read_references(path: str | Path) -> list[dict[str, str]]:
+    """The frozen teacher's cached greedy answers saved in checkpoint ``path``, one
+    ``{example id: text}`` per process of the run that saved it; [] when there are none (a
+    checkpoint of an older cord, a live teacher) or the file is unreadable: the references
+    are then generated again, as they are the first time."""
+    f = Path(path) / REFERENCES
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    ranks = data.get("ranks") if isinstance(data, dict) else None
+    if not isinstance(ranks, list):
+        return []
+    return [{str(k): str(v) for k, v in r.items()} for r in ranks if isinstance(r, dict)]

@@ -29,6 +29,7 @@ from cord.models import load_adapter
 from cord.models.base import module_map_of, part_of
 from cord.rollout import make_engine
 from cord.train.checkpoint import (
+    REFERENCES,
     check_config_change,
     disk_write_guard,
     latest_checkpoint,
@@ -251,7 +252,7 @@ class Trainer:
         if path is None:
             return None
         state = read_state(path)
-        check_config_change(path, self.cfg, allow_config_change)
+        changed = check_config_change(path, self.cfg, allow_config_change)
         method, saved_method = self.cfg.objective.method, state.get("method")
         if saved_method is not None and saved_method != method and not allow_config_change:
             raise CordError(f"{path} was trained with method {saved_method!r}, this run is {method!r}: "
@@ -286,7 +287,44 @@ class Trainer:
         self.step = int(state["step"])
         self.bad_steps = int(state.get("bad_steps", 0))
         self.run_id = state.get("run_id") or uuid.uuid4().hex
+        if not changed:  # another model or data (--allow-config-change): the references are redone
+            self._restore_references(path)
         return path
+
+    # ------------------------------------------------------------ the teacher's references
+    def _caches_references(self) -> bool:
+        return not self.sharded and self.ctx.teacher.static and self.ctx.cache_references
+
+    def _gather_references(self) -> dict[str, Any] | None:
+        """Every process's cache of the frozen teacher's greedy references (one per process:
+        each caches the examples it saw), for the checkpoint; None when nothing is cached.
+        Under several processes a collective: every process calls it (from :meth:`save`).
+
+        Why they are saved: without them a resumed run generates them again, for examples
+        first seen before the checkpoint, in other batches — other padding, so not always the
+        same greedy tokens where two logits nearly tie — and spends the generation again; the
+        uninterrupted run used the answers cached the first time."""
+        if not self._caches_references():
+            return None
+        caches = [dict(self.ctx.reference_cache)]
+        if self.world > 1:
+            import torch.distributed as dist
+
+            caches = [None] * self.world
+            dist.all_gather_object(caches, dict(self.ctx.reference_cache))
+        return {"format": 1, "ranks": caches}
+
+    def _restore_references(self, path: Path) -> None:
+        """The cache as the checkpoint's run had it: this process's own with the same number
+        of processes, else the union of all (any of them is the frozen teacher's answer)."""
+        from cord.train.checkpoint import read_references
+
+        ranks = read_references(path)
+        if not ranks or not self._caches_references():
+            return
+        mine = ranks[self.rank] if len(ranks) == self.world else {k: v for r in ranks for k, v in r.items()}
+        self.ctx.reference_cache.clear()
+        self.ctx.reference_cache.update(mine)
 
     def _run_id(self) -> str:
         """This run's id: new for a fresh run, the checkpoint's for a resumed one (keep_last
@@ -298,6 +336,7 @@ class Trainer:
     def save(self) -> Path | None:
         """Every process calls it; unsharded, process 0 writes everything, sharded
         (train.sharding=fsdp), every process writes its shards (torch.distributed.checkpoint)."""
+        references = self._gather_references()  # a collective under several processes
         if self.rank != 0 and not self.sharded:
             return None
         save = save_checkpoint
@@ -312,6 +351,7 @@ class Trainer:
                    "world_size": self.world, "global_batch": self.global_batch, "micro_batch": self.micro_batch,
                    "method": self.cfg.objective.method, "run_id": self._run_id()},
             config_yaml=dump_config(self.cfg), keep_last=self.cfg.train.keep_last,
+            **({"extra_json": {REFERENCES: references}} if references is not None else {}),
         )
 
     @property
