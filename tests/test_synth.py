@@ -755,3 +755,22 @@ def test_a_full_disk_on_the_real_wav_writer_is_one_oserror(tmp_path, monkeypatch
         synth_mod._write_wav(target, np.zeros(1600, np.float32))
     monkeypatch.setattr(builtins, "open", real_open)
     assert e.value.errno == errno.ENOSPC and not target.exists() and not list(tmp_path.iterdir())
+
+
+def test_a_full_disk_when_only_the_summary_is_left_says_the_dataset_is_complete(tmp_path, monkeypatch):
+    import errno
+
+    import cord.data.synth as synth_mod
+
+    src = write_jsonl(tmp_path / "q.jsonl", WORD_PROBLEMS)
+    real = synth_mod._atomic_write
+
+    def atomic_write(path, data):
+        if path.name == "summary.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(synth_mod, "_atomic_write", atomic_write)
+    with pytest.raises(CordError, match=r"cannot write .*summary.json: No space left on device; the dataset itself"):
+        synthesize(cfg_for(tmp_path, src), progress=False, tts=FakeTTS())
+    assert len(read_manifest(tmp_path / "out")) == 4

@@ -39,7 +39,6 @@ import hashlib
 import json
 import os
 import re
-import sys
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -436,6 +435,7 @@ def synthesize(cfg, progress: bool = True, tts: TTS | None = None) -> dict[str, 
         skipped_log = None
         pending: set[Future] = set()
         pool = None
+        finished_ok = False  # the summary's own write error is reported only when nothing else failed
         try:
             pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cord-synth")
             queue = iter(jobs)
@@ -476,6 +476,7 @@ def synthesize(cfg, progress: bool = True, tts: TTS | None = None) -> dict[str, 
                         by_tts[row["tts"]] += 1
                         audio_seconds += row["duration"]
                     bar.update(1)
+            finished_ok = True
         except KeyboardInterrupt:
             interrupted = True
             raise
@@ -519,7 +520,7 @@ def synthesize(cfg, progress: bool = True, tts: TTS | None = None) -> dict[str, 
             try:
                 _atomic_write(out / SUMMARY, (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode())
             except OSError as e:  # disk full: the manifest is the record; say so unless already failing
-                if sys.exc_info()[0] is None:
+                if finished_ok:
                     raise CordError(f"cannot write {out / SUMMARY}: {e.strerror or e}; the dataset itself "
                                     f"({out / MANIFEST}) is complete") from None
     return summary
