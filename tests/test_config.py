@@ -192,3 +192,46 @@ def test_every_family_has_all_seven_methods():
     for family in ("tiny", "qwen2-audio-7b", "qwen2.5-omni-7b"):
         names = {p.stem for p in (ROOT / "configs" / family).glob("*.yaml") if not p.stem.endswith("_full")}
         assert names == set(METHODS), family
+
+
+# --------------------------------------------------------------------------------------
+# Issue #27: silent duplicate keys, errors blamed on the wrong source
+
+
+def test_a_key_given_twice_is_refused_not_silently_dropped(tmp_path):
+    """A second ``train:`` block used to replace the first whole (its lr was lost)."""
+    path = _write(tmp_path, "train:\n  lr: 1.0e-5\nmodel:\n  family: qwen2-audio\ntrain:\n  max_steps: 3\n")
+    with pytest.raises(CordError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert "'train' appears twice (lines 1 and 5)" in msg and "merge" in msg and "\n" not in msg
+    with pytest.raises(CordError, match="'lr' appears twice"):  # inside a section too
+        load_config(_write(tmp_path, "train:\n  lr: 1.0e-5\n  lr: 2.0e-5\n"))
+    # a YAML merge key may still be overridden, as YAML intends
+    cfg = load_config(_write(tmp_path, "train:\n  <<: {lr: 1.0e-5, max_steps: 2}\n  lr: 2.0e-5\n"))
+    assert (cfg.train.lr, cfg.train.max_steps) == (2e-5, 2)
+
+
+def test_set_errors_name_the_set_flag_not_the_file(tmp_path):
+    path = _write(tmp_path, "train:\n  lr: 1.0e-5\n")
+    with pytest.raises(CordError) as e:
+        load_config(path, ["train.lr=abc"])
+    assert str(e.value).startswith("--set train.lr=abc: train.lr:") and str(path) not in str(e.value)
+    with pytest.raises(CordError) as e:  # an empty value is the empty string, not "None"
+        load_config(path, ["train.lr="])
+    assert str(e.value).startswith("--set train.lr=: train.lr:") and "got ''" in str(e.value)
+    assert "None" not in str(e.value)
+    assert load_config(None, ["model.instruction="]).model.instruction == ""
+    with pytest.raises(CordError, match=r"^--set train.lr_rate=3: unknown key 'train.lr_rate'"):
+        load_config(path, ["train.lr_rate=3"])
+    with pytest.raises(CordError, match=rf"^{path}: train.max_steps"):  # the file's own mistakes still name it
+        load_config(_write(tmp_path, "train:\n  max_steps: many\n"), ["train.lr=1e-4"])
+    with pytest.raises(CordError, match=r"^--limit 0: synth.limit"):  # a command flag names that flag
+        load_config(None, [("synth.limit=0", "--limit 0")])
+
+
+def test_a_config_folder_is_called_a_folder(tmp_path):
+    with pytest.raises(CordError, match="is a folder, not a YAML file"):
+        load_config(tmp_path)
+    with pytest.raises(CordError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")

@@ -8,6 +8,7 @@ generation judged in the test.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -281,7 +282,7 @@ def test_cli_tiny_model_matches_independent_greedy_and_baseline(tmp_path, adapte
     assert "| spoken | 5 |" in printed and "gap reduction" in (out / "report.md").read_text()
     assert "1 audio item(s) longer than model.max_audio_seconds=1.5 s were skipped (model.long_audio=skip" in printed
     assert (s["audio_n"], s["audio_skipped"], s["text_n"], s["text_skipped"]) == (4, 1, 5, 0)
-    assert json.loads((out / "run.json").read_text())["fingerprint"]["long_audio"] == "skip"
+    assert json.loads((out / "eval-run.json").read_text())["fingerprint"]["long_audio"] == "skip"
 
     for mod in ("audio", "text"):
         recs = {r["id"]: r for r in _lines(out / "spoken" / f"{mod}.jsonl")}
@@ -369,3 +370,96 @@ def test_local_mmau_copy_is_found_by_path(tmp_path):
         assert bench.name == "mmau-test-mini" and bench.items[0].meta["text_with_audio"]
     with pytest.raises(CordError, match="no hub copy"):
         check_benchmark("mmau-test-mini")
+
+
+# --------------------------------------------------------------------------------------
+# Issue #27: eval and analyze in one folder; what the eval fingerprint covers
+
+
+def test_eval_and_analyze_in_one_folder_keep_their_own_records(tmp_path, bench_dirs, capsys):
+    """Both wrote run.json: analyze in an eval folder replaced eval's record, and the eval
+    rerun was refused for a setting it never had (long_audio: 'error', now 'skip') with
+    advice to delete the folder of finished answers."""
+    spoken, _ = bench_dirs
+    out = tmp_path / "shared"
+    common = ["--model", "tiny", "--family", "qwen2-audio", "--out", str(out), "--set", "model.dtype=float32",
+              "--set", "model.device=cpu", "--set", "model.max_audio_seconds=1.5"]
+    ev = ["eval", *common, "--benchmarks", str(spoken), "--max-new-tokens", "3", "--limit", "3",
+          "--modalities", "text"]
+    an = ["analyze", *common, "--data", str(spoken), "--limit", "2", "--set", "rollout.max_new_tokens=3"]
+    assert main(ev) == 0
+    answers = (out / "spoken" / "text.jsonl").read_bytes()
+    assert main(an) == 0
+    rollouts = (out / "rollouts.jsonl").read_bytes()
+    capsys.readouterr()
+    assert main(ev) == 0, capsys.readouterr().err  # resumes (analyze's long_audio is 'error'): nothing asked again
+    assert (out / "spoken" / "text.jsonl").read_bytes() == answers
+    assert main(an) == 0, capsys.readouterr().err
+    assert (out / "rollouts.jsonl").read_bytes() == rollouts
+    assert json.loads((out / "eval-run.json").read_text())["fingerprint"]["long_audio"] == "skip"
+    assert "temperature" in json.loads((out / "analyze-run.json").read_text())["fingerprint"]
+    assert not (out / "run.json").exists()
+
+
+def test_a_legacy_run_json_is_read_by_its_own_command_only(tmp_path, adapter, bench_dirs):
+    spoken, _ = bench_dirs
+    out = tmp_path / "o"
+    cfg = _cfg(out, [spoken], batch_size=2)
+    evaluate(cfg, adapter, progress=False, engine=_engine(adapter, bench_dirs))
+    record = json.loads((out / "eval-run.json").read_text())
+    (out / "eval-run.json").unlink()
+    # an old folder whose run.json analyze overwrote: not evidence about eval, which resumes
+    (out / "run.json").write_text(json.dumps({"fingerprint": {"long_audio": "error", "temperature": 1.0}}))
+    engine = _engine(adapter, bench_dirs)
+    evaluate(cfg, adapter, progress=False, engine=engine)
+    assert engine.asked == [] and json.loads((out / "run.json").read_text())["fingerprint"]["long_audio"] == "error"
+    # an old eval run.json is read (and replaced by eval-run.json)
+    (out / "eval-run.json").unlink()
+    (out / "run.json").write_text(json.dumps({**record, "fingerprint": {**record["fingerprint"], "max_new_tokens": 9}}))
+    with pytest.raises(CordError, match="max_new_tokens: 9, now 512"):
+        evaluate(cfg, adapter, progress=False, engine=_engine(adapter, bench_dirs))
+    (out / "run.json").write_text(json.dumps(record))
+    evaluate(cfg, adapter, progress=False, engine=_engine(adapter, bench_dirs))
+    assert not (out / "run.json").exists() and (out / "eval-run.json").is_file()
+
+
+def test_the_eval_fingerprint_covers_model_files_and_item_content(tmp_path, adapter, bench_dirs):
+    """The fingerprint recorded only the model path: a model retrained into the same folder,
+    or a benchmark folder whose items changed, reused the old answers."""
+    from cord.eval.runner import run_fingerprint
+
+    spoken, _ = bench_dirs
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"x" * 8)
+    cfg = CordConfig(model=ModelConfig(**{**MODEL, "name_or_path": str(model)}))
+    first = run_fingerprint(cfg, adapter)
+    import os
+
+    os.utime(model / "model.safetensors", ns=(1, 1))  # retrained: the files are new
+    second = run_fingerprint(cfg, adapter)
+    assert second["model_files"] != first["model_files"]
+    assert second["dtype"] == "float32" and "batch_size" not in second
+    from cord.eval.report import check_fingerprint
+
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "eval-run.json").write_text(json.dumps({"fingerprint": second, "benchmarks": []}))
+    fp = run_fingerprint(cfg.model_copy(update={"model": cfg.model.model_copy(update={"dtype": "bfloat16"})}), adapter)
+    with pytest.raises(CordError, match="dtype: 'float32', now 'bfloat16'"):
+        check_fingerprint(tmp_path / "o", fp, resumable=True, holds="answers", command="eval")
+
+    # an edited item of a local benchmark is asked again; the others are kept
+    bench = tmp_path / "bench"
+    shutil.copytree(spoken, bench)
+    out = tmp_path / "out"
+    run_cfg = _cfg(out, [bench], batch_size=2)
+    evaluate(run_cfg, adapter, progress=False, engine=_engine(adapter, bench_dirs))
+    rows = [json.loads(line) for line in (bench / "manifest.jsonl").read_text().splitlines()]
+    rows[2]["answer"] = "7"  # m2's reference fixed: its audio answer "The answer is 7." is now right
+    (bench / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    engine = _engine(adapter, bench_dirs)
+    engine.ref["m2"] = "7"
+    engine.text_answer = lambda rid: "The answer is 7." if rid == "m2" else f"The answer is {dict((s[0], s[2]) for s in SPOKEN)[rid]}."
+    report = evaluate(run_cfg, adapter, progress=False, engine=engine)
+    assert sorted(engine.asked) == [("audio", "m2"), ("text", "m2")]
+    assert report["bench"]["audio_acc"] == 0.75 and report["bench"]["text_acc"] == 1.0

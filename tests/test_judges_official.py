@@ -254,3 +254,85 @@ def test_register_judge_adds_a_kind_and_protects_the_core():
         judge("yes", "YES", "shout-test")
     with pytest.raises(CordError, match="built in"):
         register_judge("math", shout)
+
+
+# --------------------------------------------------------------------------------------
+# Issue #27: VoiceBench's official prompt, token for token
+
+
+def _voicebench_items():
+    import numpy as np
+
+    from cord.eval.benchmarks import Benchmark, with_protocol
+    from cord.eval.benchmarks import voicebench_item
+
+    rows = [{"audio": {"array": np.zeros(8000, np.float32), "sampling_rate": 16000},
+             "prompt": "Which gas do plants take in?\nA. oxygen\nB. carbon dioxide\nC. helium\nD. neon\n",
+             "reference": "B"}]
+    items = [voicebench_item(r, "openbookqa", "test", i) for i, r in enumerate(rows)]
+    from cord.eval.benchmarks import BENCHMARKS
+
+    bench = Benchmark("voicebench-openbookqa", "mcq", items, protocols=BENCHMARKS["voicebench-openbookqa"].protocols)
+    return with_protocol(bench, "official")
+
+
+def _collapse(ids: list[int], placeholder: int) -> list[int]:
+    """Runs of the audio placeholder as one token (the template writes one; the processor
+    expands it to the encoder's length, as cord does)."""
+    out: list[int] = []
+    for t in ids:
+        if not (t == placeholder and out and out[-1] == placeholder):
+            out.append(t)
+    return out
+
+
+def test_voicebench_official_prompt_is_the_official_runners_token_for_token():
+    """MatthewCYM/VoiceBench src/models/qwen2.py renders [{"role": "user", "content": [{"type":
+    "audio", ...}]}] with Qwen2-Audio's chat template (which writes "\\n" after every audio
+    item) and the text modality as [{"type": "text", "text": prompt}]; cord's prompt dropped
+    that newline: one token off."""
+    import jinja2
+    from transformers.models.qwen2_audio.processing_qwen2_audio import Qwen2AudioProcessor
+
+    from cord.config import ModelConfig
+    from cord.eval.runner import build_prompts, protocol_prompting
+    from cord.models import load_adapter
+
+    template = jinja2.Environment().from_string(Qwen2AudioProcessor.default_chat_template.fget(None))
+    bench = _voicebench_items()
+    item = bench.items[0]
+    official = {
+        "audio": template.render(messages=[{"role": "user", "content": [{"type": "audio", "audio_url": "xxx"}]}],
+                                 add_generation_prompt=True),
+        "text": template.render(messages=[{"role": "user", "content": [{"type": "text", "text": item.question_text}]}],
+                                add_generation_prompt=True),
+    }
+    assert official["audio"].endswith("Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n<|im_end|>\n<|im_start|>assistant\n")
+    adapter = load_adapter(ModelConfig(family="qwen2-audio", name_or_path="tiny", dtype="float32", device="cpu"))
+    tok = adapter.tokenizer
+    placeholder = tok.convert_tokens_to_ids("<|AUDIO|>")
+    with protocol_prompting(adapter, bench):
+        for modality in ("audio", "text"):
+            p = build_prompts(adapter, [item], modality)
+            ids = p.input_ids[0][p.attention_mask[0].bool()].tolist()
+            expected = tok(official[modality], add_special_tokens=False)["input_ids"]
+            assert _collapse(ids, placeholder) == expected, (modality, tok.decode(ids), official[modality])
+    assert adapter.instruction != ""  # restored after the protocol
+
+
+def test_voicebench_official_system_prompt_for_the_omni_thinker():
+    """VoiceBench's src/models/qwen_omni.py passes the system message "You are a helpful
+    assistant." (not Qwen2.5-Omni's long default) and the audio alone."""
+    from cord.config import ModelConfig
+    from cord.eval.runner import build_prompts, protocol_prompting
+    from cord.models import load_adapter
+
+    adapter = load_adapter(ModelConfig(family="qwen2.5-omni", name_or_path="tiny", dtype="float32", device="cpu"))
+    bench = _voicebench_items()
+    own = adapter.system_prompt
+    with protocol_prompting(adapter, bench):
+        p = build_prompts(adapter, bench.items, "audio")
+        text = adapter.tokenizer.decode(p.input_ids[0][p.attention_mask[0].bool()].tolist())
+    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|audio_bos|>")
+    assert text.endswith("<|audio_eos|><|im_end|>\n<|im_start|>assistant\n")
+    assert adapter.system_prompt == own != "You are a helpful assistant."

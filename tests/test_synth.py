@@ -1,6 +1,7 @@
 """`cord synth`: sources, synthesis, the manifest contract, resume and skip accounting."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -587,3 +588,189 @@ def test_espeak_piper_mix_end_to_end(tmp_path, capsys, monkeypatch):
     for r in rows:
         assert ("ls=" in r["voice"]) == r["tts"].startswith("piper-tts")
     assert "by engine: espeak-ng" in capsys.readouterr().out
+
+
+def test_a_byte_order_mark_does_not_rename_the_first_column(tmp_path):
+    """Issue #27: Excel's "CSV UTF-8" starts with a BOM; the id header read as '\\ufeffid', so
+    the given ids were replaced by generated ones."""
+    csv_path = tmp_path / "q.csv"
+    csv_path.write_bytes("id,question,answer\nmine-1,What is 2 + 2?,4\nmine-2,What is 3 + 3?,6\n".encode("utf-8-sig"))
+    assert [r["id"] for r in load_rows(cfg_for(tmp_path, csv_path))] == ["mine-1", "mine-2"]
+    jsonl = tmp_path / "q.jsonl"
+    jsonl.write_bytes(("\ufeff" + json.dumps({"id": "j1", "question": "What is 1 + 1?", "answer": "2"}) + "\n").encode())
+    assert [r["id"] for r in load_rows(cfg_for(tmp_path, jsonl))] == ["j1"]
+    summary = synthesize(cfg_for(tmp_path, csv_path), progress=False, tts=FakeTTS())
+    assert summary["written"] == 2 and sorted(r["id"] for r in read_manifest(tmp_path / "out")) == ["mine-1", "mine-2"]
+
+
+# --------------------------------------------------------------------------------------
+# Issue #27: edited inputs, another input, full disk, the count after Ctrl-C
+
+
+def _rows_by_id(out: Path) -> dict[str, dict]:
+    return {r["id"]: r for r in read_manifest(out)}
+
+
+def test_an_edited_question_is_synthesised_again_and_an_edited_answer_updates_the_row(tmp_path):
+    """Fixing a wrong question or answer and rerunning said "4 were already done" and kept the
+    stale text."""
+    src = write_jsonl(tmp_path / "q.jsonl", WORD_PROBLEMS)
+    synthesize(cfg_for(tmp_path, src), progress=False, tts=FakeTTS())
+    out = tmp_path / "out"
+    before = _rows_by_id(out)
+    wav = {rid: (out / r["audio"]).read_bytes() for rid, r in before.items()}
+
+    edited = [dict(r) for r in WORD_PROBLEMS]
+    edited[1]["question"] = "A shirt costs $12. What do 10 shirts cost?"
+    edited[1]["answer"] = "120"
+    edited[3]["answer"] = "151"  # only the answer
+    write_jsonl(src, edited)
+    tts = FakeTTS()
+    summary = synthesize(cfg_for(tmp_path, src), progress=False, tts=tts)
+    assert summary["changed_in_input"] == {"resynthesised": 1, "fields_updated": 1}
+    assert summary["written"] == 1 and summary["already_done"] == 3 and summary["total_in_manifest"] == 4
+    assert tts.calls == ["A shirt costs 12 dollars. What do 10 shirts cost?"]
+    rows = _rows_by_id(out)
+    ids = [r["id"] for r in read_manifest(out)]
+    assert sorted(ids) == [f"q-{i:06d}" for i in range(4)] and ids[-1] == "q-000001"  # one row per id, redone last
+    assert rows["q-000001"]["question"] == edited[1]["question"] and rows["q-000001"]["answer"] == "120"
+    assert "10 shirts" in rows["q-000001"]["spoken"]
+    assert (out / rows["q-000001"]["audio"]).read_bytes() != wav["q-000001"]  # the new reading
+    assert rows["q-000003"]["answer"] == "151" and rows["q-000003"]["question"] == WORD_PROBLEMS[3]["question"]
+    assert (out / rows["q-000003"]["audio"]).read_bytes() == wav["q-000003"]  # same text: audio kept
+    assert {k: rows["q-000000"][k] for k in rows["q-000000"]} == before["q-000000"]
+    assert "synthesised again" in __import__("cord.data.synth", fromlist=["describe"]).describe(summary)
+
+    again = synthesize(cfg_for(tmp_path, src), progress=False, tts=FakeTTS())
+    assert again["written"] == 0 and again["already_done"] == 4
+    assert again["changed_in_input"] == {"resynthesised": 0, "fields_updated": 0}
+
+
+def test_another_input_on_a_finished_dataset_is_refused(tmp_path):
+    """A different input file reusing an id kept the old question; --out an existing dataset
+    with another input appended to it while summary.json named only the new input."""
+    src = write_jsonl(tmp_path / "q.jsonl", WORD_PROBLEMS)
+    synthesize(cfg_for(tmp_path, src), progress=False, tts=FakeTTS())
+    out = tmp_path / "out"
+    manifest, summary = (out / "manifest.jsonl").read_bytes(), (out / "summary.json").read_bytes()
+    other = write_jsonl(tmp_path / "other.jsonl", [{"question": "A different question entirely?", "answer": "1"}])
+    with pytest.raises(CordError) as e:
+        synthesize(cfg_for(tmp_path, other), progress=False, tts=FakeTTS())
+    msg = str(e.value)
+    assert msg == (f"{out} holds 4 item(s) made from {src.resolve()}, not from this --input {other.resolve()}; a "
+                   "dataset holds one input (ids of two inputs collide): use another --out, or one input file "
+                   "that holds both")
+    assert (out / "manifest.jsonl").read_bytes() == manifest and (out / "summary.json").read_bytes() == summary
+    # a dataset made before dataset.json existed: the last run's --input in summary.json decides
+    (out / "dataset.json").unlink()
+    with pytest.raises(CordError, match="made from"):
+        synthesize(cfg_for(tmp_path, other), progress=False, tts=FakeTTS())
+    assert synthesize(cfg_for(tmp_path, src), progress=False, tts=FakeTTS())["already_done"] == 4
+    assert json.loads((out / "dataset.json").read_text())["input_id"] == str(src.resolve())
+
+
+def test_summary_after_ctrl_c_counts_what_the_manifest_holds(tmp_path, monkeypatch):
+    """Ctrl-C landing between the manifest append and the tally left summary.json one short."""
+    import cord.data.synth as synth_mod
+
+    src = write_jsonl(tmp_path / "q.jsonl", WORD_PROBLEMS)
+    real_fsync, calls = os.fsync, []
+
+    def fsync(fd):
+        real_fsync(fd)
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")) == "manifest.jsonl":
+            calls.append(fd)
+            if len(calls) == 2:
+                raise KeyboardInterrupt  # right after the second item's line is on disk
+
+    monkeypatch.setattr(synth_mod.os, "fsync", fsync)
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(cfg_for(tmp_path, src, workers=1), progress=False, tts=FakeTTS())
+    monkeypatch.setattr(synth_mod.os, "fsync", real_fsync)
+    out = tmp_path / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] and len(read_manifest(out)) == 2
+    assert summary["total_in_manifest"] == 2 and summary["written"] == 2
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    """ENOSPC while writing audio: 139 lines of traceback and .wav.partial files before."""
+    import errno
+
+    import soundfile
+
+    src = write_jsonl(tmp_path / "q.jsonl", WORD_PROBLEMS)
+    synthesize(cfg_for(tmp_path, src, limit=2), progress=False, tts=FakeTTS())
+    out = tmp_path / "out"
+    manifest = (out / "manifest.jsonl").read_bytes()
+    real_write = soundfile.write
+
+    def full_disk(file, data, *a, **k):  # some bytes reach the file, then the disk is full
+        if hasattr(file, "write"):
+            file.write(b"RIFF\x00\x00")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(soundfile, "write", full_disk)
+    with pytest.raises(CordError) as e:
+        synthesize(cfg_for(tmp_path, src, workers=2), progress=False, tts=FakeTTS())
+    monkeypatch.setattr(soundfile, "write", real_write)
+    assert not list((out / "audio").glob("*.partial")) and not list(out.glob("*.partial"))
+    msg = str(e.value)
+    assert "\n" not in msg and "No space left on device" in msg and "rerun the same command" in msg
+    assert (out / "manifest.jsonl").read_bytes() == manifest  # finished items intact
+    assert json.loads((out / "summary.json").read_text())["total_in_manifest"] == 2
+    assert synthesize(cfg_for(tmp_path, src), progress=False, tts=FakeTTS())["written"] == 2
+
+
+def test_a_full_disk_on_the_real_wav_writer_is_one_oserror(tmp_path, monkeypatch):
+    """The file write itself fails (not soundfile): one OSError, no temp file."""
+    import builtins
+    import errno
+
+    import cord.data.synth as synth_mod
+
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            self.f.write(data[:10])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def fake_open(path, mode="r", *a, **k):
+        f = real_open(path, mode, *a, **k)
+        return Full(f) if str(path).endswith(".wav.partial") else f
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    target = tmp_path / "x.wav"
+    with pytest.raises(OSError) as e:
+        synth_mod._write_wav(target, np.zeros(1600, np.float32))
+    monkeypatch.setattr(builtins, "open", real_open)
+    assert e.value.errno == errno.ENOSPC and not target.exists() and not list(tmp_path.iterdir())
+
+
+def test_a_full_disk_when_only_the_summary_is_left_says_the_dataset_is_complete(tmp_path, monkeypatch):
+    import errno
+
+    import cord.data.synth as synth_mod
+
+    src = write_jsonl(tmp_path / "q.jsonl", WORD_PROBLEMS)
+    real = synth_mod._atomic_write
+
+    def atomic_write(path, data):
+        if path.name == "summary.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(synth_mod, "_atomic_write", atomic_write)
+    with pytest.raises(CordError, match=r"cannot write .*summary.json: No space left on device; the dataset itself"):
+        synthesize(cfg_for(tmp_path, src), progress=False, tts=FakeTTS())
+    assert len(read_manifest(tmp_path / "out")) == 4

@@ -625,3 +625,53 @@ def test_nan_guard_skips_then_stops(tmp_path):
         trainer.fit(export=False)
     assert trainer.bad_steps == 2
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def _count_reference_generations(trainer) -> list[int]:
+    """Calls that generate the teacher's greedy references (StepContext.engine_for is asked
+    for the teacher's engine only when some reference is not cached)."""
+    calls: list[int] = []
+    real = trainer.ctx.engine_for
+
+    def engine_for(t_adapter):
+        calls.append(trainer.step)
+        return real(t_adapter)
+
+    trainer.ctx.engine_for = engine_for
+    return calls
+
+
+def test_resume_keeps_the_frozen_teachers_references(tmp_path):
+    """Issue #27: the frozen teacher's greedy-reference cache was not in checkpoints, so a
+    resumed run generated again, in other batches (other padding), the references that the
+    uninterrupted run had cached; with them in the checkpoint the resumed run does the same
+    work and reaches the same weights."""
+    from safetensors.torch import load_file
+
+    from cord.train.checkpoint import REFERENCES, read_references
+
+    common = ["train.max_steps=4", "train.save_every=2", "rollout.seq_n=2", "data.limit=4"]
+    full = Trainer(tiny_cfg("grpo", tmp_path / "a", "qwen2-audio", *common))
+    assert full.teacher.static and full.cfg.objective.reward_reference == "text"
+    full_calls = _count_reference_generations(full)
+    full.fit(export=False)
+    assert full_calls == [0, 1]  # epoch 1 (steps 1-2) fills the cache; epoch 2 reuses it
+    assert len(full.ctx.reference_cache) == 4
+
+    part = Trainer(tiny_cfg("grpo", tmp_path / "b", "qwen2-audio", *common[1:], "train.max_steps=2"))
+    part.fit(export=False)
+    saved = read_references(tmp_path / "b" / "run" / "checkpoints" / "step-00000002")
+    assert (tmp_path / "b" / "run" / "checkpoints" / "step-00000002" / REFERENCES).is_file()
+    assert saved == [part.ctx.reference_cache] and len(saved[0]) == 4
+
+    resumed = Trainer(tiny_cfg("grpo", tmp_path / "b", "qwen2-audio", *common))
+    resumed_calls = _count_reference_generations(resumed)
+    assert resumed.fit(export=False)["resumed_from"].endswith("step-00000002")
+    assert resumed_calls == []  # nothing generated again
+    assert resumed.ctx.reference_cache == full.ctx.reference_cache
+    a = _strip_times((tmp_path / "a" / "run" / "metrics.jsonl").read_text().splitlines())
+    b = _strip_times((tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines())
+    assert a == b
+    ckpt = Path("run") / "checkpoints" / "step-00000004" / "trainable.safetensors"
+    ta, tb = load_file(str(tmp_path / "a" / ckpt)), load_file(str(tmp_path / "b" / ckpt))
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)

@@ -208,3 +208,21 @@ def test_bad_output_paths_and_flag_mixes_are_one_line(tmp_path, capsys):
     assert e.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_resume_flag_in_a_folder_without_checkpoint_is_refused_not_a_silent_fresh_start(tmp_path, capsys):
+    """Issue #27: `--resume` where nothing can be resumed trained from scratch without a word."""
+    out = tmp_path / "run"
+    rc, stdout, err = run(capsys, cord_train("sft", out, "train.max_steps=1", flags=("--resume",)))
+    assert rc == 2 and err.count("\n") == 1 and stdout == ""
+    assert err.startswith(f"cord train: error: --resume: {out} holds no checkpoint; drop --resume")
+    assert not (out / "metrics.jsonl").exists()
+    # a run that stopped before its first checkpoint says so
+    rc, _, err = run(capsys, cord_train("sft", out, "train.max_steps=1", "train.save_every=5"))
+    assert rc == 0, err
+    import shutil
+
+    shutil.rmtree(out / "checkpoints")
+    rc, _, err = run(capsys, cord_train("sft", out, "train.max_steps=2", "train.save_every=5", flags=("--resume",)))
+    assert rc == 2 and "stopped before its first one, train.save_every=5" in err
+    assert steps(out) == [1]  # untouched

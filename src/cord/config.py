@@ -383,63 +383,147 @@ def format_validation_error(err: ValidationError, source: str = "config") -> str
 
 
 def _parse_scalar(text: str) -> Any:
-    """Override values are YAML scalars/lists: ``1e-5`` → float, ``[a,b]`` → list, ``null`` → None."""
+    """Override values are YAML scalars/lists: ``1e-5`` → float, ``[a,b]`` → list, ``null`` → None.
+    An empty value (``--set model.instruction=``) is the empty string, not None: YAML reads
+    nothing as null, which a user who typed nothing after ``=`` did not write."""
+    if not text.strip():
+        return ""
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
         return text
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` overrides to a raw config mapping (validation happens after)."""
+def _override_item(item: Any) -> tuple[str, str]:
+    """(``key=value``, what to blame in an error: ``--set key=value`` or the command's flag)."""
+    if isinstance(item, tuple):
+        return item[0], item[1]
+    return item, f"--set {item}"
+
+
+def _override_keys(overrides: list) -> list[tuple[tuple[str, ...], str]]:
+    """(key path, label) of each override, in order."""
+    out = []
     for item in overrides:
+        text, label = _override_item(item)
+        key = text.split("=", 1)[0]
+        out.append((tuple(p for p in key.strip().split(".") if p), label))
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: list) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides to a raw config mapping (validation happens after)."""
+    for raw in overrides:
+        item, label = _override_item(raw)
         if "=" not in item:
-            raise CordError(f"override {item!r} must look like section.key=value (e.g. train.lr=1e-5)")
+            raise CordError(f"{label}: an override must look like section.key=value (e.g. train.lr=1e-5)")
         key, value = item.split("=", 1)
         parts = [p for p in key.strip().split(".") if p]
         if not parts:
-            raise CordError(f"override {item!r} has an empty key")
+            raise CordError(f"{label}: the key before '=' is empty (e.g. train.lr=1e-5)")
         node = data
         for part in parts[:-1]:
             nxt = node.setdefault(part, {})
             if nxt is None:
                 nxt = node[part] = {}
             if not isinstance(nxt, dict):
-                raise CordError(f"override {item!r}: '{part}' is a value, not a section")
+                raise CordError(f"{label}: '{part}' is a value, not a section")
             node = nxt
         node[parts[-1]] = _parse_scalar(value)
     return data
 
 
-def config_from_dict(data: dict[str, Any], source: str = "config") -> CordConfig:
+def _blame(err: ValidationError, source: str, overrides: list) -> str:
+    """Who set the key the first error is about: the last override whose key path is a prefix
+    of the error's location (or lies inside it), else ``source`` (the YAML file)."""
+    loc = tuple(str(p) for p in err.errors()[0]["loc"])
+    if not loc:
+        return source
+    for key, label in reversed(_override_keys(overrides)):
+        n = min(len(key), len(loc))
+        if key and key[:n] == loc[:n]:
+            return label
+    return source
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config", overrides: list | None = None) -> CordConfig:
     try:
         return CordConfig.model_validate(data)
     except ValidationError as e:
-        raise CordError(format_validation_error(e, source)) from None
+        raise CordError(format_validation_error(e, _blame(e, source, list(overrides or [])))) from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> CordConfig:
-    """Read a YAML file (or nothing: all defaults), apply overrides, validate."""
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping gives the same key twice (YAML keeps the last one silently)."""
+
+    def __init__(self, key: Any, first_line: int, line: int) -> None:
+        super().__init__(f"key {key!r} appears twice (lines {first_line} and {line})")
+        self.key, self.first_line, self.line = key, first_line, line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping: plain YAML keeps the last
+    one, so a second ``train:`` block would silently drop every key of the first. Keys merged
+    in with ``<<:`` may be overridden, as YAML intends."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # unhashable: SafeLoader reports it
+                    continue
+                if first is not None:
+                    raise DuplicateKeyError(key, first, key_node.start_mark.line + 1)
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(path: Path) -> Any:
+    """A YAML file's data; one line for a file that is missing, a folder, unreadable, not
+    YAML, or gives a key twice."""
+    if path.is_dir():
+        raise CordError(f"--config {path} is a folder, not a YAML file; give a file such as "
+                        f"{path / 'cord.yaml'}")
+    if not path.is_file():
+        raise CordError(f"config file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CordError(f"{path}: not a text (UTF-8) file; give a YAML config") from None
+    except OSError as e:
+        raise CordError(f"cannot read the config file {path}: {e.strerror or e}") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except DuplicateKeyError as e:
+        raise CordError(f"{path}: key {e.key!r} appears twice (lines {e.first_line} and {e.line}); YAML would "
+                        "keep only the second and silently drop the first: merge them into one") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise CordError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list | None = None) -> CordConfig:
+    """Read a YAML file (or nothing: all defaults), apply overrides, validate. An override is
+    ``"key=value"`` or ``("key=value", "--flag")`` (a command flag: errors name it)."""
     data: dict[str, Any] = {}
     source = "config"
     if path is not None:
         path = Path(path)
         source = str(path)
-        if not path.is_file():
-            raise CordError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise CordError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+        loaded = load_yaml(path)
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
             raise CordError(f"{path}: the top level must be a mapping of sections (model:, train:, ...)")
         data = loaded
     apply_overrides(data, list(overrides or []))
-    return config_from_dict(data, source)
+    return config_from_dict(data, source, list(overrides or []))
 
 
 def dump_config(cfg: CordConfig) -> str:

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from cord import CordError
-from cord.paths import cache_dir
+from cord.paths import cache_dir, cache_subdir
 
 BUILTINS = {"tiny-arith": 24}
 
@@ -49,8 +49,8 @@ def ensure_builtin(name: str) -> Path:
     manifest = out / "manifest.jsonl"
     n = BUILTINS[name]
     if manifest.is_file() and sum(1 for line in manifest.open() if line.strip()) >= n:
-        return out
-    out.mkdir(parents=True, exist_ok=True)
+        return out  # made already: a read-only cache that holds it is fine
+    out = cache_subdir("builtin", name)  # one line for a cache that is a file or read-only
     src = out / "questions.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in arithmetic_rows(n)))
     synthesize(SynthConfig(input=str(src), out=str(out), id_column="id", workers=2, seed=0), progress=False)

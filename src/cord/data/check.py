@@ -19,6 +19,7 @@ for an output folder.
 from __future__ import annotations
 
 import math
+import os
 import re
 import sys
 from collections import Counter
@@ -119,7 +120,9 @@ def scan_examples(examples: Sequence, max_seconds: float, policy: str, source: s
             try:
                 head = audio_header(path)
             except CordError as e:
-                if not Path(path).is_file():
+                if Path(path).is_dir():  # not "missing": it is there, and it is a folder
+                    rep.unreadable.append((ex.id, f"{Path(path).name} is a folder, not an audio file"))
+                elif not Path(path).is_file():
                     rep.missing.append(ex.id)
                 else:
                     msg, prefix = str(e), f"cannot read audio {Path(path)}: "
@@ -200,4 +203,21 @@ def check_out_dir(path: str | Path, flag: str = "--out") -> Path:
             raise CordError(f"{flag} {path}: {what}; give a new or an earlier output directory")
         if p.is_dir():
             break
+    return path
+
+
+def check_writable_dir(path: str | Path, flag: str = "--out") -> Path:
+    """:func:`check_out_dir`, then create the folder and a probe file in it (removed at once):
+    one clear line for a folder that cannot be written (a read-only filesystem, no
+    permission), found before any model loads rather than at the first result."""
+    import tempfile
+
+    path = check_out_dir(path, flag)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".cord-write-check-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise CordError(f"{flag} {path}: cannot write there ({e.strerror or e}); give a folder you can write to") from None
     return path

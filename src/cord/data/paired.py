@@ -99,7 +99,7 @@ def read_jsonl(path: str | Path):
     """Yield (line number, object) for each non-blank line of a JSON-lines file; one clear
     error naming the line for malformed JSON or a non-object line."""
     path = Path(path)
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of line 1
         for lineno, line in enumerate(f, 1):
             line = line.strip()
             if not line:
@@ -117,7 +117,7 @@ def read_json(path: str | Path) -> Any:
     """A whole JSON file; one clear error naming the file and line when it is malformed."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as e:
         raise CordError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
 
@@ -130,11 +130,22 @@ def read_manifest(directory: str | Path) -> list[dict[str, Any]]:
         raise CordError(f"no paired dataset at {directory}: {MANIFEST} not found (make one with `cord synth`, "
                         "or try the pipeline on 24 built-in clips with --set data.train=builtin:tiny-arith)")
     rows = []
+    first_line: dict[str, int] = {}
+    dups: list[str] = []
     for lineno, row in read_jsonl(path):
         for key in ("id", "question", "audio"):
             if key not in row:
                 raise CordError(f"{path}:{lineno}: missing field {key!r} (need id, question, answer, audio)")
+        rid = str(row["id"])
+        if rid in first_line:
+            dups.append(f"{rid!r} (lines {first_line[rid]} and {lineno})")
+        else:
+            first_line[rid] = lineno
         rows.append(row)
+    if dups:  # results, references and resume are all keyed by id: a second row would be silently merged
+        shown = ", ".join(dups[:5]) + (f", … {len(dups) - 5} more" if len(dups) > 5 else "")
+        raise CordError(f"{path}: {len(dups)} duplicate id(s): {shown}; ids must be unique: "
+                        "remove or rename the repeated rows")
     return rows
 
 

@@ -191,7 +191,7 @@ def _read_jsonl(path: Path) -> Iterator[dict]:
 
 
 def _read_json(path: Path) -> Iterator[dict]:
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")
     if not text.lstrip().startswith("["):
         yield from _read_jsonl(path)
         return
@@ -206,7 +206,9 @@ def _read_json(path: Path) -> Iterator[dict]:
 
 
 def _read_csv(path: Path) -> Iterator[dict]:
-    with open(path, encoding="utf-8", newline="") as f:
+    # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") would otherwise stick to the first
+    # header, so a column "id" read as "\ufeffid" and the given ids were replaced by generated ones
+    with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
         for row in reader:
             yield row

@@ -5,6 +5,7 @@ Writes, under ``synth.out`` (DIR)::
     DIR/audio/<id>.wav     16 kHz mono PCM16, one per question
     DIR/manifest.jsonl     one JSON object per line (the record of what is finished)
     DIR/summary.json       counts of the last run
+    DIR/dataset.json       the input the dataset is made from
     DIR/skipped.jsonl      items synthesised and then found too long (a rerun skips them at once)
 
 Each manifest row: ``id, question`` (the original text: the text prompt), ``answer,
@@ -12,6 +13,12 @@ solution, source, audio`` (path relative to DIR), ``duration`` (seconds), ``tts`
 (engine and version, e.g. ``espeak-ng 1.51`` or ``piper-tts 1.8.0``), ``voice`` (e.g.
 ``en-us+f3 s=160 p=50`` or ``en_US-joe-medium s=160 ls=1.0625``), ``seed`` (the seed its
 voice was drawn with), ``spoken`` (the normalised text the TTS read). ``cord.data.paired.load_paired(DIR)`` reads it.
+
+A dataset holds one input (``DIR/dataset.json`` records which): a run with another
+``--input`` on a folder with finished items is refused (ids of two inputs collide). A rerun
+after the input was edited redoes what changed (:func:`item_change`): an item whose question
+changed is synthesised again (its row and audio replaced), one whose answer, solution or
+source changed has its row updated; ``summary.json`` counts both.
 
 Resumable: a rerun of the same command skips ids already in the manifest. Audio is written
 to a temp name and renamed before its manifest line is appended, flushed and fsynced, so a
@@ -28,16 +35,15 @@ without being synthesised (:func:`min_seconds`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import time
-import hashlib
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -47,11 +53,15 @@ from cord.data.normalize import normalize_for_speech
 from cord.data.paired import MANIFEST
 from cord.data.sources import load_rows
 from cord.data.tts import TTS, TTSMix, make_tts
+from cord.locking import folder_lock
 
 __all__ = ["synthesize", "synth_main", "SKIP_REASONS", "recover_manifest", "min_seconds"]
 
 SKIP_REASONS = ("missing_question", "empty_question", "unspeakable", "tts_failed", "too_long", "duplicate_id")
 SUMMARY = "summary.json"
+DATASET = "dataset.json"
+#: manifest fields taken from the input row as they are (what is read aloud is the question)
+_ROW_FIELDS = ("answer", "solution", "source")
 SKIPPED = "skipped.jsonl"
 _TMP_SUFFIX = ".partial"
 _SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,120}")
@@ -157,41 +167,39 @@ def _prepare_out(out: Path) -> None:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    """Write to ``<path>.partial``, fsync, rename; a failed write (disk full) leaves no temp file."""
     tmp = path.with_name(path.name + _TMP_SUFFIX)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-@contextmanager
-def _exclusive(out: Path) -> Iterator[None]:
-    """One writer per output folder (two would interleave the manifest)."""
     try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield
-        return
-    with open(out / ".synth.lock", "w") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise CordError(f"another `cord synth` is writing to {out}; wait for it or use another --out") from None
-        yield
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _count_rows(path: Path) -> int:
+    """Complete (newline-terminated, non-blank) lines of a JSON-lines file."""
+    if not path.is_file():
+        return 0
+    return sum(1 for line in path.read_bytes().split(b"\n")[:-1] if line.strip())
 
 
 def _write_wav(path: Path, audio: np.ndarray) -> None:
-    """16 kHz mono PCM16 via soundfile; written to a temp name, fsynced, then renamed."""
+    """16 kHz mono PCM16 via soundfile; encoded in memory, then written to a temp name,
+    fsynced and renamed (:func:`_atomic_write`). In memory first: a write error inside
+    libsndfile's file callbacks (a full disk) is printed by cffi as a traceback per callback
+    and comes out as a generic error, where a plain write raises one OSError."""
+    import io
+
     import soundfile as sf
 
     pcm = np.clip(np.round(audio.astype(np.float64) * 32767.0), -32768, 32767).astype(np.int16)
-    tmp = path.with_name(path.name + _TMP_SUFFIX)
-    with open(tmp, "wb") as f:
-        sf.write(f, pcm, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    sf.write(buf, pcm, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    _atomic_write(path, buf.getvalue())
 
 
 # --------------------------------------------------------------------------------------
@@ -216,14 +224,15 @@ def _make_item(row: dict, spoken: str, cfg, tts: TTS, choice, label: str, out: P
     if duration > cfg.max_audio_seconds:
         raise _Skip("too_long", f"{row['id']}: {duration:.1f} s", record={
             "id": row["id"], "reason": "too_long", "duration": round(duration, 3), "tts": version,
-            "voice": label, "seed": cfg.seed})
+            "voice": label, "seed": cfg.seed, "spoken": spoken})
     if audio.size == 0:
         raise _Skip("tts_failed", f"{row['id']}: empty audio")
     rel = f"audio/{audio_filename(row['id'])}"
     try:
         _write_wav(out / rel, audio)
     except OSError as e:  # disk full, permissions: fatal for the run, finished items are kept
-        raise CordError(f"cannot write {out / rel}: {e.strerror or e}") from None
+        raise CordError(f"cannot write {out / rel}: {e.strerror or e}; free space (or fix permissions) and "
+                        "rerun the same command (finished items are kept)") from None
     return {
         "id": row["id"],
         "question": row["question"],
@@ -243,6 +252,98 @@ def _make_item(row: dict, spoken: str, cfg, tts: TTS, choice, label: str, out: P
 # The run
 
 
+# --------------------------------------------------------------------------------------
+# Edited inputs: one input per dataset, changed items redone
+
+
+def input_identity(cfg) -> str:
+    """What the dataset is made from: a local file's absolute path, or a hub dataset's name
+    and split."""
+    name = str(cfg.input).strip()
+    path = Path(name).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    return f"{name} (split {cfg.split})"
+
+
+def _same_legacy_input(old: str, cfg) -> bool:
+    """An older dataset recorded only the ``--input`` text of its last run (relative to a cwd
+    no longer known): the same text, path or file name counts as the same input."""
+    new = str(cfg.input).strip()
+    if old == new or Path(old).name == Path(new).name:
+        return True
+    try:
+        return Path(old).expanduser().resolve() == Path(new).expanduser().resolve()
+    except OSError:
+        return False
+
+
+def _check_input(out: Path, cfg, done: dict[str, dict]) -> str:
+    """Refuse (one line) to add another input's items to a dataset that holds finished items;
+    record this run's input in ``DIR/dataset.json`` otherwise. Returns the input's identity.
+
+    Why refuse rather than merge: ids are only unique within one input (``q-000003`` of two
+    files are two questions), and a dataset whose ``summary.json`` names one input must hold
+    that input's items only. A dataset of several inputs is made by concatenating the input
+    files into one."""
+    ident = input_identity(cfg)
+    record = out / DATASET
+    old = None
+    if record.is_file():
+        try:
+            old = json.loads(record.read_text(encoding="utf-8")).get("input_id")
+        except (ValueError, AttributeError, OSError):
+            old = None
+        same = old == ident
+    elif (out / SUMMARY).is_file():  # written before dataset.json existed
+        try:
+            legacy = json.loads((out / SUMMARY).read_text(encoding="utf-8")).get("input")
+        except (ValueError, AttributeError, OSError):
+            legacy = None
+        old, same = legacy, legacy is None or _same_legacy_input(str(legacy), cfg)
+    else:
+        same = True  # nothing recorded (a first run killed before writing anything): no evidence
+    if done and old is not None and not same:
+        raise CordError(f"{out} holds {len(done)} item(s) made from {old}, not from this --input {ident}; a dataset "
+                        "holds one input (ids of two inputs collide): use another --out, or one input file "
+                        "that holds both")
+    if old != ident or not record.is_file():
+        _atomic_write(record, (json.dumps({"input": str(cfg.input), "input_id": ident}, indent=2,
+                                          ensure_ascii=False) + "\n").encode())
+    return ident
+
+
+def item_change(prev: dict, row: dict) -> str:
+    """How input ``row`` differs from its finished manifest row ``prev``: ``""`` (not at all),
+    ``"text"`` (the question — what is read aloud and the text prompt — changed: the item is
+    synthesised again, its old audio and row replaced) or ``"fields"`` (only answer, solution
+    or source changed: the row is updated, the audio kept, since it reads the same text).
+
+    A change of voice settings (seed, engine, speed or pitch ranges) is not a change of the
+    item: its audio is still a right reading of the same text, so it is kept and named in a
+    note (:func:`_resume_notes`); re-voicing a dataset is a new dataset (a new ``--out``)."""
+    q = row.get("question")
+    if q is None or str(q) != prev.get("question"):
+        return "text"
+    if any(str(row.get(k) or "") != str(prev.get(k) or "") for k in _ROW_FIELDS):
+        return "fields"
+    return ""
+
+
+def _apply_changes(out: Path, done: dict[str, dict], stale: set[str], updates: dict[str, dict]) -> None:
+    """Drop ``stale`` rows (their question changed) and update ``updates`` rows in one atomic
+    rewrite of the manifest, then delete the stale rows' audio. Killed before the rewrite:
+    nothing changed; after it: the stale items are simply not finished, and are redone."""
+    if not stale and not updates:
+        return
+    for rid, fields in updates.items():
+        done[rid] = {**done[rid], **fields}
+    gone = [done.pop(rid) for rid in stale]
+    _atomic_write(out / MANIFEST, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done.values()).encode())
+    for row in gone:
+        (out / str(row["audio"])).unlink(missing_ok=True)
+
+
 def synthesize(cfg, progress: bool = True, tts: TTS | None = None) -> dict[str, Any]:
     """Run ``cord synth`` for ``cfg`` (a :class:`cord.config.SynthConfig`) and return the
     summary (also written to ``DIR/summary.json``). ``tts`` overrides the backend named by
@@ -259,9 +360,9 @@ def synthesize(cfg, progress: bool = True, tts: TTS | None = None) -> dict[str, 
     _prepare_out(out)
     speed_range, pitch_range = tuple(cfg.speed_range), tuple(cfg.pitch_range)
 
-    with _exclusive(out):
+    with folder_lock(out, "synth", "wait for it or use another --out", name=".synth.lock"):  # one writer
         done, repairs = recover_manifest(out)
-        notes = _resume_notes(done, cfg, mix)
+        input_id = _check_input(out, cfg, done)
         known_long = _load_skipped(out)
         remembered = 0
         skipped: Counter[str] = Counter({r: 0 for r in SKIP_REASONS})
@@ -269,6 +370,8 @@ def synthesize(cfg, progress: bool = True, tts: TTS | None = None) -> dict[str, 
         errors: list[str] = []
         seen: set[str] = set()
         already_done = 0
+        stale: set[str] = set()  # finished, but what is read changed in the input: synthesised again
+        updates: dict[str, dict] = {}  # finished, only answer / solution / source changed: row updated
         jobs: list[tuple[dict, str]] = []
         for row in source:
             rid = str(row["id"])
@@ -278,8 +381,15 @@ def synthesize(cfg, progress: bool = True, tts: TTS | None = None) -> dict[str, 
                 continue
             seen.add(rid)
             if rid in done:
-                already_done += 1
-                continue
+                change = item_change(done[rid], row)
+                if not change:
+                    already_done += 1
+                    continue
+                if change == "fields":
+                    updates[rid] = {k: row.get(k, "") for k in _ROW_FIELDS}
+                    already_done += 1
+                    continue
+                stale.add(rid)  # the question changed: this item is new
             q = row.get("question")
             if q is None:
                 skipped["missing_question"] += 1
@@ -298,12 +408,21 @@ def synthesize(cfg, progress: bool = True, tts: TTS | None = None) -> dict[str, 
                 continue
             prev = known_long.get(rid)
             if (prev and prev.get("voice") == label and prev.get("tts") == getattr(engine, "version", engine.name)
+                    and prev.get("spoken", spoken) == spoken
                     and float(prev.get("duration", 0)) > cfg.max_audio_seconds):
                 skipped["too_long"] += 1  # measured too long by an earlier run with the same voice
                 remembered += 1
                 continue
             jobs.append((row, spoken, engine, choice, label))
 
+        _apply_changes(out, done, stale, updates)  # atomically, before any new audio is written
+        notes = _resume_notes(done, cfg, mix)
+        complete = cfg.limit is None or source.stats["kept"] < cfg.limit  # the whole input was read
+        gone = [rid for rid in done if rid not in seen] if complete else []
+        if gone:
+            notes.append(f"{len(gone)} finished item(s) are no longer in the input ({', '.join(gone[:5])}"
+                         f"{', …' if len(gone) > 5 else ''}); they are kept: remove their lines from "
+                         f"{MANIFEST} (or use a new --out) if they should go")
         workers = cfg.workers if mix.thread_safe else 1
         import soundfile  # noqa: F401  (import once here, not in the first worker: keeps the rate honest)
 
@@ -316,6 +435,7 @@ def synthesize(cfg, progress: bool = True, tts: TTS | None = None) -> dict[str, 
         skipped_log = None
         pending: set[Future] = set()
         pool = None
+        finished_ok = False  # the summary's own write error is reported only when nothing else failed
         try:
             pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cord-synth")
             queue = iter(jobs)
@@ -345,13 +465,18 @@ def synthesize(cfg, progress: bool = True, tts: TTS | None = None) -> dict[str, 
                             skipped_log.write(json.dumps(s.record, ensure_ascii=False) + "\n")
                             skipped_log.flush()
                     else:
-                        manifest.write(json.dumps(row, ensure_ascii=False) + "\n")
-                        manifest.flush()
-                        os.fsync(manifest.fileno())
+                        try:
+                            manifest.write(json.dumps(row, ensure_ascii=False) + "\n")
+                            manifest.flush()
+                            os.fsync(manifest.fileno())
+                        except OSError as e:  # disk full: a torn last line is cut on resume
+                            raise CordError(f"cannot append to {out / MANIFEST}: {e.strerror or e}; free space "
+                                            "and rerun the same command (finished items are kept)") from None
                         written += 1
                         by_tts[row["tts"]] += 1
                         audio_seconds += row["duration"]
                     bar.update(1)
+            finished_ok = True
         except KeyboardInterrupt:
             interrupted = True
             raise
@@ -364,15 +489,19 @@ def synthesize(cfg, progress: bool = True, tts: TTS | None = None) -> dict[str, 
                 skipped_log.close()
             bar.close()
             work_seconds = time.perf_counter() - t_work
+            in_manifest = _count_rows(out / MANIFEST)  # counted, not tallied: an interrupt between
+            written = max(0, in_manifest - len(done))  # the append and the tally cannot skew it
             summary = {
                 "input": str(cfg.input),
+                "input_id": input_id,
                 "out": str(out),
                 "tts": mix.version,
                 "seed": cfg.seed,
                 "workers": workers,
                 "written": written,
                 "already_done": already_done,
-                "total_in_manifest": len(done) + written,
+                "total_in_manifest": in_manifest,
+                "changed_in_input": {"resynthesised": len(stale), "fields_updated": len(updates)},
                 "written_by_tts": dict(sorted(by_tts.items())),
                 "skipped": dict(skipped),
                 "too_long_remembered": remembered,
@@ -388,7 +517,12 @@ def synthesize(cfg, progress: bool = True, tts: TTS | None = None) -> dict[str, 
                 "notes": notes,
                 "interrupted": interrupted,
             }
-            _atomic_write(out / SUMMARY, (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode())
+            try:
+                _atomic_write(out / SUMMARY, (json.dumps(summary, indent=2, ensure_ascii=False) + "\n").encode())
+            except OSError as e:  # disk full: the manifest is the record; say so unless already failing
+                if finished_ok:
+                    raise CordError(f"cannot write {out / SUMMARY}: {e.strerror or e}; the dataset itself "
+                                    f"({out / MANIFEST}) is complete") from None
     return summary
 
 
@@ -433,6 +567,13 @@ def describe(summary: dict[str, Any]) -> str:
              f"({summary['utterances_per_second']:.2f} utt/s, {summary['workers']} workers, {summary['tts']})"]
     if summary["already_done"]:
         parts.append(f"{summary['already_done']} were already done")
+    changed = summary.get("changed_in_input") or {}
+    if changed.get("resynthesised"):
+        parts.append(f"{changed['resynthesised']} finished item(s) had another question in the input and were "
+                     "synthesised again")
+    if changed.get("fields_updated"):
+        parts.append(f"{changed['fields_updated']} finished item(s) had another answer, solution or source in the "
+                     "input: their manifest rows were updated (audio kept)")
     skipped = {k: v for k, v in summary["skipped"].items() if v}
     if skipped:
         detail = ", ".join(f"{k} {v}" for k, v in skipped.items())

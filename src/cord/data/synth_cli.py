@@ -11,7 +11,7 @@ def run(args) -> int:
     for flag in ("input", "out", "tts", "limit", "workers", "seed"):
         value = getattr(args, flag)
         if value is not None:
-            overrides.append(f"synth.{flag}={value}")
+            overrides.append((f"synth.{flag}={value}", f"--{flag} {value}"))  # errors name the flag
     cfg = load_config(args.config, overrides)
     if not cfg.synth.input:
         raise CordError("no input: pass --input FILE_OR_HUB_NAME (or synth.input in the config)")

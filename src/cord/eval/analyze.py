@@ -19,7 +19,8 @@ token-level loss weights. Outputs in ``OUT``:
 * ``rollouts.jsonl``: per rollout its id, token ids, text and per-token KL (every number in
   analysis.json can be recomputed from it); an example the long-audio policy skipped is a
   line ``{"id", "status": "skipped", "reason"}``.
-* ``run.json``: what produced the rollouts (model, data, seed, temperature, lengths).
+* ``analyze-run.json``: what produced the rollouts (model, data, seed, temperature, lengths);
+  ``cord eval`` keeps its own record (``eval-run.json``), so the two may share a folder.
 * ``kl_hist.png`` (log counts) and ``kl_by_position.png``.
 
 Rollouts are reproducible for the same seed and batch size (batch ``b`` samples with seed
@@ -44,14 +45,14 @@ import torch
 from cord import CordError
 from cord.data.paired import PairedExample
 from cord.eval.plots import plot_kl_by_position, plot_kl_histogram
-from cord.eval.report import check_fingerprint, dump_json, read_records, write_atomic
+from cord.eval.report import check_fingerprint, dump_json, model_stamp, read_records, write_atomic, write_run_record
 
 PERCENTILES = (50, 80, 90, 99)
 ANALYSIS_JSON = "analysis.json"
 ROLLOUTS_JSONL = "rollouts.jsonl"
 HIST_PNG = "kl_hist.png"
 POSITION_PNG = "kl_by_position.png"
-RUN_JSON = "run.json"
+RUN_JSON = "analyze-run.json"
 SKIP_LONG_AUDIO = "audio longer than model.max_audio_seconds (model.long_audio=skip)"
 
 
@@ -244,7 +245,7 @@ def _fingerprint(cfg, adapter, source: str, seed: int, temperature: float, max_n
     """What determines the rollouts; a resumed analysis must match it."""
     return {
         "model": cfg.model.name_or_path,
-        "model_files": _model_stamp(cfg.model.name_or_path),
+        "model_files": model_stamp(cfg.model.name_or_path),
         "family": getattr(adapter, "family", cfg.model.family),
         "data": source,
         "system_prompt": getattr(adapter, "system_prompt", None),
@@ -260,19 +261,8 @@ def _fingerprint(cfg, adapter, source: str, seed: int, temperature: float, max_n
     }
 
 
-def _model_stamp(name_or_path: str) -> str | None:
-    """Size and mtime of a local model folder's files (a model retrained into the same
-    folder is another model); None for a hub name."""
-    import hashlib
-
-    p = Path(name_or_path)
-    if not p.is_dir():
-        return None
-    h = hashlib.blake2b(digest_size=8)
-    for f in sorted(q for q in p.rglob("*") if q.is_file()):
-        st = f.stat()
-        h.update(f"{f.relative_to(p)}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return h.hexdigest()
+#: kept for callers of the old private name
+_model_stamp = model_stamp
 
 
 def analyze(
@@ -301,7 +291,7 @@ def analyze(
     ``data``: a paired-dataset folder or a list of PairedExamples.
     """
     from cord.config import CordConfig
-    from cord.data.check import check_examples, check_out_dir
+    from cord.data.check import check_examples, check_out_dir, check_writable_dir
 
     cfg = cfg if cfg is not None else CordConfig()
     out = check_out_dir(out)
@@ -310,6 +300,7 @@ def analyze(
         raise CordError(f"no examples to analyze in {source}")
     check_examples(examples, max_seconds=getattr(adapter, "max_audio_seconds", cfg.model.max_audio_seconds),
                    policy=getattr(adapter, "long_audio", cfg.model.long_audio), source=source)
+    check_writable_dir(out)  # a read-only --out fails here, not after the model has loaded
     if adapter is None:
         from cord.models import load_adapter
 
@@ -323,9 +314,9 @@ def analyze(
     seed = cfg.train.seed if seed is None else seed
     fingerprint = _fingerprint(cfg, adapter, source, seed, temperature, max_new_tokens, batch_size)
     check_fingerprint(out, fingerprint, resumable=(out / ROLLOUTS_JSONL).is_file(),
-                      holds="rollouts from another analysis")
+                      holds="rollouts from another analysis", command="analyze")
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / RUN_JSON, dump_json({"fingerprint": fingerprint}))
+    write_run_record(out, "analyze", {"fingerprint": fingerprint})
     path = out / ROLLOUTS_JSONL
     done = read_records(path, repair=True)
 

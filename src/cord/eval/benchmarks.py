@@ -118,13 +118,16 @@ class EvalProtocol:
     ``judge``: the judge kind for every item (None: the benchmark's and items' own).
     ``instruction``: the text after the question / audio (None: ``model.instruction``;
     ``""``: none — the question or the audio alone). ``question``: rewrites an item's text
-    (None: as loaded). ``follows``: the official file it reproduces, for the report."""
+    (None: as loaded). ``follows``: the official file it reproduces, for the report.
+    ``system_prompts``: model family -> the system prompt the official runner gives that
+    family (a family not named keeps its own)."""
 
     name: str
     judge: str | None = None
     instruction: str | None = None
     question: Callable[[PairedExample], str] | None = None
     follows: str = ""
+    system_prompts: Mapping[str, str] = field(default_factory=dict)
 
 
 CORD_PROTOCOL = EvalProtocol("cord")
@@ -594,10 +597,14 @@ def with_protocol(bench: Benchmark, protocol: str) -> Benchmark:
 
 
 # VoiceBench: src/models/qwen2.py (audio alone as the user turn; text = the row's prompt
-# alone), src/evaluator/mcq.py (letter templates; see cord.judges.voicebench)
+# alone; no system message: Qwen2-Audio's template then writes "You are a helpful
+# assistant.", cord's default for it), src/models/qwen_omni.py (the same, with the system
+# message "You are a helpful assistant." instead of Qwen2.5-Omni's long default),
+# src/evaluator/mcq.py (letter templates; see cord.judges.voicebench)
 _VOICEBENCH_OFFICIAL = EvalProtocol(
     "official", judge="voicebench", instruction="",
-    follows="MatthewCYM/VoiceBench src/models/qwen2.py + src/evaluator/mcq.py (acc + fail/4)",
+    follows="MatthewCYM/VoiceBench src/models/qwen2.py, qwen_omni.py + src/evaluator/mcq.py (acc + fail/4)",
+    system_prompts={"qwen2-audio": "You are a helpful assistant.", "qwen2.5-omni": "You are a helpful assistant."},
 )  # fmt: skip
 
 

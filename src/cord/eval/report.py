@@ -3,7 +3,8 @@
 Layout of an evaluation directory::
 
     DIR/<benchmark>/<modality>.jsonl   one record per item (see cord.eval.runner)
-    DIR/run.json                       what produced the answers (model, prompts, settings)
+    DIR/eval-run.json                  what produced the answers (model and its files, prompts,
+                                       protocol, decoding, long-audio policy)
     DIR/report.json                    {benchmark: {audio_acc, text_acc, gap, n, fail_rate, ...},
                                         "average": {...}}
     DIR/report.md                      the same as a markdown table
@@ -348,23 +349,90 @@ def dump_json(data: Any) -> str:
     return json.dumps(_clean(data), indent=2, ensure_ascii=False) + "\n"
 
 
-def check_fingerprint(out: Path, fingerprint: Mapping[str, Any], *, resumable: bool, holds: str) -> None:
-    """Refuse to resume into ``out`` when an earlier run left resumable files there
-    (``resumable``) and its ``run.json`` fingerprint differs from ``fingerprint`` in a key both
-    have: one line naming the key (``holds``: what ``out`` holds, e.g. "answers from another
-    run"). An unreadable ``run.json`` is no evidence either way."""
-    run_json = out / "run.json"
-    if not resumable or not run_json.is_file():
+def model_stamp(name_or_path: str) -> str | None:
+    """Size and mtime of a local model folder's files (a model retrained into the same
+    folder is another model); None for a hub name."""
+    import hashlib
+
+    p = Path(name_or_path)
+    if not p.is_dir():
+        return None
+    h = hashlib.blake2b(digest_size=8)
+    for f in sorted(q for q in p.rglob("*") if q.is_file()):
+        st = f.stat()
+        h.update(f"{f.relative_to(p)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()
+
+
+#: the record of what produced a folder's results, one per command: ``cord eval`` and
+#: ``cord analyze`` may share an --out (their other files do not overlap), so neither may
+#: overwrite the other's record (both wrote ``run.json`` before: the other command's rerun
+#: was refused for a setting it never had)
+RUN_RECORDS = {"eval": "eval-run.json", "analyze": "analyze-run.json"}
+LEGACY_RUN_JSON = "run.json"
+
+
+def _legacy_owner(data: Any) -> str | None:
+    """Which command wrote an old ``run.json``: eval's lists its benchmarks, analyze's
+    fingerprint has a sampling temperature."""
+    if not isinstance(data, dict):
+        return None
+    if "benchmarks" in data:
+        return "eval"
+    if isinstance(data.get("fingerprint"), dict) and "temperature" in data["fingerprint"]:
+        return "analyze"
+    return None
+
+
+def read_run_record(out: Path, command: str) -> dict[str, Any] | None:
+    """``command``'s record in ``out`` (its ``<command>-run.json``; from a folder written
+    before the records were split, ``run.json`` when ``command`` wrote it), or None when
+    there is none or it is unreadable (no evidence either way)."""
+    for name in (RUN_RECORDS[command], LEGACY_RUN_JSON):
+        path = out / name
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+            return None
+        if name == LEGACY_RUN_JSON and _legacy_owner(data) != command:
+            return None  # the other command's: not evidence about this one
+        return data if isinstance(data, dict) else None
+    return None
+
+
+def write_run_record(out: Path, command: str, data: Mapping[str, Any]) -> None:
+    """Write ``command``'s record; a legacy ``run.json`` it wrote is replaced by it."""
+    write_atomic(out / RUN_RECORDS[command], dump_json(dict(data)))
+    legacy = out / LEGACY_RUN_JSON
+    if legacy.is_file():
+        try:
+            owner = _legacy_owner(json.loads(legacy.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+            owner = None
+        if owner == command:
+            legacy.unlink(missing_ok=True)
+
+
+def check_fingerprint(out: Path, fingerprint: Mapping[str, Any], *, resumable: bool, holds: str,
+                      command: str = "eval") -> None:
+    """Refuse to resume into ``out`` when an earlier run of ``command`` left resumable files
+    there (``resumable``) and its record's fingerprint differs from ``fingerprint`` in a key
+    both have: one line naming the key, its old and new value (``holds``: what ``out`` holds,
+    e.g. "answers"). An unreadable record is no evidence either way; the other command's
+    record is never read."""
+    if not resumable:
         return
-    try:
-        old = json.loads(run_json.read_text(encoding="utf-8")).get("fingerprint", {})
-    except (json.JSONDecodeError, AttributeError):
+    record = read_run_record(out, command)
+    old = record.get("fingerprint") if record else None
+    if not isinstance(old, dict):
         return
     for k, v in fingerprint.items():
         if k in old and old[k] != v:
             raise CordError(
-                f"{out} holds {holds} ({k}: {old[k]!r}, now {v!r}); "
-                "use another --out, or delete that folder to start over"
+                f"{out} holds {holds} ({k}: {old[k]!r}, now {v!r}); use another --out, "
+                f"or rerun with {k} as before to resume them"
             )
 
 

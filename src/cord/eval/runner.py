@@ -13,8 +13,10 @@ JSON line to ``OUT/<benchmark>/<modality>.jsonl``, flushed after every batch::
 policy skipped and for text prompts of items whose question is *about* the audio
 (``meta["text_with_audio"]``, e.g. MMAU: there is no text-only form). A rerun with the
 same ``OUT`` asks only items that have no record yet (a line torn by a killed run is
-dropped first). ``OUT/run.json`` records what produced the answers; resuming with another
-model or other generation settings is refused rather than mixed.
+dropped first). ``OUT/eval-run.json`` records what produced the answers
+(:func:`run_fingerprint`); resuming with another model or other generation settings is
+refused rather than mixed, and an item whose content changed is asked again
+(:func:`item_digest`). ``cord analyze`` keeps its own record, so both may use one folder.
 
 The report (``report.json``, ``report.md``) is recomputed from those files by
 :func:`cord.eval.report.report_from_items`, so every number in it can be checked by hand.
@@ -29,12 +31,14 @@ Each record says which protocol produced it (``"protocol"``), and items with rep
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from cord import CordError
@@ -44,16 +48,16 @@ from cord.eval.report import (
     AVERAGE,
     add_gap_reduction,
     check_fingerprint,
-    dump_json,
     load_report,
+    model_stamp,
     read_records,
     report_from_items,
-    write_atomic,
     write_report,
+    write_run_record,
 )
 from cord.models.base import PromptBatch
 
-RUN_JSON = "run.json"
+RUN_JSON = "eval-run.json"
 SKIP_LONG_AUDIO = "audio longer than model.max_audio_seconds (model.long_audio=skip)"
 SKIP_NO_TEXT_FORM = "the question is about the audio clip: there is no text-only form"
 
@@ -239,7 +243,10 @@ def run_modality(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     done = read_records(path, repair=True)
-    pending = [it for it in bench.items if it.id not in done]
+    digests = {it.id: item_digest(it, modality) for it in bench.items}
+    # an item whose content changed since its record was written (an edited local benchmark,
+    # another folder of the same name) is asked again; its new record wins (a later line wins)
+    pending = [it for it in bench.items if it.id not in done or done[it.id].get("item", digests[it.id]) != digests[it.id]]
     if not pending:
         return 0
     pending.sort(key=lambda it: -_item_length(it, modality))
@@ -250,6 +257,8 @@ def run_modality(
         for start in range(0, len(pending), batch_size):
             batch = pending[start : start + batch_size]
             recs = answer_batch(bench, batch, modality, adapter, engine, max_new_tokens)
+            for r in recs:
+                r["item"] = digests[r["id"]]
             f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
             f.flush()
             os.fsync(f.fileno())
@@ -257,29 +266,57 @@ def run_modality(
     return len(pending)
 
 
+def item_digest(it: PairedExample, modality: str) -> str:
+    """What an item's ``modality`` answer depends on besides the run's settings (which
+    :func:`run_fingerprint` covers): its question, reference answer and options, and for
+    audio its clip (a file's size, an in-memory clip's samples). Stored in each record as
+    ``item``; a record whose item changed is not reused."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(json.dumps([it.question_text, it.answer, it.meta.get("choices"), bool(it.meta.get("text_with_audio"))],
+                        ensure_ascii=False, default=str).encode())
+    if modality == "audio":
+        if it.audio_path is not None:
+            with contextlib.suppress(OSError):
+                h.update(b"file:%d" % Path(it.audio_path).stat().st_size)
+        elif it.has_audio:
+            h.update(np.ascontiguousarray(it.audio, dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
 @contextlib.contextmanager
 def protocol_prompting(adapter, bench: Benchmark):
-    """The adapter's ``instruction`` as ``bench``'s protocol sets it (``""``: the question or
-    the audio alone), restored afterwards; None leaves the model's own."""
-    instruction = bench.protocol.instruction
-    if instruction is None or not hasattr(adapter, "instruction"):
-        yield
-        return
-    saved = adapter.instruction
-    adapter.instruction = instruction
+    """The adapter's ``instruction`` (``""``: the question or the audio alone) and, where the
+    official runner gives the family one, its ``system_prompt``, as ``bench``'s protocol sets
+    them, restored afterwards; None leaves the model's own."""
+    changes = {}
+    if bench.protocol.instruction is not None and hasattr(adapter, "instruction"):
+        changes["instruction"] = bench.protocol.instruction
+    system = (bench.protocol.system_prompts or {}).get(getattr(adapter, "family", None))
+    if system is not None and hasattr(adapter, "system_prompt"):
+        changes["system_prompt"] = system
+    saved = {k: getattr(adapter, k) for k in changes}
+    for k, v in changes.items():
+        setattr(adapter, k, v)
     try:
         yield
     finally:
-        adapter.instruction = saved
+        for k, v in saved.items():
+            setattr(adapter, k, v)
 
 
 # --- the whole evaluation -------------------------------------------------------------------
 
 
 def run_fingerprint(cfg, adapter) -> dict[str, Any]:
-    """What determines the answers; a resumed run must match it."""
-    return {
+    """What determines the answers; a resumed run must match it: the model (its path, and its
+    files' sizes and times: a model retrained into the same folder is another model), dtype,
+    prompts, long-audio policy, decoding and protocol. Which items are asked (benchmarks,
+    ``--limit``) is not in it: each record carries its item's digest (:func:`item_digest`) and
+    the report reads the records of the items asked. Batch size and progress may change."""
+    fp = {
         "model": cfg.model.name_or_path,
+        "model_files": model_stamp(cfg.model.name_or_path),
+        "dtype": cfg.model.dtype,
         "family": getattr(adapter, "family", cfg.model.family),
         "system_prompt": getattr(adapter, "system_prompt", None),
         "instruction": getattr(adapter, "instruction", None),
@@ -289,6 +326,9 @@ def run_fingerprint(cfg, adapter) -> dict[str, Any]:
         "decoding": "greedy",
         "protocol": cfg.eval.protocol,
     }
+    if cfg.model.name_or_path == "tiny":  # the tiny builders' random weights
+        fp["tiny_seed"] = cfg.model.tiny_seed
+    return fp
 
 
 def evaluate(cfg, adapter=None, progress: bool = True, *, engine=None) -> dict[str, dict[str, Any]]:
@@ -309,6 +349,9 @@ def evaluate(cfg, adapter=None, progress: bool = True, *, engine=None) -> dict[s
     for name in names:
         check_benchmark(name, ev.protocol)
     baseline = load_report(ev.baseline) if ev.baseline else None
+    from cord.data.check import check_writable_dir
+
+    check_writable_dir(ev.out)  # a read-only --out fails here, not after the model has loaded
     if adapter is None:
         from cord.models import load_adapter
 
@@ -321,9 +364,9 @@ def evaluate(cfg, adapter=None, progress: bool = True, *, engine=None) -> dict[s
     out = Path(ev.out)
     fingerprint = run_fingerprint(cfg, adapter)
     check_fingerprint(out, fingerprint, resumable=out.is_dir() and any(out.glob("*/*.jsonl")),
-                      holds="answers from another run")
+                      holds="answers from another run", command="eval")
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / RUN_JSON, dump_json({"fingerprint": fingerprint, "benchmarks": names, "modalities": modalities}))
+    write_run_record(out, "eval", {"fingerprint": fingerprint, "benchmarks": names, "modalities": modalities})
 
     ids: dict[str, list[str]] = {}
     sources: dict[str, str] = {}

@@ -156,18 +156,30 @@ def export_model(adapter, directory: str | os.PathLike, state_dict: dict[str, An
     tmp = directory.with_name(directory.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    if state_dict is not None:
-        if is_peft_model(adapter.model):
-            raise ValueError("export_model: state_dict is for a model without LoRA")
-        adapter = copy.copy(adapter)
-        adapter.model = _WithState(adapter.model, state_dict)
-        adapter.save_pretrained(str(tmp))
-    elif is_peft_model(adapter.model):
-        exporter = copy.copy(adapter)
-        exporter.model = _BaseAndAdapter(adapter.model)
-        exporter.save_pretrained(str(tmp))
-    else:
-        adapter.save_pretrained(str(tmp))
+    try:
+        if state_dict is not None:
+            if is_peft_model(adapter.model):
+                raise ValueError("export_model: state_dict is for a model without LoRA")
+            exporter = copy.copy(adapter)
+            exporter.model = _WithState(adapter.model, state_dict)
+            exporter.save_pretrained(str(tmp))
+        elif is_peft_model(adapter.model):
+            exporter = copy.copy(adapter)
+            exporter.model = _BaseAndAdapter(adapter.model)
+            exporter.save_pretrained(str(tmp))
+        else:
+            adapter.save_pretrained(str(tmp))
+    except Exception as e:  # a full disk: no half-written model.tmp left; the old export stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        from cord.paths import write_failure
+
+        reason = write_failure(e)
+        if reason is None:
+            raise
+        from cord import CordError
+
+        raise CordError(f"cannot write the model to {directory}: {reason}; free space and rerun the same command "
+                        "(training resumes from its last checkpoint and exports again)") from None
     if directory.exists():
         shutil.rmtree(directory)
     os.replace(tmp, directory)

@@ -127,10 +127,14 @@ class QwenAudioAdapter:
         return "".join(parts)
 
     def audio_user_content(self) -> str:
-        return f"Audio 1: {self.audio_item}\n{self.instruction}".rstrip()
+        # as the checkpoint's chat template lays out [audio, text]: "Audio 1: <item>\n", then
+        # the text; without an instruction the newline stays before <|im_end|> (the template
+        # writes it after every audio item: VoiceBench's official prompt, the audio alone)
+        return f"Audio 1: {self.audio_item}\n" + self.instruction.rstrip()
 
     def text_user_content(self, question: str) -> str:
-        return f"{question}\n{self.instruction}".rstrip()
+        # without an instruction the question as it is (the template adds nothing to it)
+        return f"{question}\n{self.instruction}".rstrip() if self.instruction else question
 
     def _left_pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         return left_pad(seqs, self.pad_token_id)

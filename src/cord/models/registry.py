@@ -87,9 +87,25 @@ def family_loader(name: str) -> Callable[[Any], Any]:
     return loader
 
 
+def weights_error(name: str, e: BaseException) -> CordError:
+    """One line for a weights file safetensors cannot read (cut short by a full disk or an
+    interrupted copy, or not a safetensors file at all)."""
+    detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return CordError(f"cannot load model '{name}': a weights file is truncated or corrupt ({detail}); copy or "
+                     "export the model again")
+
+
 def load_adapter(cfg) -> Any:
-    """Build the adapter for ``cfg`` (a ModelConfig), with LoRA applied when configured."""
-    adapter = family_loader(cfg.family)(cfg)
+    """Build the adapter for ``cfg`` (a ModelConfig), with LoRA applied when configured.
+    Weights a family's own loader cannot read and a missing tokenizer are one line."""
+    try:
+        adapter = family_loader(cfg.family)(cfg)
+    except Exception as e:
+        if type(e).__name__ != "SafetensorError":
+            raise
+        raise weights_error(cfg.name_or_path, e) from None
+    if cfg.name_or_path != "tiny":
+        check_tokenizer(getattr(adapter, "tokenizer", None), cfg.name_or_path)
     local = os.path.expanduser(cfg.name_or_path)
     if cfg.name_or_path != "tiny" and is_lora_export(local):
         # an export of a LoRA run: base weights + adapter; with model.lora set, training
@@ -137,9 +153,41 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``model.device`` as a torch device; one line for a device this machine does not have
+    (``cuda`` without a CUDA build or GPU, ``cuda:3`` on a 2-GPU machine, ``mps`` off a Mac)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise CordError(f"model.device={name!r} is not a device name (use auto, cpu, cuda, cuda:N, mps or meta)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch is a CPU-only build" if torch.version.cuda is None
+                   else "torch sees no CUDA GPU on this machine")
+            raise CordError(f"model.device={name!r}, but {why}: use model.device=auto (or cpu), or install the CUDA "
+                            "build of torch that matches your driver")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise CordError(f"model.device={name!r}, but this machine has {count} CUDA GPU(s) (cuda:0 … cuda:{count - 1})")
+    elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise CordError(f"model.device={name!r}, but MPS is not available here: use model.device=auto (or cpu)")
+    return device
+
+
+def check_tokenizer(tokenizer, name: str) -> None:
+    """One line for a model folder without tokenizer files: transformers then builds an empty
+    tokenizer (one token), every prompt encodes to nothing, and the model fails far away
+    (an IndexError on a 0-length attention mask)."""
+    try:
+        n = len(tokenizer)
+    except TypeError:  # a tokenizer without a length: nothing to check
+        return
+    if n > 1:
+        return
+    raise CordError(f"model '{name}' has no tokenizer (its folder holds no tokenizer.json, vocab.json + merges.txt "
+                    "or tokenizer.model): copy the tokenizer files of its base model into it, or export it with "
+                    "save_pretrained of the model and its tokenizer")
 
 
 def apply_lora(model, lora_cfg, *, adapter):
@@ -246,11 +294,16 @@ def _load_hf(model_cls_name: str, cfg):
 
             tokenizer = AutoTokenizer.from_pretrained(name)
             feature_extractor = AutoFeatureExtractor.from_pretrained(name)
+        check_tokenizer(tokenizer, cfg.name_or_path)  # before the weights load
         model = from_pretrained_on(model_cls, name, device=device, dtype=dtype,
                                    attn_implementation=cfg.attn_implementation, **kwargs)
     except (HFValidationError, OSError, ValueError) as e:
         where = "" if os.path.exists(name) else " (and no local folder has that name)"
         raise CordError(f"cannot load model '{cfg.name_or_path}'{where}: {str(e).strip().splitlines()[0]}") from None
+    except Exception as e:
+        if type(e).__name__ != "SafetensorError":
+            raise
+        raise weights_error(cfg.name_or_path, e) from None
     model.eval()
     tokenizer.padding_side = "left"
     return model, tokenizer, feature_extractor

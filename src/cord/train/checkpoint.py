@@ -8,6 +8,8 @@ Layout of ``<output_dir>/checkpoints/step-00000012/``:
     rng.json                torch / numpy / python RNG states and this process's CUDA device's, as plain JSON
     trainer_state.json      step, bad steps, data position, method, world size, global batch,
                             run id, metrics of the last step
+    references.json         a frozen teacher's greedy reference answers, per process
+                            (read_references; absent for a live teacher)
     config.yaml             the config the run used
 
 A run folder holds one run. A fresh start in a folder that holds another run is refused
@@ -144,10 +146,12 @@ def save_checkpoint(
     config_yaml: str,
     keep_last: int,
     masters: dict[str, torch.Tensor] | None = None,
+    extra_json: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``step-<step>`` atomically, then delete this run's older checkpoints beyond the
     last ``keep_last`` (a run is ``state["run_id"]``; another run's checkpoint is never deleted).
-    ``masters``: fp32 master weights saved in place of their low-precision parameters."""
+    ``masters``: fp32 master weights saved in place of their low-precision parameters;
+    ``extra_json``: more files, name -> JSON data (the frozen teacher's references)."""
     root = Path(output_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:08d}"
@@ -163,6 +167,8 @@ def save_checkpoint(
     (tmp / "rng.json").write_text(json.dumps(rng_state()))
     (tmp / "config.yaml").write_text(config_yaml)
     (tmp / "trainer_state.json").write_text(json.dumps({**state, "format": FORMAT}, indent=1))
+    for name, data in (extra_json or {}).items():
+        (tmp / name).write_text(json.dumps(data, ensure_ascii=False))
     _publish(tmp, final, output_dir, state.get("run_id"), keep_last)
     return final
 
@@ -464,7 +470,8 @@ def plan_run(out: str | Path, cfg, *, resume: str | None = None, overwrite: bool
     """Decide how a run starts in ``out``, refusing (one line) whatever would mix two runs.
     No side effects, no model: call it before any heavy work.
 
-    ``resume``: None/"auto" (the latest checkpoint, if any), a checkpoint path, or "no"."""
+    ``resume``: None (the latest checkpoint, if any), "auto" (``--resume``: the latest
+    checkpoint, which must exist), a checkpoint path, or "no"."""
     out = Path(out)
     check_output_dir(out)
     present = run_artifacts(out) if out.is_dir() else []
@@ -499,6 +506,59 @@ def plan_run(out: str | Path, cfg, *, resume: str | None = None, overwrite: bool
     latest = latest_checkpoint(out)
     if latest is not None:
         return RunPlan(latest, False, check_config_change(latest, cfg, allow_config_change))
+    if resume == "auto":  # --resume asked for a checkpoint: starting from scratch is not what was asked
+        what = (f"{out} holds no checkpoint (the run there stopped before its first one, "
+                f"train.save_every={cfg.train.save_every})" if present else f"{out} holds no checkpoint")
+        raise CordError(f"--resume: {what}; drop --resume to start a fresh run there, or give "
+                        "--resume CHECKPOINT_DIR (a checkpoints/step-N folder)")
     if present:  # a run that stopped before its first checkpoint: restart it, if it is the same run
         check_config_change(out, cfg, allow_config_change)
     return RunPlan(None, False, [])
+
+
+# ------------------------------------------------------------------------- failed writes
+def disk_write_guard(save_fn):
+    """``save_fn`` (:func:`save_checkpoint` or :func:`save_sharded_checkpoint`) with a failed
+    write — a full disk, a read-only folder — turned into one line, after removing the
+    half-written temp folder; the checkpoints already published are untouched, and a rerun
+    resumes from the latest. Anything else propagates (after the same clean-up)."""
+    import functools
+
+    from cord.paths import write_failure
+
+    @functools.wraps(save_fn)
+    def guarded(output_dir, step, **kw):
+        try:
+            return save_fn(output_dir, step, **kw)
+        except Exception as e:
+            for tmp in (Path(output_dir) / "checkpoints").glob(f".tmp-{PREFIX}{step:08d}-*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+            reason = write_failure(e)
+            if reason is None:
+                raise
+            latest = latest_checkpoint(output_dir)
+            resume = f"it resumes from {latest.name}" if latest is not None else "no checkpoint was written yet"
+            raise CordError(f"cannot write checkpoint {PREFIX}{step:08d} in {Path(output_dir) / 'checkpoints'}: "
+                            f"{reason}; free space and rerun the same command ({resume})") from None
+
+    return guarded
+
+
+# --------------------------------------------------------------- the teacher's references
+REFERENCES = "references.json"
+
+
+def read_references(path: str | Path) -> list[dict[str, str]]:
+    """The frozen teacher's cached greedy answers saved in checkpoint ``path``, one
+    ``{example id: text}`` per process of the run that saved it; [] when there are none (a
+    checkpoint of an older cord, a live teacher) or the file is unreadable: the references
+    are then generated again, as they are the first time."""
+    f = Path(path) / REFERENCES
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    ranks = data.get("ranks") if isinstance(data, dict) else None
+    if not isinstance(ranks, list):
+        return []
+    return [{str(k): str(v) for k, v in r.items()} for r in ranks if isinstance(r, dict)]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 from cord import CordError
 from cord.config import load_config
@@ -20,6 +21,8 @@ def run(args) -> int:
     from cord.train.trainer import train
 
     summary = train(cfg, resume=resume, overwrite=overwrite, allow_config_change=allow)
+    if summary.get("rank", 0) != 0:  # under accelerate launch: one summary, from process 0
+        return 0
     if summary.get("moved_aside"):
         print(f"moved the previous run in {cfg.train.output_dir} to {summary['moved_aside']}")
     if summary["resumed_from"]:
@@ -28,7 +31,8 @@ def run(args) -> int:
         print(f"resumed with config changes (--allow-config-change): {'; '.join(summary['config_changes'])}")
     last = summary["last"]
     keys = ("loss", "kl_mean", "reward_mean", "completion_len")
-    shown = ", ".join(f"{k}={last[k]:.4g}" for k in keys if isinstance(last.get(k), float))
+    shown = ", ".join(f"{k}={last[k]:.4g}" for k in keys  # a metric the method lacks is NaN: not shown
+                      if isinstance(last.get(k), float) and math.isfinite(last[k]))
     print(f"trained to step {summary['step']} ({cfg.objective.method}); {shown}")
     print(f"checkpoint: {summary['checkpoint']}; model: {cfg.train.output_dir}/model; "
           f"metrics: {cfg.train.output_dir}/metrics.jsonl")

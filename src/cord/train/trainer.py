@@ -29,7 +29,9 @@ from cord.models import load_adapter
 from cord.models.base import module_map_of, part_of
 from cord.rollout import make_engine
 from cord.train.checkpoint import (
+    REFERENCES,
     check_config_change,
+    disk_write_guard,
     latest_checkpoint,
     load_checkpoint,
     move_run_aside,
@@ -281,7 +283,7 @@ class Trainer:
         if path is None:
             return None
         state = read_state(path)
-        check_config_change(path, self.cfg, allow_config_change)
+        changed = check_config_change(path, self.cfg, allow_config_change)
         method, saved_method = self.cfg.objective.method, state.get("method")
         if saved_method is not None and saved_method != method and not allow_config_change:
             raise CordError(f"{path} was trained with method {saved_method!r}, this run is {method!r}: "
@@ -316,7 +318,44 @@ class Trainer:
         self.step = int(state["step"])
         self.bad_steps = int(state.get("bad_steps", 0))
         self.run_id = state.get("run_id") or uuid.uuid4().hex
+        if not changed:  # another model or data (--allow-config-change): the references are redone
+            self._restore_references(path)
         return path
+
+    # ------------------------------------------------------------ the teacher's references
+    def _caches_references(self) -> bool:
+        return not self.sharded and self.ctx.teacher.static and self.ctx.cache_references
+
+    def _gather_references(self) -> dict[str, Any] | None:
+        """Every process's cache of the frozen teacher's greedy references (one per process:
+        each caches the examples it saw), for the checkpoint; None when nothing is cached.
+        Under several processes a collective: every process calls it (from :meth:`save`).
+
+        Why they are saved: without them a resumed run generates them again, for examples
+        first seen before the checkpoint, in other batches — other padding, so not always the
+        same greedy tokens where two logits nearly tie — and spends the generation again; the
+        uninterrupted run used the answers cached the first time."""
+        if not self._caches_references():
+            return None
+        caches = [dict(self.ctx.reference_cache)]
+        if self.world > 1:
+            import torch.distributed as dist
+
+            caches = [None] * self.world
+            dist.all_gather_object(caches, dict(self.ctx.reference_cache))
+        return {"format": 1, "ranks": caches}
+
+    def _restore_references(self, path: Path) -> None:
+        """The cache as the checkpoint's run had it: this process's own with the same number
+        of processes, else the union of all (any of them is the frozen teacher's answer)."""
+        from cord.train.checkpoint import read_references
+
+        ranks = read_references(path)
+        if not ranks or not self._caches_references():
+            return
+        mine = ranks[self.rank] if len(ranks) == self.world else {k: v for r in ranks for k, v in r.items()}
+        self.ctx.reference_cache.clear()
+        self.ctx.reference_cache.update(mine)
 
     def _run_id(self) -> str:
         """This run's id: new for a fresh run, the checkpoint's for a resumed one (keep_last
@@ -328,6 +367,7 @@ class Trainer:
     def save(self) -> Path | None:
         """Every process calls it; unsharded, process 0 writes everything, sharded
         (train.sharding=fsdp), every process writes its shards (torch.distributed.checkpoint)."""
+        references = self._gather_references()  # a collective under several processes
         if self.rank != 0 and not self.sharded:
             return None
         save = save_checkpoint
@@ -335,6 +375,7 @@ class Trainer:
             from cord.train.checkpoint import save_sharded_checkpoint
 
             save = save_sharded_checkpoint
+        save = disk_write_guard(save)  # a full disk: one line, no temp folder left
         return save(
             self.out, self.step, model=self.adapter.model, optimizer=self.optimizer, scheduler=self.scheduler,
             state={"step": self.step, "bad_steps": self.bad_steps, "data_position": self.step * self.global_batch,
@@ -342,6 +383,7 @@ class Trainer:
                    "method": self.cfg.objective.method, "run_id": self._run_id()},
             config_yaml=dump_config(self.cfg), keep_last=self.cfg.train.keep_last,
             **({"masters": self.master.by_name(self.adapter.model)} if self.master else {}),
+            **({"extra_json": {REFERENCES: references}} if references is not None else {}),
         )
 
     @property
@@ -528,9 +570,7 @@ class Trainer:
                                 if isinstance(v, (int, float)) and math.isfinite(float(v)):
                                     writer.add_scalar(f"train/{k}", float(v), self.step)
                     bar.update(1)
-                    bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4g}",
-                                    kl=f"{last.get('kl_mean', float('nan')):.3g}",
-                                    reward=f"{last.get('reward_mean', float('nan')):.2f}")
+                    bar.set_postfix(progress_postfix(last))
                 if self.step % cfg.train.save_every == 0 and self.step < cfg.train.max_steps:
                     self.save()
             ckpt = self.save()
@@ -574,6 +614,17 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
 
+def progress_postfix(metrics: Mapping[str, Any]) -> dict[str, str]:
+    """The progress bar's loss, kl and reward: only those the method has (sft has no KL and
+    no reward: they are NaN there, and showed as ``kl=nan, reward=nan``)."""
+    shown = {}
+    for label, key, fmt in (("loss", "loss", ".4g"), ("kl", "kl_mean", ".3g"), ("reward", "reward_mean", ".2f")):
+        value = metrics.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            shown[label] = format(value, fmt)
+    return shown
+
+
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in d.items():
@@ -615,5 +666,25 @@ def train(cfg: CordConfig, resume: str | None = None, export: bool = True, overw
     """Train with ``cfg``; resumes from the output dir's latest checkpoint unless resume="no".
     The run folder is checked (:func:`plan_run`) before the data or the model loads."""
     plan_run(cfg.train.output_dir, cfg, resume=resume, overwrite=overwrite, allow_config_change=allow_config_change)
-    return Trainer(cfg).fit(resume=resume, export=export, overwrite=overwrite,
-                            allow_config_change=allow_config_change)
+    with run_lock(cfg.train.output_dir):  # before the model loads: a second process stops at once
+        trainer = Trainer(cfg)
+        summary = trainer.fit(resume=resume, export=export, overwrite=overwrite,
+                              allow_config_change=allow_config_change)
+    return {**summary, "rank": trainer.rank}  # the CLI prints the summary on rank 0 only
+
+
+def run_lock(output_dir: str | Path):
+    """The run folder's lock (cord.locking.folder_lock, as ``cord synth`` takes on its folder):
+    a second ``cord train`` on the same train.output_dir is refused with one line naming the
+    first one's pid; a lock left by a killed run does not block. Under ``accelerate launch``
+    only process 0 (``RANK`` 0) takes it: the processes of one run share the folder by design."""
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        return contextlib.nullcontext()
+    from cord.locking import folder_lock
+
+    out = Path(output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CordError(f"train.output_dir {out}: cannot create it ({e.strerror or e})") from None
+    return folder_lock(out, "train", "wait for it to finish, or choose another train.output_dir")
