@@ -17,6 +17,18 @@ first, so memory the other one frees cannot lower its number.
 
 Last stdout line: JSON with group_rollout_time_ratio and rollout_peak_extra_mem_ratio (new ÷
 old; targets ≤ 0.6 and ≤ 0.3) and the raw numbers.
+
+``--engine vllm`` (run it in the vLLM lane's environment, ``.venv-vllm``) compares cord's ``hf``
+engine with its ``vllm`` engine instead, in the same process, as a training step uses them:
+the model carries the 7B presets' LoRA (r 64 on q/k/v/o/gate/up/down), the LoRA weights are
+changed before every timed call as an optimizer step would, and the vllm row includes the
+weight sync that follows (merged LoRA modules pushed into the engine). Prompts of unequal
+length (``--prompts 8``: clips of 2–30 s) and ``--new-tokens`` new tokens per row keep the
+work the same for both (random weights over a 156k vocabulary almost never draw the
+end-of-sequence token; the tokens each engine produced are reported). Median of
+``--repeats`` timed calls after a warm-up; model build and engine start excluded (reported).
+
+    .venv-vllm/bin/python benchmarks/bench_rollout.py --engine vllm --dtype bfloat16 --prompts 8
 """
 
 from __future__ import annotations
@@ -132,7 +144,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--encoder-layers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--temperature", type=float, default=1.5)
+    ap.add_argument("--engine", choices=["hf-generate", "vllm"], default="hf-generate",
+                    help="what the hf engine is compared with (vllm: see the module docstring)")
+    ap.add_argument("--repeats", type=int, default=2, help="timed calls per engine (--engine vllm)")
     args = ap.parse_args(argv)
+    if args.engine == "vllm":
+        return compare_vllm(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
@@ -171,6 +188,82 @@ def main(argv: list[str] | None = None) -> dict:
     for name in ("new", "old"):
         r = res[name]
         print(f"{name:>3}: {r['seconds']:7.1f} s  peak extra {r['peak_extra_mb']:8.0f} MB  tokens {r['tokens']}", flush=True)
+    print(json.dumps(report))
+    return report
+
+
+def _examples(prompts: int, seconds: float, spread: bool) -> list[PairedExample]:
+    """``prompts`` clips of ``seconds`` (``spread``: from 2 s up to ``seconds``, unequal prompts)."""
+    rng = np.random.default_rng(0)
+    lengths = np.linspace(2.0, seconds, prompts) if spread and prompts > 1 else [seconds] * prompts
+    return [PairedExample(f"p{i}", "What is 3 + 4?", (0.1 * rng.standard_normal(int(16000 * s))).astype(np.float32))
+            for i, s in enumerate(lengths)]
+
+
+def compare_vllm(args) -> dict:
+    """The hf engine vs the vllm engine (weight sync included), side by side in one process."""
+    import statistics
+
+    from peft import LoraConfig, get_peft_model
+
+    from cord.config import VLLMSettings
+    from cord.rollout.vllm_engine import VLLMEngine
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    t0 = time.perf_counter()
+    adapter = build_full_width_qwen2_audio(args.decoder_layers, args.encoder_layers, dtype)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    adapter.model = get_peft_model(adapter.model, LoraConfig(
+        r=64, lora_alpha=128, lora_dropout=0.0,
+        target_modules=rf"model\.language_model\.layers\.\d+\..*\.(?:{'|'.join(targets)})"))
+    lora = [p for n, p in adapter.model.named_parameters() if "lora_B" in n]
+    build_s = time.perf_counter() - t0
+    prompts = adapter.audio_prompts(_examples(args.prompts, args.seconds, spread=True))
+    threads = torch.get_num_threads()
+    t0 = time.perf_counter()
+    engines = {"hf": HFEngine(adapter, batch_size=args.prompts * args.n),
+               "vllm": VLLMEngine(adapter, batch_size=args.prompts * args.n,
+                                  settings=VLLMSettings(max_model_len=4096, cpu_kv_cache_gb=4.0))}
+    short = adapter.text_prompts([PairedExample("w", "hi", None)])
+    for e in engines.values():  # warm-up (and the vllm engine's start: its whole-model push)
+        e.generate(short, n=2, temperature=1.0, max_new_tokens=2, seed=0)
+    start_s = time.perf_counter() - t0
+    torch.set_num_threads(threads)  # vLLM may have changed it
+    kw = dict(n=args.n, temperature=args.temperature, max_new_tokens=args.new_tokens)
+    res: dict = {name: {"seconds": [], "sync_seconds": []} for name in engines}
+    step = 0
+    for rep in range(args.repeats):
+        for name, engine in engines.items():
+            step += 1
+            with torch.no_grad():  # an optimizer step's change of every LoRA matrix
+                for p in lora:
+                    p.add_(torch.randn_like(p) * 1e-3)
+            t0 = time.perf_counter()
+            engine.sync_weights(step)
+            sync_s = time.perf_counter() - t0
+            out = engine.generate(prompts, seed=rep, **kw)
+            res[name]["seconds"].append(time.perf_counter() - t0)
+            res[name]["sync_seconds"].append(sync_s)
+            res[name]["tokens"] = int(out.mask.sum())
+    for r in res.values():
+        r["median_s"] = statistics.median(r["seconds"])
+        r["tokens_per_s"] = r["tokens"] / r["median_s"]
+        r["median_sync_s"] = statistics.median(r["sync_seconds"])
+    report = {
+        "vllm_speedup": res["hf"]["median_s"] / res["vllm"]["median_s"],
+        "hf": res["hf"], "vllm": res["vllm"],
+        "prompt_tokens": [int(m.sum()) for m in prompts.attention_mask], "n": args.n, "prompts": args.prompts,
+        "new_tokens": args.new_tokens, "dtype": args.dtype, "decoder_layers": args.decoder_layers,
+        "encoder_layers": args.encoder_layers, "build_s": build_s, "engines_start_s": start_s,
+        "torch_threads": threads, "cpu": platform.processor() or platform.machine(),
+        "load_average": os.getloadavg(), "torch": torch.__version__,
+    }
+    for name, r in res.items():
+        print(f"{name:>4}: {r['median_s']:7.1f} s (sync {r['median_sync_s']:.2f} s)  {r['tokens_per_s']:6.1f} tok/s",
+              flush=True)
+    engines["vllm"].close()
     print(json.dumps(report))
     return report
 

@@ -21,6 +21,10 @@ Checks, in order (each ``pass``, ``fail: why`` or ``skipped: why``):
                   (fp32 master weights)
 ``ddp``           two processes (NCCL with 2+ GPUs, else gloo) apply one process's update on the
                   same global batch
+``vllm``          (when vLLM is installed) the ``vllm`` rollout engine on the tiny Qwen2-Audio: greedy
+                  equal to the ``hf`` engine's; on a GPU also sleep mode (memory released
+                  between rollouts, the same tokens after waking) and a 7B-width group's
+                  rollout tokens/s next to the ``hf`` engine's
 ``sevenb``        Qwen2-Audio-7B's architecture (random bf16 weights, no download) through the
                   presets ``configs/qwen2-audio-7b/<method>.yaml`` at 8 prompts per micro-batch:
                   per-phase seconds, rollout and student tokens/s, peak allocated and reserved GiB;
@@ -55,7 +59,7 @@ METHODS = ["cord", "sft", "forward_kl", "opd", "opd_weighted", "grpo", "grpo_opd
 #: the 7B rows run by default: the four memory shapes (cord ~ grpo_opd, opd ~ opd_weighted ~ forward_kl)
 DEFAULT_7B = ["cord", "grpo", "opd", "sft"]
 FAMILIES = ["qwen2-audio", "qwen2.5-omni", "qwen3-omni", "voxtral", "gemma3n", "step-audio2", "mini"]
-CHECKS = ["versions", "kernels", "rng_restore", "fsdp_single", "families", "projector_bf16", "ddp", "sevenb"]
+CHECKS = ["versions", "kernels", "rng_restore", "fsdp_single", "families", "projector_bf16", "ddp", "sevenb", "vllm"]
 FAMILY_7B = "gpu-check-qwen2-audio"
 TINY = ROOT / "configs" / "tiny" / "cord.yaml"
 
@@ -586,6 +590,45 @@ def check_sevenb(run: Run, methods: list[str], cord_steps: int, prompts: int, ne
     return report
 
 
+def check_vllm(run: Run) -> dict:
+    import torch
+
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        raise Skip("vLLM is not installed (GPU: pip install vllm; CPU: bash scripts/setup.sh --vllm)") from None
+    from cord.config import ModelConfig, RolloutConfig, VLLMSettings
+    from cord.models import load_adapter
+    from cord.rollout.engine import HFEngine
+    from cord.rollout.vllm_engine import VLLMEngine
+    from cord.train.trainer import resolve_data
+    from cord.data.paired import load_paired
+
+    adapter = load_adapter(ModelConfig(family="qwen2-audio", name_or_path="tiny", dtype=run.dtype, device=run.device))
+    with torch.no_grad():
+        adapter.lm_head().weight.mul_(8.0)
+    free0 = torch.cuda.mem_get_info()[0] if run.cuda else 0
+    engine = VLLMEngine(adapter, settings=VLLMSettings(gpu_memory_utilization=0.1, sleep=True))
+    prompts = adapter.audio_prompts(load_paired(resolve_data("builtin:tiny-arith"), limit=3))
+    got = engine.generate(prompts, n=2, greedy=True, max_new_tokens=12)
+    ref = HFEngine(adapter).generate(prompts, n=2, greedy=True, max_new_tokens=12)
+    out: dict = {"greedy_equal": bool(torch.equal(got.ids, ref.ids))}
+    if run.cuda:  # bf16: a near-tie may flip one token; report the agreement instead of failing on it
+        out["greedy_token_agreement"] = float((got.ids == ref.ids).float().mean())
+        held = (free0 - torch.cuda.mem_get_info()[0]) / 2**30  # what the sleeping engine still holds
+        expect(engine._asleep, "the engine did not go to sleep after its rollout call")
+        expect(held < 1.0, f"the sleeping engine still holds {held:.1f} GiB of GPU memory")
+        again = engine.generate(prompts, n=2, greedy=True, max_new_tokens=12)
+        expect(torch.equal(again.ids, got.ids), "after sleep / wake_up the engine generated other tokens")
+        out["asleep_held_gib"] = round(held, 2)
+    else:
+        expect(out["greedy_equal"], "vllm engine's greedy tokens differ from the hf engine's (fp32)")
+    engine.close()
+    del engine, adapter
+    run.free()
+    return out
+
+
 def _why(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"[:400]
@@ -633,6 +676,7 @@ def run(argv: list[str] | None = None) -> dict:
         "projector_bf16": lambda: check_projector_bf16(run_),
         "ddp": lambda: check_ddp(run_),
         "sevenb": lambda: check_sevenb(run_, methods, args.cord_steps, prompts, args.new_tokens, args.seconds),
+        "vllm": lambda: check_vllm(run_),
     }
     report: dict = {"mode": "cpu-smoke" if smoke else "gpu", "checks": {}, "seconds": {}}
     for name in CHECKS:

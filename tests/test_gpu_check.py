@@ -32,6 +32,7 @@ def test_cpu_smoke_passes_every_check_that_does_not_need_cuda(tmp_path, capsys):
     checks = report["checks"]
     assert list(checks) == mod.CHECKS
     assert checks.pop("rng_restore").startswith("skipped: needs CUDA")
+    assert checks.pop("vllm").startswith("skipped: vLLM is not installed")  # the main suite's venv
     assert set(checks.values()) == {"pass"}, checks
     assert not dist.is_initialized()  # the one-process FSDP check ended the group it started
     assert report["kernels"]["kl_max_abs_err"] < 1e-4

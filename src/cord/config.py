@@ -61,6 +61,25 @@ class DataConfig(_Section):
     shuffle: bool = True
 
 
+class VLLMSettings(_Section):
+    """``rollout.engine: vllm``: a vLLM engine colocated with the trainer in each process
+    (cord.rollout.vllm_engine); tensor parallel size 1 per process."""
+
+    #: GPU: the share of the GPU's memory vLLM may take for its weights and KV cache (the
+    #: trainer holds the rest: keep it low next to a 7B policy, e.g. 0.3 on 80 GB)
+    gpu_memory_utilization: float = Field(0.3, gt=0, lt=1)
+    #: CPU: the KV cache's size in GiB (vLLM's CPU backend sizes it explicitly)
+    cpu_kv_cache_gb: float = Field(1.0, gt=0)
+    #: longest prompt + completion, in tokens (None: 4096, enough for 30 s of audio, the prompt
+    #: and 1000 new tokens); a longer request is refused by vLLM
+    max_model_len: int | None = Field(None, ge=64)
+    #: GPU only: release vLLM's weights and KV cache between rollout phases (sleep / wake_up),
+    #: so training gets the memory back
+    sleep: bool = True
+    #: eager execution (no CUDA graphs / torch.compile: faster to start, slower per token)
+    enforce_eager: bool = True
+
+
 class RolloutConfig(_Section):
     """On-policy sampling from the audio prompt."""
 
@@ -82,9 +101,12 @@ class RolloutConfig(_Section):
     batch_size: int = Field(64, ge=1)
     #: rollout engine (cord.rollout.make_engine): "hf" encodes and prefills each prompt once
     #: and samples n rows from its repeated KV cache; "hf-generate" runs transformers generate
-    #: on the prompt repeated n times (reference / fallback). Both sample purely: no top-k or
-    #: other setting from the checkpoint's generation_config, only top_p above.
-    engine: Literal["hf", "hf-generate"] = "hf"
+    #: on the prompt repeated n times (reference / fallback); "vllm" samples with a vLLM engine
+    #: in the same process, its weights synced after every optimizer step (rollout.vllm). All
+    #: sample purely: no top-k or other setting from the checkpoint's generation_config, only
+    #: top_p above.
+    engine: Literal["hf", "hf-generate", "vllm"] = "hf"
+    vllm: VLLMSettings = Field(default_factory=VLLMSettings)
 
 
 def method_names() -> list[str]:

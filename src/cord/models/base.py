@@ -40,6 +40,10 @@ class PromptBatch:
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
     keep: list[int] = field(default_factory=list)
     group: int = 1
+    #: the 16 kHz mono float32 waveform of each row, after the long-audio policy (what the
+    #: features were computed from), for engines that encode audio themselves (vLLM); None
+    #: for text prompts and adapters that do not record it
+    audio: list[Any] | None = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -52,6 +56,7 @@ class PromptBatch:
             {k: v.to(device) for k, v in self.extra.items()},
             list(self.keep),
             self.group,
+            self.audio,
         )
 
     def select(self, rows: list[int] | torch.Tensor) -> "PromptBatch":
@@ -59,7 +64,8 @@ class PromptBatch:
         idx = torch.as_tensor(rows, dtype=torch.long, device=self.input_ids.device)
         extra = {k: v.index_select(0, idx.to(v.device)) for k, v in self.extra.items()}
         keep = [self.keep[i] for i in idx.tolist()] if self.keep else []
-        return PromptBatch(self.input_ids[idx], self.attention_mask[idx], self.modality, extra, keep)
+        audio = [self.audio[i] for i in idx.tolist()] if self.audio is not None else None
+        return PromptBatch(self.input_ids[idx], self.attention_mask[idx], self.modality, extra, keep, audio=audio)
 
     def repeat_interleave(self, n: int) -> "PromptBatch":
         """Each row repeated ``n`` times in place: rows b*n .. b*n+n-1 come from row b (the

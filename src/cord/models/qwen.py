@@ -187,7 +187,7 @@ class QwenAudioAdapter:
                 seq.extend([tid] * count if tid == self.audio_token_id else [tid])
             seqs.append(seq)
         ids, mask = self._left_pad(seqs)
-        return PromptBatch(ids, mask, "audio", extra, keep)
+        return PromptBatch(ids, mask, "audio", extra, keep, audio=list(arrays))
 
     # ----------------------------------------------------------------- hidden
     def _decoder_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, extra: dict) -> torch.Tensor:

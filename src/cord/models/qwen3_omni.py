@@ -125,18 +125,18 @@ def build_tiny_qwen3_omni_thinker(seed: int = 0, device: str | torch.device = "c
     ids = tokenizer.convert_tokens_to_ids
     config = Qwen3OmniMoeThinkerConfig(
         audio_config=dict(
-            d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64, num_mel_bins=128,
-            output_dim=32, n_window=50, n_window_infer=800, downsample_hidden_size=16,
+            d_model=64, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64, num_mel_bins=128,
+            output_dim=64, n_window=50, n_window_infer=800, downsample_hidden_size=16,
         ),
         vision_config=dict(
-            depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
+            depth=1, hidden_size=64, intermediate_size=64, num_heads=2, out_hidden_size=64,
             deepstack_visual_indexes=[0], num_position_embeddings=16,
         ),
         text_config=dict(
-            vocab_size=_vocab_size(tokenizer), hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
-            num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+            vocab_size=_vocab_size(tokenizer), hidden_size=64, intermediate_size=64, moe_intermediate_size=16,
+            num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
             num_experts=4, num_experts_per_tok=2, mlp_only_layers=list(mlp_only_layers),
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3],
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6],
                              "mrope_interleaved": True},
             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         ),

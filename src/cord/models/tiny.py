@@ -57,7 +57,7 @@ def build_tiny_qwen2_audio(seed: int = 0, device: str | torch.device = "cpu"):
     tokenizer = build_byte_tokenizer()
     audio_id = tokenizer.convert_tokens_to_ids("<|AUDIO|>")
     config = Qwen2AudioConfig(
-        audio_config=dict(d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64, num_mel_bins=128),
+        audio_config=dict(d_model=64, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64, num_mel_bins=128),
         text_config=_text_config(tokenizer, model_type="qwen2"),
         audio_token_index=audio_id,
     )
@@ -69,10 +69,11 @@ def build_tiny_qwen2_audio(seed: int = 0, device: str | torch.device = "cpu"):
 
 
 def _text_config(tokenizer, **extra) -> dict:
-    """The toy decoder both tiny families share: 2 layers, width 32, GQA 2:1."""
+    """The toy decoder both tiny families share: 2 layers, width 64, 2 heads of 32 (vLLM's CPU
+    attention needs heads of at least 32: the vLLM engine's tests run these models), GQA 2:1."""
     return dict(
         vocab_size=_vocab_size(tokenizer),
-        hidden_size=32,
+        hidden_size=64,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=2,
@@ -92,24 +93,24 @@ def build_tiny_qwen2_5_omni_thinker(seed: int = 0, device: str | torch.device = 
     ids = tokenizer.convert_tokens_to_ids
     config = Qwen2_5OmniThinkerConfig(
         audio_config=dict(
-            d_model=32,
+            d_model=64,
             encoder_layers=1,
             encoder_attention_heads=2,
             encoder_ffn_dim=64,
             num_mel_bins=128,
-            output_dim=32,
+            output_dim=64,
             n_window=50,
         ),
         vision_config=dict(
             depth=1,
-            hidden_size=32,
+            hidden_size=64,
             intermediate_size=64,
             num_heads=2,
-            out_hidden_size=32,
+            out_hidden_size=64,
             fullatt_block_indexes=[0],
         ),
         text_config=_text_config(
-            tokenizer, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
+            tokenizer, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]}
         ),
         audio_token_index=ids("<|AUDIO|>"),
         image_token_index=ids("<|IMAGE|>"),

@@ -84,6 +84,10 @@ class Engine(Protocol):
 class _EngineBase:
     """Seeding, eval mode, assembling and cutting rollouts: shared by the HF engines."""
 
+    #: True: samples with the training model itself, so it sees whatever that model is at call
+    #: time (e.g. the frozen teacher: the same model with its LoRA adapter disabled)
+    reads_model_weights = True
+
     def __init__(self, adapter, *, stop_strings: Sequence[str] = (), batch_size: int = 64) -> None:
         self.adapter = adapter
         self.stop_strings = list(stop_strings)
@@ -292,8 +296,14 @@ def decode_loop(
     return torch.stack(tokens, dim=1), torch.stack(logps, dim=1)
 
 
-#: ``rollout.engine`` → engine class
-ENGINES: dict[str, type] = {"hf": HFEngine, "hf-generate": GenerateEngine}
+def _vllm_engine(adapter, **kwargs):
+    from cord.rollout.vllm_engine import VLLMEngine
+
+    return VLLMEngine(adapter, **kwargs)
+
+
+#: ``rollout.engine`` → engine class (or factory)
+ENGINES: dict[str, Any] = {"hf": HFEngine, "hf-generate": GenerateEngine, "vllm": _vllm_engine}
 
 
 def make_engine(adapter, cfg, *, batch_size: int | None = None, stop_strings: Sequence[str] | None = None) -> Engine:
@@ -303,8 +313,10 @@ def make_engine(adapter, cfg, *, batch_size: int | None = None, stop_strings: Se
     name = getattr(ro, "engine", "hf")
     if name not in ENGINES:
         raise CordError(f"unknown rollout.engine {name!r} (one of {', '.join(ENGINES)})")
+    extra = {"settings": getattr(ro, "vllm", None)} if name == "vllm" else {}
     return ENGINES[name](
         adapter,
         stop_strings=list(ro.stop_strings) if stop_strings is None else list(stop_strings),
         batch_size=ro.batch_size if batch_size is None else batch_size,
+        **extra,
     )

@@ -143,11 +143,23 @@ class StepContext:
     cache_references: bool = True
 
     def engine_for(self, t_adapter) -> Any:
-        """The rollout engine of ``t_adapter``: the policy's own, or one made for a teacher copy."""
-        if t_adapter is self.adapter:
+        """The rollout engine of ``t_adapter``: the policy's own when it samples with the model as
+        it is at call time (the teacher may be that model with its LoRA adapter disabled), else
+        an ``hf`` engine — made for a teacher copy, or when the policy's engine holds its own
+        copy of the policy's weights (vLLM), which are not the frozen teacher's."""
+        if t_adapter is self.adapter and (getattr(self.engine, "reads_model_weights", True)
+                                          or self.teacher.kind == "live"):
             return self.engine
-        engine = make_engine(t_adapter, self.cfg)
+        ro = self.cfg.rollout
+        local = ro if ro.engine != "vllm" else ro.model_copy(update={"engine": "hf"})
+        if t_adapter is self.adapter:
+            if self._teacher_engine is None:
+                self._teacher_engine = make_engine(t_adapter, local)
+            return self._teacher_engine
+        engine = make_engine(t_adapter, local)
         return engine if self.wrap_engine is None else self.wrap_engine(engine)
+
+    _teacher_engine: Any = None
 
     def rewards(self, candidates: list[str], references: list[str], questions: list[str]) -> torch.Tensor:
         """(R,) float32 rewards on the CPU (the caller moves them to the device)."""
