@@ -160,7 +160,12 @@ class VLLMEngine(_EngineBase):
         if self.on_gpu:
             kwargs.update(gpu_memory_utilization=s.gpu_memory_utilization, enable_sleep_mode=s.sleep)
         else:
-            kwargs.update(kv_cache_memory_bytes=int(s.cpu_kv_cache_gb * 2**30))
+            # whole prompts per scheduling step: vLLM discards the token sampled after a partial
+            # (chunked) prefill and rewinds that request's seeded generator, which a CPU
+            # generator cannot do ("CPU Generator does not use offset")
+            length = s.max_model_len or 4096
+            kwargs.update(kv_cache_memory_bytes=int(s.cpu_kv_cache_gb * 2**30), enable_chunked_prefill=False,
+                          max_num_batched_tokens=max(length, 8192))
         with _rng_kept():
             self.llm = vllm.LLM(**kwargs)
         self._push(self._weights(everything=True))
