@@ -254,9 +254,9 @@ def register(arch: str, decoder_layers: int, encoder_layers: int, dtype: torch.d
 def synthetic_engine_class():
     """An engine with the HF engines' interface whose completions are random tokens (letters and
     digits of the byte vocabulary), every row ``max_new_tokens`` long, no EOS."""
-    from cord.rollout.engine import _EngineBase
+    from cord.rollout.base import EngineBase
 
-    class SyntheticEngine(_EngineBase):
+    class SyntheticEngine(EngineBase):
         def _sample(self, prompts, n, temperature, top_p, max_new_tokens, greedy):
             tok = self.adapter.tokenizer
             pool = torch.tensor(tok.convert_tokens_to_ids(list("abcdefghijklmnopqrstuvwxyz0123456789")))

@@ -157,10 +157,10 @@ def test_method_and_judge_names_come_from_their_registries(monkeypatch):
     """One place defines each list: a method added to METHODS, a judge kind added to the
     judge registry, is accepted by the config with no second edit; one removed is refused."""
     import cord.judges.api as judges_api
-    from cord.train import methods
+    from cord import types as methods
 
     monkeypatch.setitem(methods.METHODS, "my_method", methods.MethodSpec("reverse_kl", False, False))
-    monkeypatch.setattr(judges_api, "JUDGE_KINDS", (*judges_api.JUDGE_KINDS, "my-judge"))
+    monkeypatch.setitem(judges_api._REGISTERED, "my-judge", lambda c, r, ctx: None)
     cfg = load_config(None, ["objective.method=my_method", "judge.kind=my-judge"])
     assert (cfg.objective.method, cfg.judge.kind) == ("my_method", "my-judge")
     for kind in judges_api.JUDGE_KINDS:  # every registered kind, e.g. ones added by eval modules
@@ -169,7 +169,8 @@ def test_method_and_judge_names_come_from_their_registries(monkeypatch):
     monkeypatch.delitem(methods.METHODS, "opd")
     with pytest.raises(CordError, match="unknown method 'opd'"):
         load_config(None, ["objective.method=opd"])
-    monkeypatch.setattr(judges_api, "JUDGE_KINDS", ("math",))
+    monkeypatch.setattr(judges_api, "_CORE_KINDS", ("math",))
+    monkeypatch.setattr(judges_api, "_REGISTERED", {})
     with pytest.raises(CordError, match=r"unknown judge kind 'mcq' .*\(one of math\)"):
         load_config(None, ["judge.kind=mcq"])
 
@@ -187,7 +188,7 @@ def test_loading_a_config_does_not_import_torch():
 
 
 def test_every_family_has_all_seven_methods():
-    from cord.train.methods import METHODS
+    from cord.types import METHODS
 
     for family in ("tiny", "qwen2-audio-7b", "qwen2.5-omni-7b"):
         names = {p.stem for p in (ROOT / "configs" / family).glob("*.yaml") if not p.stem.endswith("_full")}

@@ -12,7 +12,7 @@ from scipy import stats
 from cord import CordError
 from cord.config import ModelConfig, RolloutConfig
 from cord.models import load_adapter
-from cord.models.base import PromptBatch
+from cord.types import PromptBatch
 from cord.rollout import GenerateEngine, HFEngine, make_engine
 from cord.rollout.sampling import sampling_logits
 from tests.conftest import make_examples
@@ -403,3 +403,24 @@ def test_teacher_generations_bypass_an_engine_that_holds_its_own_weights(tmp_pat
     assert live.engine_for(adapter) is own
     hf = HFEngine(adapter)
     assert StepContext(cfg, adapter, hf, Teacher(adapter, "frozen", text_path_trains=True)).engine_for(adapter) is hf
+
+
+def test_a_frozen_teacher_copy_gets_one_engine_for_the_run(tmp_path):
+    """A full fine-tuning run keeps a frozen copy of the model as its teacher: its engine is
+    built on the first reference call and reused (not one engine per call), wrapped once."""
+    from cord.config import load_config
+    from cord.train.step import StepContext, Teacher
+
+    cfg = load_config(None, ["model.family=qwen2-audio", "model.name_or_path=tiny", "model.device=cpu",
+                             "model.dtype=float32", "model.lora=null", f"train.output_dir={tmp_path}"])
+    adapter = load_adapter(cfg.model)
+    teacher = Teacher(adapter, "frozen", text_path_trains=True)
+    assert teacher.kind == "frozen-copy"
+    ctx = StepContext(cfg, adapter, HFEngine(adapter), teacher)
+    wrapped = []
+    ctx.wrap_engine = lambda engine: wrapped.append(engine) or engine
+    with teacher.scope() as t_adapter:
+        first = ctx.engine_for(t_adapter)
+        assert t_adapter is not adapter and first.adapter is t_adapter
+        assert ctx.engine_for(t_adapter) is first and ctx.engine_for(t_adapter) is first
+    assert wrapped == [first]

@@ -123,3 +123,53 @@ def test_long_degenerate_responses_stay_linear():
     for text in ("\\boxed{" * 5_000, "answer is " * 5_000, "A " * 5_000, "option " * 5_000 + "B"):
         for kind, ctx in _KINDS:
             assert judge(text, "1", kind, **ctx).score in (0, 1)
+
+
+def test_make_reward_fn_scores_like_the_judge_and_builds_its_client_once(monkeypatch):
+    """GRPO's reward comes from one place: 1.0/0.0 as judge_batch scores, the question passed
+    to model judges, an LLM judge's client built on the first call and kept."""
+    from types import SimpleNamespace
+
+    from cord.judges import judge_batch, make_reward_fn
+    from cord.judges import llm as llm_mod
+
+    math = make_reward_fn(SimpleNamespace(kind="math"))
+    cands, refs = ["so the answer is 7", "it is 8", "no idea"], ["7", "7", "7"]
+    assert math(cands, refs, ["q"] * 3) == [float(r.score) for r in judge_batch(cands, refs, "math")] == [1.0, 0.0, 0.0]
+
+    built, seen = [], []
+
+    class Client(llm_mod.LLMJudge):
+        def __init__(self):  # no server
+            pass
+
+        def agree_batch(self, questions, candidates, references):
+            seen.extend(questions)
+            return [llm_mod.Verdict(c == r, "") for c, r in zip(candidates, references)]
+
+    monkeypatch.setattr(llm_mod.LLMJudge, "from_config", classmethod(lambda cls, cfg: built.append(cfg) or Client()))
+    cfg = SimpleNamespace(kind="llm")
+    reward = make_reward_fn(cfg)
+    assert built == []  # no client (no server) until a reward is asked for
+    assert reward(["a", "b"], ["a", "a"], ["q1", "q2"]) == [1.0, 0.0]
+    assert reward(["b"], ["b"], ["q3"]) == [1.0]
+    assert built == [cfg] and seen == ["q1", "q2", "q3"]
+    with pytest.raises(ValueError, match="generate_text"):
+        make_reward_fn(SimpleNamespace(kind="self"))
+
+
+def test_judge_kinds_read_anywhere_include_kinds_registered_later():
+    """JUDGE_KINDS is read on access: a copy taken through the package before a registration
+    (``from cord.judges import JUDGE_KINDS`` at import time went stale) sees the new kind."""
+    import cord.judges as judges
+    from cord.judges import api
+
+    try:
+        api.register_judge("later-kind", lambda c, r, ctx: judges.JudgeResult(1, c, r, "later-kind"))
+        assert "later-kind" in judges.JUDGE_KINDS and "later-kind" in api.JUDGE_KINDS
+        from cord.config import load_config
+
+        assert load_config(None, ["judge.kind=later-kind"]).judge.kind == "later-kind"
+    finally:
+        api._REGISTERED.pop("later-kind", None)
+    assert "later-kind" not in judges.JUDGE_KINDS

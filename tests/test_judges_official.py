@@ -249,7 +249,6 @@ def test_register_judge_adds_a_kind_and_protects_the_core():
         assert [r.score for r in judge_batch(["a", "b"], ["A", "A"], "shout-test")] == [1, 0]
     finally:
         api._REGISTERED.pop("shout-test", None)
-        api.JUDGE_KINDS = api.judge_kinds()
     with pytest.raises(CordError, match="unknown judge kind 'shout-test'"):
         judge("yes", "YES", "shout-test")
     with pytest.raises(CordError, match="built in"):

@@ -15,7 +15,7 @@ from cord.data.paired import PairedExample, load_paired
 from cord.mini.model import stack_frames
 from cord.mini.task import TEMPLATES, TaskSpec, all_problems, make_task, parse_answer, split_problems, vocabulary
 from cord.models import families, load_adapter
-from cord.models.base import PromptBatch
+from cord.types import PromptBatch
 
 
 def mini_cfg(path: str = "tiny", seed: int = 0) -> ModelConfig:

@@ -328,7 +328,7 @@ def test_every_shipped_preset_loads_and_has_no_lora_dropout():
 
 def test_lora_dropout_with_an_on_policy_method_warns_at_validation():
     from cord.config import load_config
-    from cord.train.methods import METHODS
+    from cord.types import METHODS
 
     on_policy = {name for name, spec in METHODS.items() if spec.seq or spec.token == "reverse_kl"}
     assert on_policy == {"opd", "opd_weighted", "grpo", "grpo_opd", "cord"}

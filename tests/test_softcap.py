@@ -146,7 +146,7 @@ class _CappedAdapter:
 
 
 def test_decode_loop_samples_from_the_capped_distribution():
-    from cord.models.base import PromptBatch
+    from cord.types import PromptBatch
     from cord.rollout.engine import decode_loop
 
     adapter = _CappedAdapter(cap=CAP)

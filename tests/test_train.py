@@ -20,7 +20,7 @@ from cord import CordError
 from cord.config import load_config
 from cord.data.paired import PairedExample
 from cord.rollout import Rollouts, make_engine
-from cord.train.methods import METHODS
+from cord.types import METHODS
 from cord.train.step import METRIC_KEYS, _rollout_seed, _targets, end_of_turn_id, run_micro_step, sync_clock
 from cord.train.trainer import REDUCED_KEYS, Trainer
 

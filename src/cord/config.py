@@ -19,6 +19,37 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cord import CordError
 
 
+#: the TTS backends ``synth.tts`` may name (each is a class in :mod:`cord.data.tts`)
+TTS_ENGINES = ("espeak", "piper", "kokoro")
+
+
+def parse_tts_spec(spec: str) -> list[tuple[str, float]]:
+    """``"espeak"`` → ``[("espeak", 1.0)]``; ``"espeak,piper"`` → equal weights;
+    ``"espeak:0.7,piper:0.3"`` → those weights (normalised to sum 1). Raises ValueError
+    for an unknown engine, a bad or non-positive weight, or an engine named twice."""
+    parts = [p.strip() for p in str(spec).split(",")]
+    if not any(parts):
+        raise ValueError(f"no TTS engine given; use one of {', '.join(TTS_ENGINES)} or a mix such as espeak:0.7,piper:0.3")
+    out: list[tuple[str, float]] = []
+    for part in parts:
+        name, _, weight = part.partition(":")
+        name = name.strip().lower()
+        if name not in TTS_ENGINES:
+            raise ValueError(f"unknown TTS engine {name or part!r}; use {', '.join(TTS_ENGINES)} "
+                             "or a mix such as espeak,piper or espeak:0.7,piper:0.3")
+        try:
+            w = float(weight) if weight.strip() else 1.0
+        except ValueError:
+            raise ValueError(f"bad weight {weight!r} for TTS engine {name} (want a number, e.g. {name}:0.5)") from None
+        if not w > 0 or w == float("inf"):
+            raise ValueError(f"TTS engine weight must be a positive number, got {name}:{weight}")
+        if name in (n for n, _ in out):
+            raise ValueError(f"TTS engine {name} is named twice in {spec!r}")
+        out.append((name, w))
+    total = sum(w for _, w in out)
+    return [(n, w / total) for n, w in out]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
@@ -110,18 +141,18 @@ class RolloutConfig(_Section):
 
 
 def method_names() -> list[str]:
-    """The training methods: the keys of :data:`cord.train.methods.METHODS`, the one table
+    """The training methods: the keys of :data:`cord.types.METHODS`, the one table
     that defines them (a light module: no torch)."""
-    from cord.train.methods import METHODS
+    from cord.types import METHODS
 
     return list(METHODS)
 
 
 def judge_kinds() -> list[str]:
-    """The judge kinds: :data:`cord.judges.api.JUDGE_KINDS`, the registry that implements them."""
-    from cord.judges.api import JUDGE_KINDS
+    """The judge kinds: :func:`cord.judges.api.judge_kinds`, the registry that implements them."""
+    from cord.judges import api
 
-    return list(JUDGE_KINDS)
+    return list(api.judge_kinds())
 
 
 def _one_of(what: str, value: str, options: list[str]) -> str:
@@ -264,8 +295,6 @@ class SynthConfig(_Section):
     @field_validator("tts")
     @classmethod
     def _check_tts(cls, v: str) -> str:
-        from cord.data.tts import parse_tts_spec
-
         parse_tts_spec(v)  # ValueError: unknown engine, bad weight
         return v.strip()
 
@@ -300,7 +329,7 @@ class CordConfig(_Section):
     @model_validator(mode="after")
     def _cross_field_rules(self) -> "CordConfig":
         """Every rule that spans keys, checked here so it fails before any model loads."""
-        from cord.train.methods import METHODS
+        from cord.types import METHODS
 
         spec = METHODS[self.objective.method]
         lora, trainable = self.model.lora, self.train.trainable
@@ -332,7 +361,7 @@ class CordConfig(_Section):
         sampled (the GRPO ratio and the reverse-KL estimator assume it is). A warning, not an
         error: it is a deliberate regulariser some may accept; sft and forward_kl train on
         reference / teacher tokens, where dropout is ordinary regularisation."""
-        from cord.train.methods import METHODS
+        from cord.types import METHODS
 
         lora, spec = self.model.lora, METHODS[self.objective.method]
         if lora is not None and lora.dropout > 0 and (spec.seq or spec.token == "reverse_kl"):

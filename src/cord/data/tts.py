@@ -27,15 +27,14 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from cord import CordError
+from cord.config import parse_tts_spec
+from cord.config import TTS_ENGINES as ENGINES
 
 __all__ = [
     "TTS", "EspeakTTS", "PiperTTS", "KokoroTTS", "TTSMix", "VoiceChoice", "ENGINES", "draw_voice", "make_tts",
     "parse_tts_spec", "parse_wav_bytes", "installed_piper_voices", "piper_missing", "resolve_piper_voice",
     "seed_noise_inputs",
 ]
-
-#: engine names accepted by ``synth.tts`` / ``--tts`` (alone or in a weighted mix)
-ENGINES = ("espeak", "piper", "kokoro")
 
 
 @runtime_checkable
@@ -566,33 +565,6 @@ class KokoroTTS:
 
 # --------------------------------------------------------------------------------------
 # Choosing engines
-
-
-def parse_tts_spec(spec: str) -> list[tuple[str, float]]:
-    """``"espeak"`` → ``[("espeak", 1.0)]``; ``"espeak,piper"`` → equal weights;
-    ``"espeak:0.7,piper:0.3"`` → those weights (normalised to sum 1). Raises ValueError
-    for an unknown engine, a bad or non-positive weight, or an engine named twice."""
-    parts = [p.strip() for p in str(spec).split(",")]
-    if not any(parts):
-        raise ValueError(f"no TTS engine given; use one of {', '.join(ENGINES)} or a mix such as espeak:0.7,piper:0.3")
-    out: list[tuple[str, float]] = []
-    for part in parts:
-        name, _, weight = part.partition(":")
-        name = name.strip().lower()
-        if name not in ENGINES:
-            raise ValueError(f"unknown TTS engine {name or part!r}; use {', '.join(ENGINES)} "
-                             "or a mix such as espeak,piper or espeak:0.7,piper:0.3")
-        try:
-            w = float(weight) if weight.strip() else 1.0
-        except ValueError:
-            raise ValueError(f"bad weight {weight!r} for TTS engine {name} (want a number, e.g. {name}:0.5)") from None
-        if not w > 0 or w == float("inf"):
-            raise ValueError(f"TTS engine weight must be a positive number, got {name}:{weight}")
-        if name in (n for n, _ in out):
-            raise ValueError(f"TTS engine {name} is named twice in {spec!r}")
-        out.append((name, w))
-    total = sum(w for _, w in out)
-    return [(n, w / total) for n, w in out]
 
 
 class TTSMix:

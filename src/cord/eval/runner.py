@@ -55,7 +55,7 @@ from cord.eval.report import (
     write_report,
     write_run_record,
 )
-from cord.models.base import PromptBatch
+from cord.types import PromptBatch
 
 RUN_JSON = "eval-run.json"
 SKIP_LONG_AUDIO = "audio longer than model.max_audio_seconds (model.long_audio=skip)"

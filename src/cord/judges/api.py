@@ -27,7 +27,7 @@ kind       what agrees                                                         c
 Registered kinds (:func:`register_judge`; built in: ``voicebench`` — VoiceBench's official
 letter extraction, no match = no answer, see :mod:`cord.judges.voicebench`; and
 ``mmau-official`` — MMAU's ``string_match``, ``choices`` required, see
-:mod:`cord.judges.mmau_official`). :data:`JUDGE_KINDS` lists every kind.
+:mod:`cord.judges.mmau_official`). :func:`judge_kinds` (or ``JUDGE_KINDS``, read on access) lists every kind.
 
 Score is 1 or 0. No answer found in the candidate (or reference) scores 0 and leaves
 ``candidate_answer`` (``reference_answer``) None, so callers can report a fail rate.
@@ -36,7 +36,6 @@ Score is 1 or 0. No answer found in the candidate (or reference) scores 0 and le
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from cord import CordError
@@ -44,6 +43,7 @@ from cord.judges.choice import extract_choice, letters_for, match_choice
 from cord.judges.extract import extract_final_span, extract_math_answer, normalize_text
 from cord.judges.llm import LLMJudge, SelfJudge, Verdict
 from cord.judges.math import math_equal
+from cord.types import JudgeResult, missing_note
 
 _CORE_KINDS = ("math", "mcq", "mmau", "exact", "llm", "self")
 _CTX_KEYS = {"choices", "letters", "lettered", "question", "client", "self_judge", "generate_text"}
@@ -51,43 +51,18 @@ _CTX_KEYS = {"choices", "letters", "lettered", "question", "client", "self_judge
 _REGISTERED: dict[str, Callable[[str, str, Mapping[str, Any]], "JudgeResult"]] = {}
 
 
-@dataclass(frozen=True)
-class JudgeResult:
-    """``score`` 1 if the candidate agrees with the reference, else 0. ``candidate_answer``
-    and ``reference_answer`` are the extracted final answers (None: none found). ``note``
-    says why a 0 is a 0 when that is not a plain mismatch."""
-
-    score: int
-    candidate_answer: str | None
-    reference_answer: str | None
-    kind: str
-    note: str = ""
-
-    @property
-    def failed_extraction(self) -> bool:
-        """No answer could be read from the candidate (the fail rate counts these)."""
-        return self.candidate_answer is None
-
-
 def register_judge(kind: str, fn: Callable[[str, str, Mapping[str, Any]], JudgeResult]) -> None:
     """Add a judge kind: ``fn(candidate, reference, ctx)`` returns a :class:`JudgeResult`
     (``ctx`` holds the known options, e.g. ``choices``). Later registrations of a kind win;
     the core kinds cannot be replaced."""
-    global JUDGE_KINDS
     if kind in _CORE_KINDS:
         raise CordError(f"judge kind {kind!r} is built in and cannot be replaced")
     _REGISTERED[kind] = fn
-    JUDGE_KINDS = _CORE_KINDS + tuple(_REGISTERED)
 
 
 def judge_kinds() -> tuple[str, ...]:
-    """Every judge kind, core and registered (the live list behind :data:`JUDGE_KINDS`)."""
+    """Every judge kind, core and registered, as of now."""
     return _CORE_KINDS + tuple(_REGISTERED)
-
-
-def missing_note(cand: str | None, ref: str | None) -> str:
-    """The ``note`` of a result whose candidate (or reference) gave no answer."""
-    return _missing(cand, ref)
 
 
 def _check(kind: str, ctx: Mapping[str, Any]) -> None:
@@ -96,14 +71,6 @@ def _check(kind: str, ctx: Mapping[str, Any]) -> None:
     unknown = set(ctx) - _CTX_KEYS
     if unknown:
         raise CordError(f"unknown judge option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_CTX_KEYS))}")
-
-
-def _missing(cand: str | None, ref: str | None) -> str:
-    if cand is None:
-        return "no answer found in the candidate"
-    if ref is None:
-        return "no answer found in the reference"
-    return ""
 
 
 def _plain_answer(text: str) -> str | None:
@@ -120,14 +87,14 @@ def _judge_local(candidate: str, reference: str, kind: str, ctx: Mapping[str, An
     if kind == "math":
         c, r = extract_math_answer(candidate), extract_math_answer(reference)
         ok = c is not None and r is not None and math_equal(c, r)
-        return JudgeResult(int(ok), c, r, kind, _missing(c, r))
+        return JudgeResult(int(ok), c, r, kind, missing_note(c, r))
     if kind == "mcq":
         choices = ctx.get("choices")
         letters = letters_for(choices, ctx.get("letters"))
         c = extract_choice(candidate, choices, letters)
         r = extract_choice(reference, choices, letters)
         ok = c is not None and r is not None and c == r
-        return JudgeResult(int(ok), c, r, kind, _missing(c, r))
+        return JudgeResult(int(ok), c, r, kind, missing_note(c, r))
     if kind == "mmau":
         choices = ctx.get("choices")
         if not choices:
@@ -138,11 +105,11 @@ def _judge_local(candidate: str, reference: str, kind: str, ctx: Mapping[str, An
         c = str(choices[ci]) if ci is not None else None
         r = str(choices[ri]) if ri is not None else None
         ok = ci is not None and ri is not None and ci == ri
-        return JudgeResult(int(ok), c, r, kind, _missing(c, r))
+        return JudgeResult(int(ok), c, r, kind, missing_note(c, r))
     if kind == "exact":
         c, r = _plain_answer(candidate), _plain_answer(reference)
         ok = c is not None and r is not None and normalize_text(c) == normalize_text(r)
-        return JudgeResult(int(ok), c, r, kind, _missing(c, r))
+        return JudgeResult(int(ok), c, r, kind, missing_note(c, r))
     raise AssertionError(kind)
 
 
@@ -212,7 +179,13 @@ def _register_builtin() -> None:
     register_judge("mmau-official", judge_mmau_official)
 
 
-JUDGE_KINDS: tuple[str, ...] = _CORE_KINDS
 _register_builtin()
+
+
+def __getattr__(name: str):
+    if name == "JUDGE_KINDS":  # computed on access, so no imported copy goes stale
+        return judge_kinds()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["JUDGE_KINDS", "JudgeResult", "judge", "judge_batch", "judge_kinds", "register_judge"]

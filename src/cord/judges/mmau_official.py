@@ -62,7 +62,7 @@ def judge_mmau_official(candidate: str, reference: str, ctx: Mapping[str, Any]):
     that is not one of the choices (e.g. a text-conditioned response) is first read as the
     option it string-matches. ``choices`` is required."""
     from cord import CordError
-    from cord.judges.api import JudgeResult, missing_note
+    from cord.types import JudgeResult, missing_note
 
     choices = [str(c) for c in (ctx.get("choices") or [])]
     if not choices:

@@ -239,7 +239,7 @@ def judge_voicebench(candidate: str, reference: str, ctx: Mapping[str, Any]):
     """Judge kind ``voicebench``: the official letter of the candidate equals the
     reference letter (a raw letter, or a response read by the same rules). ``choices``
     and ``letters`` are accepted and ignored: the official scorer knows only A–D."""
-    from cord.judges.api import JudgeResult, missing_note
+    from cord.types import JudgeResult, missing_note
 
     c, r = voicebench_extract(candidate or ""), voicebench_extract((reference or "").strip())
     ok = c is not None and r is not None and c == r

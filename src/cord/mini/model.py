@@ -37,7 +37,8 @@ from torch import nn
 
 from cord import CordError
 from cord.data.audio import SAMPLE_RATE
-from cord.models.base import PromptBatch, left_pad, policy_audio
+from cord.models.base import left_pad, policy_audio
+from cord.types import PromptBatch
 
 PAD, EOS, UNK, SEP, AUDIO = "<pad>", "<eos>", "<unk>", "<sep>", "<audio>"
 SPECIAL_TOKENS = [PAD, EOS, UNK, SEP, AUDIO]  # PAD is id 0 and doubles as the CTC blank

@@ -14,86 +14,16 @@ whatever the prompt lengths, padding or batch composition.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import nn
 
-
-@dataclass
-class PromptBatch:
-    """A left-padded batch of prompts.
-
-    input_ids, attention_mask: (B, P). ``extra`` holds modality tensors the model's forward
-    needs (e.g. ``input_features`` (B, mel, frames) and ``feature_attention_mask`` (B, frames)
-    for Whisper-style encoders); ``modality`` is "audio" or "text". ``keep`` lists, for each
-    row, the index of the example it came from (examples whose audio was skipped by the
-    long-audio policy are absent). ``group`` (set by :meth:`repeat_interleave`) says that rows
-    ``b·group .. b·group+group-1`` are copies of one prompt: an adapter may encode each
-    distinct audio once and reuse it for its group (the Qwen adapters do); others ignore it.
-    """
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    modality: str
-    extra: dict[str, torch.Tensor] = field(default_factory=dict)
-    keep: list[int] = field(default_factory=list)
-    group: int = 1
-    #: the 16 kHz mono float32 waveform of each row, after the long-audio policy (what the
-    #: features were computed from), for engines that encode audio themselves (vLLM); None
-    #: for text prompts and adapters that do not record it
-    audio: list[Any] | None = None
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
-
-    def to(self, device: torch.device | str) -> "PromptBatch":
-        return PromptBatch(
-            self.input_ids.to(device),
-            self.attention_mask.to(device),
-            self.modality,
-            {k: v.to(device) for k, v in self.extra.items()},
-            list(self.keep),
-            self.group,
-            self.audio,
-        )
-
-    def select(self, rows: list[int] | torch.Tensor) -> "PromptBatch":
-        """Rows ``rows`` of this batch (left padding kept as is)."""
-        idx = torch.as_tensor(rows, dtype=torch.long, device=self.input_ids.device)
-        extra = {k: v.index_select(0, idx.to(v.device)) for k, v in self.extra.items()}
-        keep = [self.keep[i] for i in idx.tolist()] if self.keep else []
-        audio = [self.audio[i] for i in idx.tolist()] if self.audio is not None else None
-        return PromptBatch(self.input_ids[idx], self.attention_mask[idx], self.modality, extra, keep, audio=audio)
-
-    def repeat_interleave(self, n: int) -> "PromptBatch":
-        """Each row repeated ``n`` times in place: rows b*n .. b*n+n-1 come from row b (the
-        result's ``group`` records it; :meth:`select` forgets it)."""
-        rows = torch.arange(len(self)).repeat_interleave(n)
-        out = self.select(rows)
-        out.group = self.group * n
-        return out
+from cord.types import PromptBatch, unwrapped_name  # noqa: F401  (PromptBatch: part of the adapter contract)
 
 
 #: The trainable parts of an LALM, as ``train.trainable`` names them.
 PARTS = ("language_model", "audio_encoder", "projector", "lm_head")
-
-#: Wrapper prefixes that are not part of a family's module paths: peft's ``PeftModel``
-#: (``base_model.model.``), ``torch.compile`` (``_orig_mod.``), DDP (``module.``).
-_WRAPPER_PREFIXES = ("base_model.model.", "_orig_mod.", "module.")
-
-
-def unwrapped_name(name: str) -> str:
-    """``name`` (a parameter or module path) without wrapper prefixes."""
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _WRAPPER_PREFIXES:
-            if name.startswith(prefix):
-                name, changed = name[len(prefix) :], True
-    return name
-
 
 def part_of(name: str, module_map: Mapping[str, Sequence[str]]) -> str | None:
     """The part (a key of ``module_map``) that parameter ``name`` belongs to: the part whose

@@ -65,7 +65,7 @@ from transformers.models.gemma3n.modeling_gemma3n import (
 from cord import CordError
 from cord.data.audio import SAMPLE_RATE
 from cord.data.paired import PairedExample
-from cord.models.base import PromptBatch
+from cord.types import PromptBatch
 from cord.models.qwen import QwenAudioAdapter
 
 FAMILY = "gemma3n"

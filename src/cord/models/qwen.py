@@ -16,7 +16,8 @@ from torch import nn
 
 from cord.data.audio import SAMPLE_RATE
 from cord.data.paired import PairedExample
-from cord.models.base import PromptBatch, left_pad, policy_audio
+from cord.models.base import left_pad, policy_audio
+from cord.types import PromptBatch
 
 AUDIO_ITEM = "<|audio_bos|><|AUDIO|><|audio_eos|>"
 

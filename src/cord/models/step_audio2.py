@@ -72,7 +72,8 @@ from transformers.models.qwen2_audio.modeling_qwen2_audio import Qwen2AudioEncod
 
 from cord import CordError
 from cord.data.audio import SAMPLE_RATE
-from cord.models.base import PromptBatch, left_pad, policy_audio
+from cord.models.base import left_pad, policy_audio
+from cord.types import PromptBatch
 
 FAMILY = "step-audio2"
 #: the reference cuts audio into chunks of this length (stepaudio2.py: 16000 * 25 samples)

@@ -41,7 +41,7 @@ import torch
 from cord import CordError
 from cord.data.audio import SAMPLE_RATE
 from cord.data.paired import PairedExample
-from cord.models.base import PromptBatch
+from cord.types import PromptBatch
 from cord.models.qwen import QwenAudioAdapter
 
 #: tekken's special tokens by rank (mistral-common ``Tekkenizer.DEPRECATED_SPECIAL_TOKENS``,

@@ -58,6 +58,7 @@ def cord_loss(
     aggregation: str = "token_mean",
     group_size: int | None = None,
     max_len: int | None = None,
+    adv_std_norm: bool = False,
 ) -> tuple[Tensor, dict[str, float]]:
     """CORD's objective: L = L_tok + lam * L_seq.
 
@@ -69,9 +70,10 @@ def cord_loss(
     Sequence level (skipped when ``seq_logprobs`` is None, e.g. OPD alone):
         seq_logprobs: (B', T') log-probs of the rollouts' tokens (with grad), from
         ``token_logprobs``; seq_mask: (B', T') their valid tokens (defaults to ``mask``);
-        advantages: (B',) or (B', T'); when None they are computed from ``rewards`` with
-        ``group_advantages(rewards, group_size)``; old_logprobs / clip_eps / aggregation /
-        max_len: see ``grpo_surrogate``. L_seq = grpo_surrogate(...).
+        advantages: (B',) or (B', T'); when None (the trainer's route) they are computed from
+        ``rewards`` with ``group_advantages(rewards, group_size, scale_std=adv_std_norm)``;
+        old_logprobs / clip_eps / aggregation / max_len: see ``grpo_surrogate``.
+        L_seq = grpo_surrogate(...).
     ``rewards`` (B',) is also reported in the metrics when given.
 
     With a trainable lm_head, compute ``kl`` with
@@ -126,7 +128,7 @@ def cord_loss(
         if advantages is None:
             if rewards is None or group_size is None:
                 raise ValueError("the sequence term needs advantages, or rewards and group_size to compute them")
-            advantages = group_advantages(rewards, group_size)
+            advantages = group_advantages(rewards, group_size, scale_std=adv_std_norm)
         metrics["adv_std"] = _pop_std(advantages.detach())
         loss_seq = grpo_surrogate(seq_logprobs, advantages, smask, old_logprobs=old_logprobs,
                                   clip_eps=clip_eps, aggregation=aggregation, max_len=max_len)

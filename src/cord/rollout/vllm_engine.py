@@ -48,7 +48,8 @@ import numpy as np
 import torch
 
 from cord import CordError
-from cord.rollout.engine import _EngineBase
+from cord.types import unwrapped_name
+from cord.rollout.base import EngineBase
 
 #: a logit bias vLLM accepts (it clamps to ±100): e^-100 of a placeholder's probability is left
 PLACEHOLDER_BIAS = -100.0
@@ -120,7 +121,7 @@ def _rng_kept():
             np.random.set_state(state[1])
 
 
-class VLLMEngine(_EngineBase):
+class VLLMEngine(EngineBase):
     """The ``vllm`` engine (see the module docstring). Started on first use."""
 
     #: the engine samples from its own copy of the weights, not the trainer's model
@@ -366,8 +367,6 @@ class VLLMEngine(_EngineBase):
 
 
 def _clean(name: str) -> str:
-    from cord.models.base import unwrapped_name
-
     return unwrapped_name(name).replace(".base_layer.", ".")
 
 

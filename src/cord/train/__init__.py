@@ -1,10 +1,10 @@
 """Training: the step, the loop, method presets, checkpoints.
 
-``Trainer`` and ``train`` load lazily, so that ``cord.train.methods`` (the method table the
-config validates against) imports without torch.
+``Trainer`` and ``train`` load lazily, so that ``cord.train.METHODS`` (the method table of
+:mod:`cord.types`, which the config validates against) imports without torch.
 """
 
-from cord.train.methods import METHODS, MethodSpec
+from cord.types import METHODS, MethodSpec
 
 __all__ = ["METHODS", "MethodSpec", "Trainer", "train"]
 

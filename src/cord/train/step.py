@@ -26,8 +26,8 @@ import torch
 
 from cord import CordError
 from cord.config import CordConfig
-from cord.judges import judge_batch
-from cord.models.base import PromptBatch, right_pad
+from cord.judges import make_reward_fn
+from cord.models.base import right_pad
 from cord.objectives import (
     cord_loss,
     forward_kl_per_token,
@@ -35,8 +35,8 @@ from cord.objectives import (
     reverse_kl_per_token,
     token_logprobs,
 )
-from cord.rollout import HFEngine, Rollouts, make_engine
-from cord.train.methods import METHODS
+from cord.rollout import Engine, Rollouts, make_engine
+from cord.types import METHODS, PromptBatch
 
 #: The metrics of one micro-batch, the same keys on every path (NaN: not computed here).
 METRIC_KEYS: tuple[str, ...] = (
@@ -128,7 +128,7 @@ class StepContext:
 
     cfg: CordConfig
     adapter: Any
-    engine: HFEngine
+    engine: Engine
     teacher: Teacher
     autocast: Any = field(default_factory=lambda: contextlib.nullcontext)
     #: (audio rollout texts, reference texts) -> 0/1 rewards; default: the configured judge
@@ -142,44 +142,34 @@ class StepContext:
     #: the same generate calls, the same collectives, whatever its examples were before)
     cache_references: bool = True
 
-    def engine_for(self, t_adapter) -> Any:
+    def engine_for(self, t_adapter) -> Engine:
         """The rollout engine of ``t_adapter``: the policy's own when it samples with the model as
         it is at call time (the teacher may be that model with its LoRA adapter disabled), else
-        an ``hf`` engine — made for a teacher copy, or when the policy's engine holds its own
-        copy of the policy's weights (vLLM), which are not the frozen teacher's."""
+        an ``hf`` engine — for a teacher copy, or when the policy's engine holds its own copy of
+        the policy's weights (vLLM), which are not the frozen teacher's. Built once per adapter."""
         if t_adapter is self.adapter and (getattr(self.engine, "reads_model_weights", True)
                                           or self.teacher.kind == "live"):
             return self.engine
-        ro = self.cfg.rollout
-        local = ro if ro.engine != "vllm" else ro.model_copy(update={"engine": "hf"})
-        if t_adapter is self.adapter:
-            if self._teacher_engine is None:
-                self._teacher_engine = make_engine(t_adapter, local)
-            return self._teacher_engine
-        engine = make_engine(t_adapter, local)
-        return engine if self.wrap_engine is None else self.wrap_engine(engine)
+        held = self._teacher_engines.get(id(t_adapter))
+        if held is None or held[0] is not t_adapter:
+            ro = self.cfg.rollout
+            engine = make_engine(t_adapter, ro if ro.engine != "vllm" else ro.model_copy(update={"engine": "hf"}))
+            if t_adapter is not self.adapter and self.wrap_engine is not None:
+                engine = self.wrap_engine(engine)
+            held = self._teacher_engines[id(t_adapter)] = (t_adapter, engine)
+        return held[1]
 
-    _teacher_engine: Any = None
+    _teacher_engines: dict = field(default_factory=dict)
 
     def rewards(self, candidates: list[str], references: list[str], questions: list[str]) -> torch.Tensor:
         """(R,) float32 rewards on the CPU (the caller moves them to the device)."""
         if self.reward_fn is not None:
             return torch.as_tensor(self.reward_fn(candidates, references), dtype=torch.float32)
-        kind = self.cfg.judge.kind
-        ctx: dict[str, Any] = {}
-        if kind == "llm":
-            if self._llm is None:
-                from cord.judges import LLMJudge
+        if self._judge is None:
+            self._judge = make_reward_fn(self.cfg.judge, generate_text=self.self_generate)
+        return torch.tensor(self._judge(candidates, references, questions), dtype=torch.float32)
 
-                self._llm = LLMJudge.from_config(self.cfg.judge)
-            ctx["client"] = self._llm
-        elif kind == "self":
-            ctx["generate_text"] = self.self_generate
-        contexts = [{"question": q} for q in questions] if kind in ("llm", "self") else None
-        results = judge_batch(candidates, references, kind, contexts=contexts, **ctx)
-        return torch.tensor([float(r.score) for r in results], dtype=torch.float32)
-
-    _llm: Any = None
+    _judge: Any = None
 
     def text_references(self, examples: list, text: PromptBatch) -> list[str]:
         """The teacher's greedy answer to each example's text prompt (the reward's reference).
@@ -382,15 +372,9 @@ def run_micro_step(ctx: StepContext, examples: list, step: int, micro: int) -> t
         seq_logprobs=seq_lp, seq_mask=seq_mask, rewards=rewards,
         group_size=ro.seq_n if spec.seq else None, clip_eps=obj.clip_eps,
         normalization=obj.normalization, aggregation=obj.aggregation,
-        advantages=None if rewards is None else _advantages(rewards, ro.seq_n, obj.adv_std_norm),
+        adv_std_norm=obj.adv_std_norm,
     )
     return loss, _finish(metrics, timings, n_completion_tokens, lengths, extra)
-
-
-def _advantages(rewards: torch.Tensor, group: int, std_norm: bool) -> torch.Tensor:
-    from cord.objectives import group_advantages
-
-    return group_advantages(rewards, group, scale_std=std_norm)
 
 
 def _finish(metrics, timings, n_tokens, lengths, extra) -> dict[str, float]:

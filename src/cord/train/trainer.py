@@ -39,7 +39,7 @@ from cord.train.checkpoint import (
     read_state,
     save_checkpoint,
 )
-from cord.train.methods import METHODS
+from cord.types import METHODS
 from cord.train.step import METRIC_KEYS, StepContext, Teacher, run_micro_step, sync_clock
 
 #: metrics every process all-reduces at every step, in this order (see Trainer._reduce_metrics)
