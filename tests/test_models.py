@@ -306,7 +306,7 @@ def _presets():
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent / "configs"
-    found = sorted(p for d in PRESET_DIRS for p in (root / d).glob("*.yaml"))
+    found = sorted(p for d in PRESET_DIRS for p in (root / d).glob("*.yaml") if not p.name.startswith("_"))  # _x: parts
     # every folder of cord presets is covered (configs/accelerate holds accelerate's own files)
     assert {p.name for p in root.iterdir() if p.is_dir()} == {*PRESET_DIRS, "accelerate"}
     return found

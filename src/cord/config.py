@@ -560,21 +560,56 @@ def load_yaml(path: Path) -> Any:
 
 
 def load_config(path: str | Path | None = None, overrides: list | None = None) -> CordConfig:
-    """Read a YAML file (or nothing: all defaults), apply overrides, validate. An override is
-    ``"key=value"`` or ``("key=value", "--flag")`` (a command flag: errors name it)."""
+    """Read a YAML file (or nothing: all defaults) with its ``base:`` parts, apply overrides,
+    validate. An override is ``"key=value"`` or ``("key=value", "--flag")`` (a command flag:
+    errors name it)."""
     data: dict[str, Any] = {}
     source = "config"
     if path is not None:
         path = Path(path)
         source = str(path)
-        loaded = load_yaml(path)
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise CordError(f"{path}: the top level must be a mapping of sections (model:, train:, ...)")
-        data = loaded
+        data = read_preset(path)
     apply_overrides(data, list(overrides or []))
     return config_from_dict(data, source, list(overrides or []))
+
+
+def read_preset(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's sections, composed: ``base: part.yaml`` (or a list of parts, paths relative
+    to the file) is read first — each part may have its own ``base:`` — and merged in order,
+    then the file's own keys on top. Mappings merge key by key; any other value (a list,
+    ``null``) replaces the one below it. So a preset can be a family part (model, data, the
+    paper's settings) plus the few keys its method changes."""
+    loaded = load_yaml(path)
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise CordError(f"{path}: the top level must be a mapping of sections (model:, train:, ...)")
+    bases = loaded.pop("base", None)
+    if bases is None:
+        return loaded
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise CordError(f"{path}: base must be a file name or a list of them (relative to {path.parent}), got {bases!r}")
+    merged: dict[str, Any] = {}
+    for base in bases:
+        part = (path.parent / base).resolve()
+        if part in _seen or part == path.resolve():
+            chain = " -> ".join(str(p) for p in (*_seen, path.resolve(), part))
+            raise CordError(f"{path}: base {base!r} includes itself ({chain})")
+        if not part.is_file():
+            raise CordError(f"{path}: base {base!r} not found (looked for {part})")
+        _merge_into(merged, read_preset(part, (*_seen, path.resolve())))
+    _merge_into(merged, loaded)
+    return merged
+
+
+def _merge_into(below: dict[str, Any], above: dict[str, Any]) -> None:
+    for key, value in above.items():
+        if isinstance(value, dict) and isinstance(below.get(key), dict):
+            _merge_into(below[key], value)
+        else:
+            below[key] = value
 
 
 def dump_config(cfg: CordConfig) -> str:
