@@ -405,8 +405,8 @@ def test_lora_targets_only_the_decoder():
 
 # ----------------------------------------------------------------------------- check-model
 def test_check_model_agrees_with_a_faithful_reference(adapter, release):
-    from cord.models.check import Reference as CheckReference
-    from cord.models.check import compare
+    from cord.models.step_audio2.check import Reference as CheckReference
+    from cord.models.step_audio2.check import compare
 
     ours = tiny(name_or_path=str(release), instruction="")
     lines: list[str] = []

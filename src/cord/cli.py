@@ -118,7 +118,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("cord.eval.cli", "run_eval"),
     "analyze": ("cord.eval.cli", "run_analyze"),
     "demo": ("cord.mini.demo", "run"),
-    "check-model": ("cord.models.check", "run"),
+    "check-model": ("cord.models.step_audio2.check", "run"),
 }
 
 

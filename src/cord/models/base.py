@@ -21,7 +21,6 @@ from torch import nn
 
 from cord.types import PromptBatch, unwrapped_name  # noqa: F401  (PromptBatch: part of the adapter contract)
 
-
 #: The trainable parts of an LALM, as ``train.trainable`` names them.
 PARTS = ("language_model", "audio_encoder", "projector", "lm_head")
 
@@ -154,3 +153,12 @@ def policy_audio(examples: list, max_seconds: float, policy: str) -> tuple[list,
             arrays.append(kept)
             keep.append(i)
     return arrays, keep
+
+
+def set_generation_ids(generation_config: Any, tokenizer: Any, eos_token_id: int | list[int] | None = None) -> None:
+    """Point ``generation_config`` at the tokenizer: end of sequence = ``eos_token_id`` (default:
+    the tokenizer's), pad = the tokenizer's pad, no forced bos. Every family's loader and tiny
+    builder calls this."""
+    generation_config.eos_token_id = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
+    generation_config.pad_token_id = tokenizer.pad_token_id
+    generation_config.bos_token_id = None

@@ -48,7 +48,10 @@ import numpy as np
 import torch
 from torch import nn
 from transformers import GenerationMixin
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+)
 from transformers.models.gemma3n.configuration_gemma3n import (
     Gemma3nAudioConfig,
     Gemma3nConfig,
@@ -65,8 +68,9 @@ from transformers.models.gemma3n.modeling_gemma3n import (
 from cord import CordError
 from cord.data.audio import SAMPLE_RATE
 from cord.data.paired import PairedExample
-from cord.types import PromptBatch
+from cord.models.base import set_generation_ids
 from cord.models.qwen import QwenAudioAdapter
+from cord.types import PromptBatch
 
 FAMILY = "gemma3n"
 
@@ -254,17 +258,8 @@ def build_tiny_gemma3n(seed: int = 0, device: str | torch.device = "cpu"):
     torch.manual_seed(seed)
     with torch.device(device):
         model = Gemma3nAudioForCausalLM(config).eval()
-    _set_generation_ids(model, tokenizer)
+    set_generation_ids(model.generation_config, tokenizer, _end_ids(tokenizer))
     return model, tokenizer, Gemma3nAudioFeatureExtractor()
-
-
-def _set_generation_ids(model, tokenizer) -> None:
-    gc = model.generation_config
-    eot = tokenizer.convert_tokens_to_ids("<end_of_turn>")
-    eos = {tokenizer.eos_token_id, eot}
-    gc.eos_token_id = sorted(i for i in eos if i is not None)
-    gc.pad_token_id = tokenizer.pad_token_id
-    gc.bos_token_id = None
 
 
 # --------------------------------------------------------------------------- adapter
@@ -402,8 +397,14 @@ def load_model(name_or_path: str, *, device: torch.device, dtype: torch.dtype, a
     check_loading_info(info, name_or_path)
     model.to(device).eval()
     tokenizer.padding_side = "left"
-    _set_generation_ids(model, tokenizer)
+    set_generation_ids(model.generation_config, tokenizer, _end_ids(tokenizer))
     return model, tokenizer, fe
+
+
+def _end_ids(tokenizer) -> list[int]:
+    """Gemma 3n ends a turn with <end_of_turn> as well as its eos."""
+    eos = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<end_of_turn>")}
+    return sorted(i for i in eos if i is not None)
 
 
 def check_loading_info(info: dict, name: str) -> None:
@@ -420,7 +421,11 @@ def check_loading_info(info: dict, name: str) -> None:
 
 def load(cfg) -> Gemma3nAdapter:
     """The family loader: ``cfg`` is a :class:`cord.config.ModelConfig`."""
-    from cord.models.registry import _load_like_checkpoint, resolve_device, resolve_dtype
+    from cord.models.registry import (
+        _load_like_checkpoint,
+        resolve_device,
+        resolve_dtype,
+    )
 
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)

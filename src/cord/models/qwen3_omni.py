@@ -117,9 +117,14 @@ def build_tiny_qwen3_omni_thinker(seed: int = 0, device: str | torch.device = "c
     """(model, tokenizer, feature_extractor) for a toy Qwen3OmniMoeThinkerForConditionalGeneration
     (2 decoder layers, MoE with 4 experts, top-2, like the released checkpoints: no dense MLP
     layer unless ``mlp_only_layers`` names some), built on ``device``."""
-    from transformers import Qwen3OmniMoeThinkerConfig, Qwen3OmniMoeThinkerForConditionalGeneration, WhisperFeatureExtractor
+    from transformers import (
+        Qwen3OmniMoeThinkerConfig,
+        Qwen3OmniMoeThinkerForConditionalGeneration,
+        WhisperFeatureExtractor,
+    )
 
-    from cord.models.tiny import _set_generation_ids, _vocab_size, build_byte_tokenizer
+    from cord.models.base import set_generation_ids
+    from cord.models.tiny import build_byte_tokenizer, tokenizer_vocab_size
 
     tokenizer = build_byte_tokenizer(QWEN3_OMNI_SPECIAL_TOKENS)
     ids = tokenizer.convert_tokens_to_ids
@@ -133,7 +138,7 @@ def build_tiny_qwen3_omni_thinker(seed: int = 0, device: str | torch.device = "c
             deepstack_visual_indexes=[0], num_position_embeddings=16,
         ),
         text_config=dict(
-            vocab_size=_vocab_size(tokenizer), hidden_size=64, intermediate_size=64, moe_intermediate_size=16,
+            vocab_size=tokenizer_vocab_size(tokenizer), hidden_size=64, intermediate_size=64, moe_intermediate_size=16,
             num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
             num_experts=4, num_experts_per_tok=2, mlp_only_layers=list(mlp_only_layers),
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6],
@@ -150,7 +155,7 @@ def build_tiny_qwen3_omni_thinker(seed: int = 0, device: str | torch.device = "c
     torch.manual_seed(seed)
     with torch.device(device):
         model = Qwen3OmniMoeThinkerForConditionalGeneration(config).eval()
-    _set_generation_ids(model, tokenizer)
+    set_generation_ids(model.generation_config, tokenizer)
     return model, tokenizer, WhisperFeatureExtractor(feature_size=128)
 
 

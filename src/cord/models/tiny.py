@@ -12,6 +12,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, WhisperFeatureExtractor
 
+from cord.models.base import set_generation_ids
+
 QWEN_SPECIAL_TOKENS = [
     "<|endoftext|>",
     "<|im_start|>",
@@ -45,7 +47,8 @@ def build_byte_tokenizer(special_tokens: list[str] = QWEN_SPECIAL_TOKENS) -> Pre
     return fast
 
 
-def _vocab_size(tokenizer) -> int:
+def tokenizer_vocab_size(tokenizer) -> int:
+    """The tokenizer's size rounded up to a multiple of 64 (a tiny model's vocabulary)."""
     return (len(tokenizer) + 63) // 64 * 64
 
 
@@ -64,7 +67,7 @@ def build_tiny_qwen2_audio(seed: int = 0, device: str | torch.device = "cpu"):
     torch.manual_seed(seed)
     with torch.device(device):
         model = Qwen2AudioForConditionalGeneration(config).eval()
-    _set_generation_ids(model, tokenizer)
+    set_generation_ids(model.generation_config, tokenizer)
     return model, tokenizer, WhisperFeatureExtractor(feature_size=128)
 
 
@@ -72,7 +75,7 @@ def _text_config(tokenizer, **extra) -> dict:
     """The toy decoder both tiny families share: 2 layers, width 64, 2 heads of 32 (vLLM's CPU
     attention needs heads of at least 32: the vLLM engine's tests run these models), GQA 2:1."""
     return dict(
-        vocab_size=_vocab_size(tokenizer),
+        vocab_size=tokenizer_vocab_size(tokenizer),
         hidden_size=64,
         intermediate_size=64,
         num_hidden_layers=2,
@@ -87,7 +90,10 @@ def _text_config(tokenizer, **extra) -> dict:
 def build_tiny_qwen2_5_omni_thinker(seed: int = 0, device: str | torch.device = "cpu"):
     """(model, tokenizer, feature_extractor) for a toy Qwen2_5OmniThinkerForConditionalGeneration,
     built on ``device`` (``"meta"``: shapes only, no memory)."""
-    from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
+    from transformers import (
+        Qwen2_5OmniThinkerConfig,
+        Qwen2_5OmniThinkerForConditionalGeneration,
+    )
 
     tokenizer = build_byte_tokenizer()
     ids = tokenizer.convert_tokens_to_ids
@@ -123,12 +129,5 @@ def build_tiny_qwen2_5_omni_thinker(seed: int = 0, device: str | torch.device = 
     torch.manual_seed(seed)
     with torch.device(device):
         model = Qwen2_5OmniThinkerForConditionalGeneration(config).eval()
-    _set_generation_ids(model, tokenizer)
+    set_generation_ids(model.generation_config, tokenizer)
     return model, tokenizer, WhisperFeatureExtractor(feature_size=128)
-
-
-def _set_generation_ids(model, tokenizer) -> None:
-    gc = model.generation_config
-    gc.eos_token_id = tokenizer.eos_token_id
-    gc.pad_token_id = tokenizer.pad_token_id
-    gc.bos_token_id = None

@@ -202,13 +202,13 @@ def build_tiny_voxtral(seed: int = 0, device: str | torch.device = "cpu"):
     as a checkpoint is without mistral-common."""
     from transformers import VoxtralConfig, VoxtralForConditionalGeneration, WhisperFeatureExtractor
 
-    from cord.models.tiny import _vocab_size
+    from cord.models.tiny import tokenizer_vocab_size
 
     tokenizer = build_tekken_tokenizer()
     config = VoxtralConfig(
         audio_config=dict(hidden_size=32, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
                           num_mel_bins=128, max_source_positions=1500),
-        text_config=dict(vocab_size=_vocab_size(tokenizer), hidden_size=32, intermediate_size=64,
+        text_config=dict(vocab_size=tokenizer_vocab_size(tokenizer), hidden_size=32, intermediate_size=64,
                          num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
                          rope_theta=10000.0, bos_token_id=1, eos_token_id=2, pad_token_id=11),
         audio_token_id=tokenizer.convert_tokens_to_ids("[AUDIO]"),

@@ -14,7 +14,7 @@ from torch import nn
 
 from cord import CordError
 from cord.data.audio import SAMPLE_RATE
-from cord.models.base import left_pad, policy_audio
+from cord.models.base import left_pad, policy_audio, set_generation_ids
 from cord.models.step_audio2.modeling import (
     AUDIO_END,
     AUDIO_PATCH,
@@ -83,16 +83,8 @@ def build_tiny_step_audio2(seed: int = 0, device: str | torch.device = "cpu"):
     torch.manual_seed(seed)
     with torch.device(device):
         model = StepAudio2ForCausalLM(config).eval()
-    _set_generation_ids(model, tokenizer)
+    set_generation_ids(model.language_model.generation_config, tokenizer, tokenizer.convert_tokens_to_ids(EOT))
     return model, tokenizer, WhisperFeatureExtractor(feature_size=128)
-
-
-def _set_generation_ids(model, tokenizer) -> None:
-    eot = tokenizer.convert_tokens_to_ids(EOT)
-    gc = model.language_model.generation_config
-    gc.eos_token_id = eot
-    gc.pad_token_id = tokenizer.pad_token_id
-    gc.bos_token_id = None
 
 
 # --------------------------------------------------------------------------- adapter
@@ -413,7 +405,7 @@ def load_model(name_or_path: str, *, device: torch.device, dtype: torch.dtype, a
     else:
         raise CordError(f"{name_or_path} is not a Step-Audio2 model (config.json model_type {kind!r}; expected "
                         f"{RELEASE_MODEL_TYPE!r} or {StepAudio2Config.model_type!r})")
-    _set_generation_ids(model, tokenizer)
+    set_generation_ids(model.language_model.generation_config, tokenizer, tokenizer.convert_tokens_to_ids(EOT))
     return model, tokenizer, _feature_extractor(path)
 
 
@@ -428,7 +420,7 @@ def load(cfg) -> StepAudio2Adapter:
         model, tokenizer, fe = build_tiny_step_audio2(seed=cfg.tiny_seed,
                                                       device="meta" if device.type == "meta" else "cpu")
         model = _materialize(model.config, model.state_dict(), device, dtype, cfg.attn_implementation)
-        _set_generation_ids(model, tokenizer)
+        set_generation_ids(model.language_model.generation_config, tokenizer, tokenizer.convert_tokens_to_ids(EOT))
     else:
         model, tokenizer, fe = load_model(cfg.name_or_path, device=device, dtype=dtype,
                                           attn_implementation=cfg.attn_implementation)

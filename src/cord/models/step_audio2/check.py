@@ -1,7 +1,7 @@
 """``cord check-model --family step-audio2 --model PATH_OR_NAME --trust-remote-code``: the
 equivalence proof cord cannot run without the weights.
 
-cord's ``step-audio2`` family re-implements Step-Audio2-mini natively (cord.models.step_audio2: modeling, release, adapter).
+cord's ``step-audio2`` family re-implements Step-Audio2-mini natively (:mod:`cord.models.step_audio2`).
 For users who have the weights and can run the checkpoint's own code, this command loads both —
 cord's model, and the checkpoint's ``modeling_step_audio_2.py`` through transformers'
 ``trust_remote_code`` (the only place cord runs it, on explicit request) — feeds both the same
