@@ -265,7 +265,7 @@ def check_fsdp_single(run: Run) -> dict:
     from cord.config import ModelConfig
     from cord.data.paired import load_paired
     from cord.models import load_adapter
-    from cord.train.trainer import resolve_data
+    from cord.train.setup import resolve_data
 
     out = run.work / "fsdp"
     owned = not dist.is_initialized()  # the trainer starts a process group of one: ours to end
@@ -282,7 +282,7 @@ def _fsdp_single(run: Run, out: Path) -> dict:
     from cord.config import ModelConfig
     from cord.data.paired import load_paired
     from cord.models import load_adapter
-    from cord.train.trainer import resolve_data
+    from cord.train.setup import resolve_data
 
     fsdp = ["train.sharding=fsdp", "model.lora=null", "model.dtype=float32", "model.long_audio=truncate",
             "train.trainable=[language_model,lm_head,projector,audio_encoder]", "train.save_every=2"]
@@ -601,7 +601,7 @@ def check_vllm(run: Run) -> dict:
     from cord.models import load_adapter
     from cord.rollout.engine import HFEngine
     from cord.rollout.vllm_engine import VLLMEngine
-    from cord.train.trainer import resolve_data
+    from cord.train.setup import resolve_data
     from cord.data.paired import load_paired
 
     adapter = load_adapter(ModelConfig(family="qwen2-audio", name_or_path="tiny", dtype=run.dtype, device=run.device))

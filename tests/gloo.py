@@ -15,7 +15,7 @@ import torch
 
 def tiny_data() -> str:
     """The tiny preset's built-in dataset, made once by the test process (not by two processes at once)."""
-    from cord.train.trainer import resolve_data
+    from cord.train.setup import resolve_data
 
     return resolve_data("builtin:tiny-arith")
 

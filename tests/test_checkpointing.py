@@ -1,4 +1,4 @@
-"""Activation checkpointing as the trainer enables it (cord.train.trainer.enable_checkpointing).
+"""Activation checkpointing as the trainer enables it (cord.train.setup.enable_checkpointing).
 
 transformers' checkpointing call also hooks every sub-model's input embedding to require grad;
 for an LALM that is the audio encoder's first convolution, which pulled a frozen Whisper

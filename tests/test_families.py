@@ -17,7 +17,7 @@ from cord import CordError
 from cord.config import LoraConfig, ModelConfig
 from cord.models import registry
 from cord.models.base import lora_target_regex, module_map_of, part_of
-from cord.train.trainer import select_trainable
+from cord.train.setup import select_trainable
 
 
 _STAGES = """

@@ -108,7 +108,7 @@ def test_module_map_covers_every_parameter_but_vision_and_lora_stays_in_the_deco
 def test_qwen3_omni_router_loss_is_never_computed_and_experts_train_in_full_fine_tuning(monkeypatch):
     import transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe as m
 
-    from cord.train.trainer import select_trainable
+    from cord.train.setup import select_trainable
 
     a = _load("qwen3-omni")
     assert a.model.config.text_config.output_router_logits is False

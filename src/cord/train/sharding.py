@@ -184,7 +184,10 @@ def gather_state_dict(model: nn.Module, *, rank: int, dtypes: Mapping[str, torch
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter and buffer of ``model`` whole, on the CPU, on process 0 (empty on the
     others); a collective: every process calls it."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+    )
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 

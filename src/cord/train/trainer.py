@@ -13,20 +13,18 @@ import contextlib
 import json
 import math
 import os
-import time
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-import numpy as np
 import torch
 
 from cord import CordError
 from cord.config import CordConfig, dump_config
 from cord.data.paired import load_paired
 from cord.models import load_adapter
-from cord.models.base import module_map_of, part_of
+from cord.models.base import module_map_of
 from cord.rollout import make_engine
 from cord.train.checkpoint import (
     REFERENCES,
@@ -39,107 +37,32 @@ from cord.train.checkpoint import (
     read_state,
     save_checkpoint,
 )
+from cord.train.records import (
+    jsonable,
+    progress_postfix,
+    tensorboard_writer,
+    truncate_metrics,
+)
+from cord.train.setup import (
+    DataOrder,
+    enable_checkpointing,
+    lr_lambda,
+    resolve_data,
+    select_trainable,
+)
+from cord.train.step import (
+    METRIC_KEYS,
+    StepContext,
+    Teacher,
+    run_micro_step,
+    sync_clock,
+)
 from cord.types import METHODS
-from cord.train.step import METRIC_KEYS, StepContext, Teacher, run_micro_step, sync_clock
 
 #: metrics every process all-reduces at every step, in this order (see Trainer._reduce_metrics)
 REDUCED_KEYS: tuple[str, ...] = (*METRIC_KEYS, "time_backward", "loss_finite")
 #: counts reported as totals over the whole global batch
 TOTAL_KEYS = frozenset({"completion_tokens", "skipped_long_audio", "targets_truncated"})
-
-
-def parameter_part(name: str, module_map: Mapping[str, Sequence[str]]) -> str | None:
-    """Which trainable part a parameter belongs to: the family adapter's ``module_map`` says
-    (cord.models.base.part_of); None for modules no part names (e.g. a vision tower)."""
-    return part_of(name, module_map)
-
-
-def select_trainable(
-    model: torch.nn.Module, parts: list[str], lora: bool, module_map: Mapping[str, Sequence[str]]
-) -> list[torch.nn.Parameter]:
-    """Set requires_grad by part (``module_map``: the adapter's, see cord.models.base); with
-    LoRA the language model trains through its adapter."""
-    if lora and "lm_head" in parts:
-        raise CordError("train.trainable: lm_head cannot train with model.lora; use full fine-tuning or drop lm_head")
-    for name, p in model.named_parameters():
-        part = parameter_part(name, module_map)
-        if lora and "lora_" in name:
-            p.requires_grad_("language_model" in parts)
-        elif lora and part == "language_model":
-            p.requires_grad_(False)
-        else:
-            p.requires_grad_(part in parts)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise CordError(f"train.trainable {parts} selects no parameter of this model")
-    return params
-
-
-def enable_checkpointing(model: torch.nn.Module) -> bool:
-    """Non-reentrant activation checkpointing of every transformer layer, without input-grad hooks.
-
-    transformers' ``activation_checkpointing_enable`` (and peft, and the older
-    ``gradient_checkpointing_enable``) also call ``enable_input_require_grads``, which marks the
-    output of *every* sub-model's input embedding as requiring grad: for an LALM that includes the
-    audio encoder's first convolution, so a frozen Whisper encoder joins the autograd graph, holds
-    its activations and is recomputed and backpropagated through on every step for nothing. The
-    hooks exist for reentrant checkpointing (whose segments need an input that requires grad);
-    non-reentrant checkpointing gives trainable parameters inside a segment their gradients
-    without them, so they are removed. Returns False for a model without checkpointing support."""
-    kwargs = {"use_reentrant": False}
-    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.2x
-    if enable is not None:
-        enable(activation_checkpointing_kwargs=kwargs)
-    elif hasattr(model, "gradient_checkpointing_enable"):
-        with warnings.catch_warnings():  # its deprecation notice, where it is only an alias
-            warnings.simplefilter("ignore", FutureWarning)
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    else:
-        return False
-    for module in model.modules():  # every (sub-)model that registered hooks
-        disable = getattr(module, "disable_input_require_grads", None)
-        if disable is not None and getattr(module, "_require_grads_hooks", None):
-            disable()
-    return True
-
-
-def lr_lambda(cfg: CordConfig):
-    warm, total, kind = cfg.train.warmup_steps, cfg.train.max_steps, cfg.train.schedule
-
-    def f(step: int) -> float:
-        if warm and step < warm:
-            return (step + 1) / warm
-        if kind == "constant":
-            return 1.0
-        progress = min(1.0, (step - warm) / max(1, total - warm))
-        return 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
-
-    return f
-
-
-class DataOrder:
-    """A deterministic stream over the dataset: epoch e is a permutation seeded by (seed, e).
-    Item i of the stream depends only on i, so resuming needs only the step."""
-
-    def __init__(self, n: int, seed: int, shuffle: bool) -> None:
-        self.n, self.seed, self.shuffle = n, seed, shuffle
-        self._cache: dict[int, np.ndarray] = {}
-
-    def __getitem__(self, i: int) -> int:
-        epoch, pos = divmod(i, self.n)
-        if not self.shuffle:
-            return pos
-        if epoch not in self._cache:
-            self._cache = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
-        return int(self._cache[epoch][pos])
-
-
-def resolve_data(path: str) -> str:
-    if path.startswith("builtin:"):
-        from cord.data.builtin import ensure_builtin
-
-        return str(ensure_builtin(path.split(":", 1)[1]))
-    return path
 
 
 class Trainer:
@@ -176,7 +99,9 @@ class Trainer:
         self.data = load_paired(data_path, limit=cfg.data.limit)
         if not self.data:
             raise CordError(f"dataset {cfg.data.train} is empty")
-        from cord.data.check import check_examples  # every bad clip in one line, from the headers
+        from cord.data.check import (
+            check_examples,  # every bad clip in one line, from the headers
+        )
         check_examples(self.data, cfg.model, source=cfg.data.train, quiet=self.rank != 0)
         torch.manual_seed(cfg.train.seed)
         model_cfg = cfg.model
@@ -550,9 +475,9 @@ class Trainer:
         resumed_from = self.resume(plan.resume_from or "no", allow_config_change)
         metrics_path = self.out / "metrics.jsonl"
         if self.rank == 0:
-            _truncate_metrics(metrics_path, self.step)
+            truncate_metrics(metrics_path, self.step)
             (self.out / "config.yaml").write_text(dump_config(cfg))
-        writer = _tensorboard(self.out, cfg) if self.rank == 0 else None
+        writer = tensorboard_writer(self.out, cfg) if self.rank == 0 else None
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.train.max_steps, initial=self.step, desc=f"cord train ({cfg.objective.method})",
@@ -564,7 +489,7 @@ class Trainer:
                 if self.rank == 0:
                     if self.step % cfg.train.log_every == 0 or self.step == cfg.train.max_steps:
                         with open(metrics_path, "a", encoding="utf-8") as f:
-                            f.write(json.dumps(_jsonable(last)) + "\n")
+                            f.write(json.dumps(jsonable(last)) + "\n")
                         if writer is not None:
                             for k, v in last.items():
                                 if isinstance(v, (int, float)) and math.isfinite(float(v)):
@@ -612,53 +537,6 @@ class Trainer:
                 raise RuntimeError(f"sharded export: {len(missing)} tensors missing (e.g. {sorted(missing)[0]})")
             export_model(shell, directory, state_dict={k: weights[k] for k in dtypes})
         self.accelerator.wait_for_everyone()
-
-
-def progress_postfix(metrics: Mapping[str, Any]) -> dict[str, str]:
-    """The progress bar's loss, kl and reward: only those the method has (sft has no KL and
-    no reward: they are NaN there, and showed as ``kl=nan, reward=nan``)."""
-    shown = {}
-    for label, key, fmt in (("loss", "loss", ".4g"), ("kl", "kl_mean", ".3g"), ("reward", "reward_mean", ".2f")):
-        value = metrics.get(key)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            shown[label] = format(value, fmt)
-    return shown
-
-
-def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, float) and not math.isfinite(v):
-            out[k] = None
-        else:
-            out[k] = v
-    return out
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop lines logged after the checkpoint (they will be logged again)."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a crash
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _tensorboard(out: Path, cfg: CordConfig):
-    if not cfg.train.tensorboard:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(out / "tensorboard"))
 
 
 def train(cfg: CordConfig, resume: str | None = None, export: bool = True, overwrite: bool = False,
