@@ -226,3 +226,17 @@ def test_resume_flag_in_a_folder_without_checkpoint_is_refused_not_a_silent_fres
     rc, _, err = run(capsys, cord_train("sft", out, "train.max_steps=2", "train.save_every=5", flags=("--resume",)))
     assert rc == 2 and "stopped before its first one, train.save_every=5" in err
     assert steps(out) == [1]  # untouched
+
+
+def test_help_names_every_built_in_family(capsys):
+    """`cord eval --help` and `cord analyze --help` list the families; the list is written out in
+    cli.py (no torch import for --help) and must not fall behind the registry."""
+    from cord.cli import BUILTIN_FAMILY_NAMES, main
+    from cord.models.registry import BUILTIN_FAMILIES
+
+    assert set(BUILTIN_FAMILY_NAMES) == set(BUILTIN_FAMILIES)
+    for command in ("eval", "analyze"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        shown = "".join(capsys.readouterr().out.split())  # argparse wraps lines at hyphens
+        assert all(name in shown for name in BUILTIN_FAMILIES), (command, shown)

@@ -13,6 +13,12 @@ from typing import Callable
 
 from cord import CordError, __version__
 
+#: written out, not imported, so that ``cord --help`` stays fast (the registry imports torch);
+#: tests/test_train_cli.py checks it against cord.models.registry.BUILTIN_FAMILIES
+BUILTIN_FAMILY_NAMES = ("qwen2-audio", "qwen2.5-omni", "qwen3-omni", "step-audio2", "voxtral", "gemma3n", "mini")
+FAMILY_HELP = (f"model family: {', '.join(BUILTIN_FAMILY_NAMES)}, or one a plug-in registers "
+               "(default: the config's model.family)")
+
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (any subset of the sections)")
@@ -62,7 +68,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="audio vs text accuracy and their gap on benchmarks")
     _config_args(p)
     p.add_argument("--model", help="hub name or local path (or 'tiny')")
-    p.add_argument("--family", help="model family (qwen2-audio, qwen2.5-omni, mini)")
+    p.add_argument("--family", help=FAMILY_HELP)
     p.add_argument("--benchmarks", help="comma-separated benchmark names or local benchmark folders")
     p.add_argument("--modalities", help="comma-separated: audio,text")
     p.add_argument("--out", help="output directory")
@@ -77,7 +83,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="token-level KL diagnostics between audio and text conditioning")
     _config_args(p)
     p.add_argument("--model", help="hub name or local path (or 'tiny')")
-    p.add_argument("--family", help="model family")
+    p.add_argument("--family", help=FAMILY_HELP)
     p.add_argument("--data", help="paired dataset directory (as `cord synth` writes)")
     p.add_argument("--out", required=False, help="output directory")
     p.add_argument("--limit", type=int)
