@@ -63,7 +63,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--model", help="hub name or local path (or 'tiny')")
     p.add_argument("--family", help="model family (qwen2-audio, qwen2.5-omni, mini)")
-    p.add_argument("--benchmarks", help="comma-separated benchmark names or local benchmark folders")
+    p.add_argument("--benchmarks", help="comma-separated benchmark names, local benchmark folders or builtin:NAME (a built-in spoken set, e.g. builtin:tiny-arith)")
     p.add_argument("--modalities", help="comma-separated: audio,text")
     p.add_argument("--out", help="output directory")
     p.add_argument("--limit", type=int, help="items per benchmark")
