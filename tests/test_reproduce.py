@@ -321,6 +321,21 @@ def test_plans_of_the_7b_presets(tmp_path, capsys):
         assert one["train-cord"][:4] == [sys.executable, "-m", "cord.cli", "train"]
 
 
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*/reproduce.yaml")),
+                         ids=lambda p: p.parent.name)
+def test_every_shipped_reproduce_config_plans_every_stage(config, tmp_path, capsys):
+    """Every reproduce.yaml shipped loads, and its plan has each stage in order, every method
+    preset it names existing (a preset typo or a dropped method fails here)."""
+    cfg = rp.load_reproduce_config(config)
+    plan = plan_lines(capsys, config, tmp_path / "out")
+    methods = cfg.train.methods
+    assert [n for n, _ in plan] == ["synth", "eval-base", *[f"{k}-{m}" for m in methods for k in ("train", "eval")],
+                                    "table"]
+    for m in methods:
+        train = dict(plan)[f"train-{m}"]
+        assert Path(train[train.index("--config") + 1]).is_file()
+
+
 @pytest.mark.parametrize("case", ["unknown_key", "unknown_nested", "no_preset", "missing_input", "out_is_file",
                                   "missing_config", "bad_set", "train_set_typo", "model_lora", "no_config",
                                   "benchmark_folder", "builtin", "duplicate_method"])
