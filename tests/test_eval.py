@@ -463,3 +463,18 @@ def test_the_eval_fingerprint_covers_model_files_and_item_content(tmp_path, adap
     report = evaluate(run_cfg, adapter, progress=False, engine=engine)
     assert sorted(engine.asked) == [("audio", "m2"), ("text", "m2")]
     assert report["bench"]["audio_acc"] == 0.75 and report["bench"]["text_acc"] == 1.0
+
+
+def test_builtin_benchmark_names_resolve_to_the_cached_folder(monkeypatch, tmp_path):
+    """``--benchmarks builtin:NAME`` (what `cord reproduce`'s tiny plan prints) is the built-in
+    dataset's folder in cord's cache, made on first use; other names pass through; an unknown
+    built-in is one line naming the ones there are."""
+    from cord.eval.runner import resolve_builtin
+
+    made = []
+    monkeypatch.setattr("cord.data.builtin.ensure_builtin", lambda name: made.append(name) or tmp_path / name)
+    assert resolve_builtin("builtin:tiny-arith") == str(tmp_path / "tiny-arith") and made == ["tiny-arith"]
+    assert resolve_builtin("voicebench-mmsu") == "voicebench-mmsu" and resolve_builtin("data/dev") == "data/dev"
+    monkeypatch.undo()
+    with pytest.raises(CordError, match="unknown built-in dataset 'tiny-arth' \\(available: tiny-arith\\)"):
+        resolve_builtin("builtin:tiny-arth")

