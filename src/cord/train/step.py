@@ -246,135 +246,202 @@ def sft_loss(logprobs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, 
     return loss, {"loss": value, "loss_tok": value, "loss_seq": 0.0, "nll": value}
 
 
+@dataclass
+class MicroBatch:
+    """What every term of one micro-step shares: the prompts of the examples the long-audio
+    policy kept, the output head, the step's seeds, and the running timings and counts."""
+
+    ctx: StepContext
+    step: int
+    micro: int
+    kept: list
+    audio: PromptBatch
+    text: PromptBatch
+    head: tuple  # (weight, bias, soft cap or None), see _head
+    timings: dict[str, float]
+    extra: dict[str, float]
+    n_tokens: int = 0
+
+    def clock(self) -> float:
+        return sync_clock(self.ctx.adapter.device)
+
+    def seed(self, purpose: int) -> int:
+        return _rollout_seed(self.ctx.cfg, self.step, self.micro, purpose)
+
+
+@dataclass
+class SequenceTerm:
+    """GRPO's inputs: the judged group of rollouts and the policy's log-probs on them."""
+
+    roll: Rollouts
+    hidden: torch.Tensor  # the student's hidden states on the rollouts (shared with the token term)
+    logprobs: torch.Tensor
+    mask: torch.Tensor
+    rewards: torch.Tensor
+
+
+@dataclass
+class TokenTerm:
+    """The per-token divergence D_t on the token-level rollouts, and their valid positions."""
+
+    kl: torch.Tensor
+    mask: torch.Tensor
+    lengths: torch.Tensor
+
+
 def run_micro_step(ctx: StepContext, examples: list, step: int, micro: int) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss (with grad) and metrics for one micro-batch. Backward is the caller's."""
-    cfg, adapter, engine, teacher = ctx.cfg, ctx.adapter, ctx.engine, ctx.teacher
-    obj, ro = cfg.objective, cfg.rollout
-    spec = METHODS[obj.method]
-    timings = {"rollout": 0.0, "teacher": 0.0, "student": 0.0}
-    device = adapter.device
-
-    def clock() -> float:
-        return sync_clock(device)
-
-    audio = adapter.audio_prompts(examples)  # long-audio policy may drop examples
-    kept = [examples[i] for i in audio.keep]
-    extra: dict[str, float] = {"skipped_long_audio": float(len(examples) - len(kept)), "targets_truncated": 0.0}
-    if not kept:
-        zero = torch.zeros((), device=device, requires_grad=True)
-        return zero, _finish({}, timings, 0, torch.zeros(0), extra)
-    text = adapter.text_prompts(kept)
-    weight, bias, softcap = _head(adapter)
-    kl = kl_mask = seq_lp = seq_mask = rewards = None
-    n_completion_tokens = 0
-
-    # ---- sequence level: a group of N rollouts at temperature 1.5, judged ------------------
-    seq_roll: Rollouts | None = None
-    seq_hidden: torch.Tensor | None = None
-    if spec.seq:
-        t0 = clock()
-        seq_roll = engine.generate(
-            audio, n=ro.seq_n, temperature=ro.seq_temperature, top_p=ro.top_p,
-            max_new_tokens=ro.max_new_tokens, seed=_rollout_seed(cfg, step, micro, 1),
-        )
-        if obj.reward_reference == "text":
-            refs = ctx.text_references(kept, text)
-        else:
-            refs = [ex.answer for ex in kept]
-        timings["rollout"] += clock() - t0
-        rewards_cpu = ctx.rewards(seq_roll.text, [refs[i] for i in seq_roll.prompt_index],
-                                  [kept[i].question_text for i in seq_roll.prompt_index])
-        extra["agreement"] = float(rewards_cpu.float().mean())
-        rewards = rewards_cpu.to(device=device, dtype=torch.float32)
-        t0 = clock()
-        with ctx.autocast():
-            seq_hidden = h = adapter.completion_hidden(audio.repeat_interleave(ro.seq_n), seq_roll.ids,
-                                                       seq_roll.mask)
-            # the policy that sampled the group is p_θ at the sampling temperature
-            seq_lp = token_logprobs(h, weight, seq_roll.ids.to(device), seq_roll.mask.to(device), bias=bias,
-                                    temperature=ro.seq_temperature, chunk_size=obj.chunk_size, softcap=softcap)
-        seq_mask = seq_roll.mask.to(device)
-        timings["student"] += clock() - t0
-        n_completion_tokens += int(seq_roll.mask.sum())
-
-    # ---- token level ---------------------------------------------------------------------
+    """Loss (with grad) and metrics for one micro-batch, as the paper's step reads: the
+    sequence term's rollouts and rewards, then the token term (or SFT's likelihood), then
+    L = L_tok + λ·L_seq (:func:`cord.objectives.cord_loss`). Backward is the caller's."""
+    spec = METHODS[ctx.cfg.objective.method]
+    m = start_micro_batch(ctx, examples, step, micro)
+    if not m.kept:
+        zero = torch.zeros((), device=ctx.adapter.device, requires_grad=True)
+        return zero, _finish({}, m.timings, 0, torch.zeros(0), m.extra)
+    seq = sequence_term(m) if spec.seq else None
     if spec.token == "sft":
-        ids, mask, truncated = _targets(adapter, kept, obj.sft_max_tokens)
-        if truncated:
-            warnings.warn(f"{truncated} of {len(kept)} SFT targets are longer than objective.sft_max_tokens="
-                          f"{obj.sft_max_tokens} tokens and were cut (their ends, and final answers, are not "
-                          "trained); raise objective.sft_max_tokens", stacklevel=2)
-        extra["targets_truncated"] = float(truncated)
-        t0 = clock()
-        ids_d, mask_d = ids.to(device), mask.to(device)
-        with ctx.autocast():
-            h = adapter.completion_hidden(audio, ids, mask)
-            lp = token_logprobs(h, weight, ids_d, mask_d, bias=bias, chunk_size=obj.chunk_size, softcap=softcap)
-        loss, metrics = sft_loss(lp, mask_d)
-        timings["student"] += clock() - t0
-        n_completion_tokens += int(mask.sum())
-        return loss, _finish(metrics, timings, n_completion_tokens, mask.sum(-1).float(), extra)
-
-    if spec.token in ("reverse_kl", "forward_kl"):
-        t0 = clock()
-        shared = spec.token == "reverse_kl" and ro.share_rollouts and seq_roll is not None
-        if spec.token == "reverse_kl":
-            if shared:
-                roll, n = seq_roll, ro.seq_n
-            else:
-                roll, n = engine.generate(
-                    audio, n=ro.token_n, temperature=ro.token_temperature, top_p=ro.top_p,
-                    max_new_tokens=ro.max_new_tokens, seed=_rollout_seed(cfg, step, micro, 2),
-                ), ro.token_n
-        else:  # off-policy: the teacher samples from the text prompt
-            with teacher.scope() as t_adapter:
-                t_engine = ctx.engine_for(t_adapter)
-                roll = t_engine.generate(
-                    text, n=ro.token_n, temperature=ro.token_temperature, top_p=ro.top_p,
-                    max_new_tokens=ro.max_new_tokens, seed=_rollout_seed(cfg, step, micro, 3),
-                )
-            n = ro.token_n
-        timings["rollout"] += clock() - t0
-        a_rep: PromptBatch = audio.repeat_interleave(n) if n > 1 else audio
-        t_rep: PromptBatch = text.repeat_interleave(n) if n > 1 else text
-        t0 = clock()
-        with teacher.scope() as t_adapter, ctx.autocast():
-            t_hidden = t_adapter.completion_hidden(t_rep, roll.ids, roll.mask)
-            t_weight, t_bias, _ = _head(t_adapter)
-        timings["teacher"] += clock() - t0
-        t0 = clock()
-        kl_fn = reverse_kl_per_token if spec.token == "reverse_kl" else forward_kl_per_token
-        kl_mask = roll.mask.to(device)
-        # With a trainable lm_head, a guess of the incoming gradient (the position weights)
-        # lets the chunked KL build the head's gradient in its forward pass instead of
-        # recomputing every chunk in backward; exact whatever the guess.
-        hint = None
-        if weight.requires_grad and obj.normalization != "sequences":
-            hint = position_decay_weights(kl_mask, obj.beta if spec.weighted else 1.0)
-        with ctx.autocast():
-            # shared rollouts: the student's hidden states on them are the sequence term's
-            # (same prompts, same completions), so one forward serves both terms
-            s_hidden = seq_hidden if shared else adapter.completion_hidden(a_rep, roll.ids, roll.mask)
-            kl = kl_fn(s_hidden, weight, t_hidden, t_weight.detach(), kl_mask, student_bias=bias,
-                       teacher_bias=None if t_bias is None else t_bias.detach(),
-                       temperature=obj.temperature, chunk_size=obj.chunk_size, grad_hint=hint, softcap=softcap)
-        timings["student"] += clock() - t0
-        n_completion_tokens += int(roll.mask.sum())
-        lengths = roll.mask.sum(-1).float()
-    else:
-        lengths = seq_roll.mask.sum(-1).float() if seq_roll is not None else torch.zeros(0)
-
-    weighted = spec.weighted
+        return sft_term(m)
+    tok = token_term(m, spec.token, spec.weighted, seq) if spec.token is not None else None
+    obj, ro = ctx.cfg.objective, ctx.cfg.rollout
     loss, metrics = cord_loss(
-        kl, kl_mask,
-        alpha=obj.alpha if weighted else 1.0, top_k=obj.top_k, beta=obj.beta if weighted else 1.0,
+        None if tok is None else tok.kl, None if tok is None else tok.mask,
+        alpha=obj.alpha if spec.weighted else 1.0, top_k=obj.top_k, beta=obj.beta if spec.weighted else 1.0,
         lam=obj.lam if spec.token is not None else 1.0,
-        seq_logprobs=seq_lp, seq_mask=seq_mask, rewards=rewards,
+        seq_logprobs=None if seq is None else seq.logprobs, seq_mask=None if seq is None else seq.mask,
+        rewards=None if seq is None else seq.rewards,
         group_size=ro.seq_n if spec.seq else None, clip_eps=obj.clip_eps,
         normalization=obj.normalization, aggregation=obj.aggregation,
         adv_std_norm=obj.adv_std_norm,
     )
-    return loss, _finish(metrics, timings, n_completion_tokens, lengths, extra)
+    if tok is not None:
+        lengths = tok.lengths
+    else:
+        lengths = seq.roll.mask.sum(-1).float() if seq is not None else torch.zeros(0)
+    return loss, _finish(metrics, m.timings, m.n_tokens, lengths, m.extra)
+
+
+def start_micro_batch(ctx: StepContext, examples: list, step: int, micro: int) -> MicroBatch:
+    """The audio prompts (the long-audio policy may drop examples) and the kept examples' text
+    prompts; ``kept`` is empty when every example was dropped (then nothing else is built)."""
+    adapter = ctx.adapter
+    audio = adapter.audio_prompts(examples)
+    kept = [examples[i] for i in audio.keep]
+    extra = {"skipped_long_audio": float(len(examples) - len(kept)), "targets_truncated": 0.0}
+    timings = {"rollout": 0.0, "teacher": 0.0, "student": 0.0}
+    if not kept:
+        return MicroBatch(ctx, step, micro, kept, audio, audio, (None, None, None), timings, extra)
+    return MicroBatch(ctx, step, micro, kept, audio, adapter.text_prompts(kept), _head(adapter), timings, extra)
+
+
+def sequence_term(m: MicroBatch) -> SequenceTerm:
+    """A group of ``rollout.seq_n`` audio rollouts at ``seq_temperature``, judged against the
+    reference (the text-conditioned greedy answer, or the dataset's), and the policy's
+    log-probs of them at the sampling temperature."""
+    ctx, adapter = m.ctx, m.ctx.adapter
+    obj, ro = ctx.cfg.objective, ctx.cfg.rollout
+    device = adapter.device
+    weight, bias, softcap = m.head
+    t0 = m.clock()
+    roll = ctx.engine.generate(m.audio, n=ro.seq_n, temperature=ro.seq_temperature, top_p=ro.top_p,
+                               max_new_tokens=ro.max_new_tokens, seed=m.seed(1))
+    if obj.reward_reference == "text":
+        refs = ctx.text_references(m.kept, m.text)
+    else:
+        refs = [ex.answer for ex in m.kept]
+    m.timings["rollout"] += m.clock() - t0
+    rewards_cpu = ctx.rewards(roll.text, [refs[i] for i in roll.prompt_index],
+                              [m.kept[i].question_text for i in roll.prompt_index])
+    m.extra["agreement"] = float(rewards_cpu.float().mean())
+    rewards = rewards_cpu.to(device=device, dtype=torch.float32)
+    t0 = m.clock()
+    with ctx.autocast():
+        hidden = adapter.completion_hidden(m.audio.repeat_interleave(ro.seq_n), roll.ids, roll.mask)
+        # the policy that sampled the group is p_θ at the sampling temperature
+        logprobs = token_logprobs(hidden, weight, roll.ids.to(device), roll.mask.to(device), bias=bias,
+                                  temperature=ro.seq_temperature, chunk_size=obj.chunk_size, softcap=softcap)
+    mask = roll.mask.to(device)
+    m.timings["student"] += m.clock() - t0
+    m.n_tokens += int(roll.mask.sum())
+    return SequenceTerm(roll, hidden, logprobs, mask, rewards)
+
+
+def sft_term(m: MicroBatch) -> tuple[torch.Tensor, dict[str, float]]:
+    """SFT: the likelihood of each example's reference solution from its audio prompt."""
+    ctx, adapter = m.ctx, m.ctx.adapter
+    obj = ctx.cfg.objective
+    device = adapter.device
+    weight, bias, softcap = m.head
+    ids, mask, truncated = _targets(adapter, m.kept, obj.sft_max_tokens)
+    if truncated:
+        warnings.warn(f"{truncated} of {len(m.kept)} SFT targets are longer than objective.sft_max_tokens="
+                      f"{obj.sft_max_tokens} tokens and were cut (their ends, and final answers, are not "
+                      "trained); raise objective.sft_max_tokens", stacklevel=3)
+    m.extra["targets_truncated"] = float(truncated)
+    t0 = m.clock()
+    ids_d, mask_d = ids.to(device), mask.to(device)
+    with ctx.autocast():
+        h = adapter.completion_hidden(m.audio, ids, mask)
+        lp = token_logprobs(h, weight, ids_d, mask_d, bias=bias, chunk_size=obj.chunk_size, softcap=softcap)
+    loss, metrics = sft_loss(lp, mask_d)
+    m.timings["student"] += m.clock() - t0
+    m.n_tokens += int(mask.sum())
+    return loss, _finish(metrics, m.timings, m.n_tokens, mask.sum(-1).float(), m.extra)
+
+
+def token_term(m: MicroBatch, kind: str, weighted: bool, seq: SequenceTerm | None) -> TokenTerm:
+    """D_t on token-level rollouts: ``reverse_kl`` on the student's own audio rollouts
+    (``rollout.token_n`` of them, or the sequence term's group when ``rollout.share_rollouts``),
+    ``forward_kl`` on the teacher's samples from the text prompt; the teacher's hidden states
+    on x_t ⊕ y, the student's (with grad) on x_a ⊕ y."""
+    ctx, adapter, teacher = m.ctx, m.ctx.adapter, m.ctx.teacher
+    obj, ro = ctx.cfg.objective, ctx.cfg.rollout
+    device = adapter.device
+    weight, bias, softcap = m.head
+    t0 = m.clock()
+    shared = kind == "reverse_kl" and ro.share_rollouts and seq is not None
+    if kind == "reverse_kl":
+        if shared:
+            roll, n = seq.roll, ro.seq_n
+        else:
+            roll, n = ctx.engine.generate(
+                m.audio, n=ro.token_n, temperature=ro.token_temperature, top_p=ro.top_p,
+                max_new_tokens=ro.max_new_tokens, seed=m.seed(2),
+            ), ro.token_n
+    else:  # off-policy: the teacher samples from the text prompt
+        with teacher.scope() as t_adapter:
+            t_engine = ctx.engine_for(t_adapter)
+            roll = t_engine.generate(
+                m.text, n=ro.token_n, temperature=ro.token_temperature, top_p=ro.top_p,
+                max_new_tokens=ro.max_new_tokens, seed=m.seed(3),
+            )
+        n = ro.token_n
+    m.timings["rollout"] += m.clock() - t0
+    a_rep: PromptBatch = m.audio.repeat_interleave(n) if n > 1 else m.audio
+    t_rep: PromptBatch = m.text.repeat_interleave(n) if n > 1 else m.text
+    t0 = m.clock()
+    with teacher.scope() as t_adapter, ctx.autocast():
+        t_hidden = t_adapter.completion_hidden(t_rep, roll.ids, roll.mask)
+        t_weight, t_bias, _ = _head(t_adapter)
+    m.timings["teacher"] += m.clock() - t0
+    t0 = m.clock()
+    kl_fn = reverse_kl_per_token if kind == "reverse_kl" else forward_kl_per_token
+    kl_mask = roll.mask.to(device)
+    # With a trainable lm_head, a guess of the incoming gradient (the position weights)
+    # lets the chunked KL build the head's gradient in its forward pass instead of
+    # recomputing every chunk in backward; exact whatever the guess.
+    hint = None
+    if weight.requires_grad and obj.normalization != "sequences":
+        hint = position_decay_weights(kl_mask, obj.beta if weighted else 1.0)
+    with ctx.autocast():
+        # shared rollouts: the student's hidden states on them are the sequence term's
+        # (same prompts, same completions), so one forward serves both terms
+        s_hidden = seq.hidden if shared else adapter.completion_hidden(a_rep, roll.ids, roll.mask)
+        kl = kl_fn(s_hidden, weight, t_hidden, t_weight.detach(), kl_mask, student_bias=bias,
+                   teacher_bias=None if t_bias is None else t_bias.detach(),
+                   temperature=obj.temperature, chunk_size=obj.chunk_size, grad_hint=hint, softcap=softcap)
+    m.timings["student"] += m.clock() - t0
+    m.n_tokens += int(roll.mask.sum())
+    return TokenTerm(kl, kl_mask, roll.mask.sum(-1).float())
 
 
 def _finish(metrics, timings, n_tokens, lengths, extra) -> dict[str, float]:
