@@ -238,7 +238,7 @@ def test_native_logits_equal_the_reference_implementation(adapter, release):
         lens = torch.tensor([m.shape[1] - 2 for m in mels])
         with torch.no_grad():
             r = ref(p.input_ids, wavs, lens, p.attention_mask).logits
-            core = ours._core()
+            core = ours.core()
             h = core.language_model.model(inputs_embeds=core.embed(p.input_ids, **p.extra),
                                           attention_mask=p.attention_mask).last_hidden_state
             mine = ours.lm_head()(h)

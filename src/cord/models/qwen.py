@@ -16,7 +16,7 @@ from torch import nn
 
 from cord.data.audio import SAMPLE_RATE
 from cord.data.paired import PairedExample
-from cord.models.base import left_pad, policy_audio
+from cord.models.adapter import AdapterBase
 from cord.types import PromptBatch
 
 AUDIO_ITEM = "<|audio_bos|><|AUDIO|><|audio_eos|>"
@@ -27,13 +27,11 @@ def whisper_audio_token_count(n_frames: int) -> int:
     return (((n_frames - 1) // 2 + 1) - 2) // 2 + 1
 
 
-class QwenAudioAdapter:
+class QwenAudioAdapter(AdapterBase):
     """Shared logic: prompts, left-padded batching, completion hidden states, generation."""
 
     family = "qwen-audio"
-    default_system_prompt = "You are a helpful assistant."
     audio_item = AUDIO_ITEM
-    #: the trainable parts by module path (see cord.models.base.LALMAdapter)
     module_map = {
         "audio_encoder": ("model.audio_tower",),
         "projector": ("model.multi_modal_projector",),
@@ -41,31 +39,13 @@ class QwenAudioAdapter:
         "lm_head": ("lm_head",),
     }
     lora_scope = ("model.language_model",)
-    lora_exclude: tuple[str, ...] = ()
 
-    def __init__(
-        self,
-        model: nn.Module,
-        tokenizer: Any,
-        feature_extractor: Any,
-        *,
-        system_prompt: str | None = None,
-        instruction: str = "",
-        long_audio: str = "error",
-        max_audio_seconds: float = 30.0,
-        chat_template: str | None = None,
-    ) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
-        self.feature_extractor = feature_extractor
-        self.system_prompt = self.default_system_prompt if system_prompt is None else system_prompt
-        self.instruction = instruction
-        self.long_audio = long_audio
-        self.max_audio_seconds = max_audio_seconds
+    def __init__(self, model: nn.Module, tokenizer: Any, feature_extractor: Any, *, chat_template: str | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(model, tokenizer, feature_extractor, **kwargs)
         self.chat_template = chat_template
         self.audio_token = "<|AUDIO|>"
         self.audio_token_id = tokenizer.convert_tokens_to_ids(self.audio_token)
-        self.skipped_long_audio = 0
 
     # ----------------------------------------------------------------- tokens
     @property
@@ -99,24 +79,8 @@ class QwenAudioAdapter:
                 ids.append(tid)
         return ids
 
-    @property
-    def pad_token_id(self) -> int:
-        pid = self.tokenizer.pad_token_id
-        return self.tokenizer.eos_token_id if pid is None else pid
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
     def lm_head(self) -> nn.Linear:
         return self.model.get_output_embeddings()
-
-    def save_pretrained(self, directory: str) -> None:
-        """Weights (or the peft adapter), config, tokenizer and feature extractor, loadable
-        again with ``model.name_or_path: <directory>`` (and ``model.lora`` for an adapter)."""
-        self.model.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
-        self.feature_extractor.save_pretrained(directory)
 
     # ---------------------------------------------------------------- prompts
     def render(self, user_content: str) -> str:
@@ -137,22 +101,8 @@ class QwenAudioAdapter:
         # without an instruction the question as it is (the template adds nothing to it)
         return f"{question}\n{self.instruction}".rstrip() if self.instruction else question
 
-    def _left_pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        return left_pad(seqs, self.pad_token_id)
-
-    def _encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def text_prompts(self, examples: list[PairedExample]) -> PromptBatch:
-        seqs = [self._encode(self.render(self.text_user_content(ex.question_text))) for ex in examples]
-        ids, mask = self._left_pad(seqs)
-        return PromptBatch(ids, mask, "text", {}, list(range(len(examples))))
-
-    def prepare_audio(self, examples: list[PairedExample]) -> tuple[list[np.ndarray], list[int]]:
-        """Apply the long-audio policy; returns the kept audio arrays and their example indices."""
-        arrays, keep = policy_audio(examples, self.max_audio_seconds, self.long_audio)
-        self.skipped_long_audio += len(examples) - len(keep)
-        return arrays, keep
+    def text_prompt_ids(self, question: str) -> list[int]:
+        return self._encode(self.render(self.text_user_content(question)))
 
     def audio_features(self, arrays: list[np.ndarray]) -> dict[str, torch.Tensor]:
         feats = self.feature_extractor(
@@ -284,7 +234,12 @@ class QwenAudioAdapter:
     def prefill(self, prompts: PromptBatch):
         """Encode each prompt's audio and prefill the decoder once: (hidden (B, H) of the last
         prompt position, DecodeState). No logits are formed here."""
-        from cord.rollout.decode import DecodeState, cache_kwargs, new_cache, next_positions
+        from cord.rollout.decode import (
+            DecodeState,
+            cache_kwargs,
+            new_cache,
+            next_positions,
+        )
 
         prompts = prompts.to(self.device)
         core = self._generation_model().model

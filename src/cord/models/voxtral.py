@@ -41,8 +41,8 @@ import torch
 from cord import CordError
 from cord.data.audio import SAMPLE_RATE
 from cord.data.paired import PairedExample
-from cord.types import PromptBatch
 from cord.models.qwen import QwenAudioAdapter
+from cord.types import PromptBatch
 
 #: tekken's special tokens by rank (mistral-common ``Tekkenizer.DEPRECATED_SPECIAL_TOKENS``,
 #: then the audio tokens at Voxtral's ids 24 and 25)
@@ -200,7 +200,11 @@ def build_tiny_voxtral(seed: int = 0, device: str | torch.device = "cpu"):
     so 375 tokens per chunk) at width 32, a 2-layer Llama decoder, and a tekken tokenizer
     (256 byte tokens after the special tokens) read by transformers' own tekken.json converter,
     as a checkpoint is without mistral-common."""
-    from transformers import VoxtralConfig, VoxtralForConditionalGeneration, WhisperFeatureExtractor
+    from transformers import (
+        VoxtralConfig,
+        VoxtralForConditionalGeneration,
+        WhisperFeatureExtractor,
+    )
 
     from cord.models.tiny import tokenizer_vocab_size
 

@@ -14,7 +14,8 @@ from torch import nn
 
 from cord import CordError
 from cord.data.audio import SAMPLE_RATE
-from cord.models.base import left_pad, policy_audio, set_generation_ids
+from cord.models.adapter import AdapterBase
+from cord.models.base import set_generation_ids
 from cord.models.step_audio2.modeling import (
     AUDIO_END,
     AUDIO_PATCH,
@@ -88,7 +89,7 @@ def build_tiny_step_audio2(seed: int = 0, device: str | torch.device = "cpu"):
 
 
 # --------------------------------------------------------------------------- adapter
-class StepAudio2Adapter:
+class StepAudio2Adapter(AdapterBase):
     """The cord adapter contract (see cord.models.base) for :class:`StepAudio2ForCausalLM`.
 
     Prompt (stepaudio2.py's chat format; turns are concatenated without separators, the user
@@ -102,7 +103,6 @@ class StepAudio2Adapter:
     """
 
     family = FAMILY
-    default_system_prompt = "You are a helpful assistant."
     module_map = {
         "audio_encoder": ("audio_tower",),
         "projector": ("projector",),
@@ -110,19 +110,10 @@ class StepAudio2Adapter:
         "lm_head": ("language_model.lm_head",),
     }
     lora_scope = ("language_model.model",)
-    lora_exclude: tuple[str, ...] = ()
 
-    def __init__(self, model, tokenizer, feature_extractor, *, system_prompt: str | None = None,
-                 instruction: str = "", long_audio: str = "error", max_audio_seconds: float = 30.0) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
-        self.feature_extractor = feature_extractor
-        self.system_prompt = self.default_system_prompt if system_prompt is None else system_prompt
-        self.instruction = instruction
-        self.long_audio = long_audio
-        self.max_audio_seconds = max_audio_seconds
-        self.skipped_long_audio = 0
-        cfg = self._core().config
+    def __init__(self, model, tokenizer, feature_extractor, **kwargs: Any) -> None:
+        super().__init__(model, tokenizer, feature_extractor, **kwargs)
+        cfg = self.core().config
         self.audio_start_id = cfg.audio_start_token_id
         self.audio_end_id = cfg.audio_end_token_id
         self.audio_patch_id = cfg.audio_patch_token_id
@@ -130,14 +121,10 @@ class StepAudio2Adapter:
         self.vocab_size = cfg.text_config.vocab_size
 
     # ----------------------------------------------------------------- tokens
-    def _id(self, token: str) -> int | None:
-        tid = self.tokenizer.convert_tokens_to_ids(token)
-        return tid if isinstance(tid, int) and tid != self.tokenizer.unk_token_id else None
-
     @property
     def end_of_turn_token_id(self) -> int:
         """``<|EOT|>``: ends every turn (the reference stops generation on it)."""
-        eot = self._id(EOT)
+        eot = self.token_id(EOT)
         if eot is None:
             raise CordError(f"the Step-Audio2 tokenizer has no {EOT} token")
         return eot
@@ -149,10 +136,8 @@ class StepAudio2Adapter:
             ids.add(self.tokenizer.eos_token_id)
         return sorted(ids)
 
-    @property
-    def pad_token_id(self) -> int:
-        pid = self.tokenizer.pad_token_id
-        return self.end_of_turn_token_id if pid is None else pid
+    def fallback_pad_id(self) -> int:
+        return self.end_of_turn_token_id
 
     @property
     def placeholder_token_ids(self) -> list[int]:
@@ -164,28 +149,10 @@ class StepAudio2Adapter:
         ids += range(self.audio_output_start_id, self.vocab_size)
         return [i for i in ids if i not in eos]
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
     def lm_head(self) -> nn.Linear:
-        return self._core().get_output_embeddings()
-
-    def _core(self) -> StepAudio2ForCausalLM:
-        """The cord model under a possible peft wrapper (LoRA layers stay in it)."""
-        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-
-    def save_pretrained(self, directory: str) -> None:
-        """Weights (native names) or the peft adapter, config, tokenizer, feature extractor:
-        loadable with ``model.family: step-audio2, model.name_or_path: <directory>``."""
-        self.model.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
-        self.feature_extractor.save_pretrained(directory)
+        return self.core().get_output_embeddings()
 
     # ---------------------------------------------------------------- prompts
-    def _encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
     def _prompt(self, content: list[int]) -> list[int]:
         # each piece tokenized on its own, as the reference does (stepaudio2.py)
         ids: list[int] = []
@@ -198,15 +165,8 @@ class StepAudio2Adapter:
         ids += self._encode(EOT) + self._encode(f"{BOT}assistant\n")
         return ids
 
-    def text_prompts(self, examples: list) -> PromptBatch:
-        seqs = [self._prompt(self._encode(ex.question_text)) for ex in examples]
-        ids, mask = left_pad(seqs, self.pad_token_id)
-        return PromptBatch(ids, mask, "text", {}, list(range(len(examples))))
-
-    def prepare_audio(self, examples: list) -> tuple[list[np.ndarray], list[int]]:
-        arrays, keep = policy_audio(examples, self.max_audio_seconds, self.long_audio)
-        self.skipped_long_audio += len(examples) - len(keep)
-        return arrays, keep
+    def text_prompt_ids(self, question: str) -> list[int]:
+        return self._prompt(self._encode(question))
 
     def chunk_features(self, audio: np.ndarray) -> list[torch.Tensor]:
         """Log-mel features of each 25 s chunk: (128, n + 2) with n = ceil(samples / 160), the
@@ -248,7 +208,7 @@ class StepAudio2Adapter:
             for n in lens:
                 content += [self.audio_start_id] + [self.audio_patch_id] * audio_token_count(n) + [self.audio_end_id]
             seqs.append(self._prompt(content))
-        ids, mask = left_pad(seqs, self.pad_token_id)
+        ids, mask = self._left_pad(seqs)
         return PromptBatch(ids, mask, "audio", extra, keep)
 
     # ----------------------------------------------------------------- hidden
@@ -265,7 +225,7 @@ class StepAudio2Adapter:
         width = prompts.input_ids.shape[1]
         ids = torch.cat([prompts.input_ids, completion_ids.masked_fill(~completion_mask, self.pad_token_id)], dim=1)
         attn = torch.cat([prompts.attention_mask, completion_mask.long()], dim=1)
-        core = self._core()
+        core = self.core()
         position_ids = (attn.cumsum(-1) - 1).clamp(min=0)  # left padding does not shift positions
         out = core.language_model.model(inputs_embeds=self._embed(core, ids, prompts.extra), attention_mask=attn,
                                         position_ids=position_ids, use_cache=False)
@@ -278,7 +238,7 @@ class StepAudio2Adapter:
         from cord.rollout.sampling import clean_generation_defaults
 
         prompts = prompts.to(self.device)
-        core = self._core()
+        core = self.core()
         lm = core.language_model
         embeds = self._embed(core, prompts.input_ids, prompts.extra)
         with clean_generation_defaults(lm):
@@ -296,7 +256,7 @@ class StepAudio2Adapter:
         )
 
         prompts = prompts.to(self.device)
-        core = self._core()
+        core = self.core()
         decoder = core.language_model.model
         position_ids = (prompts.attention_mask.cumsum(-1) - 1).clamp(min=0)
         cache = new_cache(core.config.text_config)
@@ -310,7 +270,7 @@ class StepAudio2Adapter:
         """One token per row (R,) against the cache; the new hidden states (R, H)."""
         from cord.rollout.decode import cache_kwargs
 
-        decoder = self._core().language_model.model
+        decoder = self.core().language_model.model
         position_ids = state.position[:, None]
         state.advance()
         out = decoder(input_ids=tokens[:, None], attention_mask=state.attention_mask, position_ids=position_ids,

@@ -124,7 +124,7 @@ def _first_difference(a: list[int], b: list[int]) -> int | None:
 
 @torch.no_grad()
 def _our_logits(adapter, prompts) -> torch.Tensor:
-    core = adapter._core()
+    core = adapter.core()
     prompts = prompts.to(adapter.device)
     embeds = core.embed(prompts.input_ids, prompts.extra.get("input_features"), prompts.extra.get("feature_lens"))
     pos = (prompts.attention_mask.cumsum(-1) - 1).clamp(min=0)
