@@ -433,13 +433,18 @@ def test_registry_one_place_per_benchmark(tmp_path):
         register_benchmark(BenchmarkSpec("toy", load, "exact", {"official": EvalProtocol("official", judge="mcq")}))
         b = load_benchmark("toy", 5, with_audio=False)
         assert calls == [(5, False)] and b.protocols.keys() == {"cord", "official"}
+        # the names are read when asked: no copy taken before the registration goes stale
+        assert "toy" in bm.HUB_BENCHMARKS and "toy" not in HUB_BENCHMARKS  # (the copy taken before)
+        import cord.eval as ev
+
+        assert "toy" in ev.HUB_BENCHMARKS and "toy" in bm.benchmark_names()
         assert with_protocol(b, "official").judge_kind(b.items[0]) == "mcq"
         assert with_protocol(b, "cord").judge_kind(b.items[0]) == "exact"
         with pytest.raises(CordError, match="unknown protocol"):
             register_benchmark(BenchmarkSpec("toy2", load, "exact", {"leaderboard": EvalProtocol("leaderboard")}))
     finally:
         BENCHMARKS.pop("toy", None)
-        bm.HUB_BENCHMARKS = tuple(BENCHMARKS)
+    assert "toy" not in bm.HUB_BENCHMARKS
     d = write_bench(tmp_path, [dict(ROWS[0])])
     with pytest.raises(CordError, match="has no 'official' protocol.*--protocol cord"):
         with_protocol(load_benchmark(d), "official")

@@ -43,7 +43,15 @@ import torch
 
 from cord import CordError
 from cord.data.paired import MANIFEST, PairedExample
-from cord.eval.benchmarks import BENCHMARKS, HUB_BENCHMARKS, MMAU_JSON, PROTOCOLS, Benchmark, load_benchmark, with_protocol
+from cord.eval.benchmarks import (
+    BENCHMARKS,
+    MMAU_JSON,
+    PROTOCOLS,
+    Benchmark,
+    benchmark_names,
+    load_benchmark,
+    with_protocol,
+)
 from cord.eval.report import (
     AVERAGE,
     add_gap_reduction,
@@ -85,7 +93,7 @@ def check_benchmark(name: str, protocol: str = "cord") -> None:
         raise CordError(f"benchmark {name!r} is a local folder: it has no {protocol!r} protocol; run it with --protocol cord")
     if spec is not None and protocol not in spec.protocols:
         raise CordError(f"benchmark {name!r} has no {protocol!r} protocol (it supports {', '.join(spec.protocols)})")
-    if name in HUB_BENCHMARKS:
+    if name in benchmark_names():
         if name != "mmau-test-mini" and importlib.util.find_spec("datasets") is None:
             raise CordError(f"benchmark {name!r} loads from the Hugging Face hub and needs `datasets`: pip install -e \".[hub]\" (from the cord clone)")
         if name == "mmau-test-mini":
