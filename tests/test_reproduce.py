@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import cord.reproduce as rp
+import cord.reproduce.runner as rp  # run_command is patched where the runner calls it
 from cord.cli import main
 from cord.config import dump_config, load_config
 from cord.locking import folder_lock
