@@ -36,8 +36,6 @@ def cache_dir() -> Path:
 def cache_subdir(*parts: str) -> Path:
     """``cache_dir()/parts...``, created and checked writable: one line naming the setting
     that chose the cache when it cannot be (a file, a read-only folder, no permission)."""
-    import tempfile
-
     from cord import CordError
 
     root, origin = _cache_origin()
@@ -47,10 +45,7 @@ def cache_subdir(*parts: str) -> Path:
             raise CordError(f"cord's cache folder {root} ({origin}) cannot be used: {p} is a file; point "
                             f"{CACHE_ENV} at a folder you can write to")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".cord-write-check-", dir=path)
-        os.close(fd)
-        os.unlink(probe)
+        make_writable_folder(path)
     except OSError as e:
         raise CordError(f"cord's cache folder {path} ({origin}) cannot be written ({e.strerror or e}); point "
                         f"{CACHE_ENV} at a folder you can write to") from None
@@ -73,3 +68,13 @@ def write_failure(e: BaseException) -> str | None:
         if marker in text:
             return "No space left on device" if marker == "StorageFull" else marker
     return None
+
+
+def make_writable_folder(path: Path) -> None:
+    """Create ``path`` and prove it can be written (a probe file, removed at once); OSError if not."""
+    import tempfile
+
+    path.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".cord-write-check-", dir=path)
+    os.close(fd)
+    os.unlink(probe)

@@ -19,7 +19,6 @@ for an output folder.
 from __future__ import annotations
 
 import math
-import os
 import re
 import sys
 from collections import Counter
@@ -210,14 +209,11 @@ def check_writable_dir(path: str | Path, flag: str = "--out") -> Path:
     """:func:`check_out_dir`, then create the folder and a probe file in it (removed at once):
     one clear line for a folder that cannot be written (a read-only filesystem, no
     permission), found before any model loads rather than at the first result."""
-    import tempfile
+    from cord.paths import make_writable_folder
 
     path = check_out_dir(path, flag)
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".cord-write-check-", dir=path)
-        os.close(fd)
-        os.unlink(probe)
+        make_writable_folder(path)
     except OSError as e:
         raise CordError(f"{flag} {path}: cannot write there ({e.strerror or e}); give a folder you can write to") from None
     return path

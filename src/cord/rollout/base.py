@@ -38,6 +38,16 @@ class Engine(Protocol):
     def sync_weights(self, step: int) -> None: ...
 
 
+def check_sampling(n: int, temperature: float, top_p: float, max_new_tokens: int, greedy: bool) -> None:
+    """One line for sampling settings no engine can honour."""
+    if n < 1 or max_new_tokens < 1:
+        raise CordError(f"rollouts need n >= 1 and max_new_tokens >= 1 (got n={n}, max_new_tokens={max_new_tokens})")
+    if not greedy and temperature <= 0:
+        raise CordError(f"sampling temperature must be > 0 (got {temperature}); use greedy=True for argmax")
+    if not 0 < top_p <= 1:
+        raise CordError(f"top_p must be in (0, 1] (got {top_p})")
+
+
 class EngineBase:
     """Seeding, eval mode, assembling and cutting rollouts: shared by the HF engines."""
 
@@ -64,12 +74,7 @@ class EngineBase:
         greedy: bool = False,
         seed: int | None = None,
     ) -> Rollouts:
-        if n < 1 or max_new_tokens < 1:
-            raise CordError(f"rollouts need n >= 1 and max_new_tokens >= 1 (got n={n}, max_new_tokens={max_new_tokens})")
-        if not greedy and temperature <= 0:
-            raise CordError(f"sampling temperature must be > 0 (got {temperature}); use greedy=True for argmax")
-        if not 0 < top_p <= 1:
-            raise CordError(f"top_p must be in (0, 1] (got {top_p})")
+        check_sampling(n, temperature, top_p, max_new_tokens, greedy)
         adapter = self.adapter
         devices = [adapter.device] if adapter.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices, enabled=seed is not None):

@@ -49,7 +49,7 @@ import torch
 
 from cord import CordError
 from cord.types import unwrapped_name
-from cord.rollout.base import EngineBase
+from cord.rollout.base import EngineBase, check_sampling
 
 #: a logit bias vLLM accepts (it clamps to ±100): e^-100 of a placeholder's probability is left
 PLACEHOLDER_BIAS = -100.0
@@ -303,12 +303,7 @@ class VLLMEngine(EngineBase):
     # ------------------------------------------------------------------------- sampling
     def generate(self, prompts, *, n: int = 1, temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 200,
                  greedy: bool = False, seed: int | None = None):
-        if n < 1 or max_new_tokens < 1:
-            raise CordError(f"rollouts need n >= 1 and max_new_tokens >= 1 (got n={n}, max_new_tokens={max_new_tokens})")
-        if not greedy and temperature <= 0:
-            raise CordError(f"sampling temperature must be > 0 (got {temperature}); use greedy=True for argmax")
-        if not 0 < top_p <= 1:
-            raise CordError(f"top_p must be in (0, 1] (got {top_p})")
+        check_sampling(n, temperature, top_p, max_new_tokens, greedy)
         self._awake()
         try:
             ids, lps = self._sample(prompts, n, temperature, top_p, max_new_tokens, greedy, seed)
