@@ -71,7 +71,8 @@ SAMPLING_ARMS = frozenset({"cord", "forward_kl", "opd", "opd_weighted", "opd_alp
                            "grpo_opd"})
 
 #: Stage C lr per arm: the best dev audio accuracy of one sweep with the same budget for every
-#: arm (docs/demo/recipe.md); an arm not listed uses its preset's train.lr
+#: arm (docs/demo/recipe.md); an arm not listed uses its preset's train.lr. Empty: that sweep has not
+#: been run yet, so every arm trains at the presets' shared lr
 ARM_LR: dict[str, float] = {}
 
 

@@ -56,7 +56,8 @@ class Plan:
 
 
 #: Stage C seeds per start for the primary arms (cord, sft_self) and for the other arms, and the
-#: number of independent starts: set from the dev pilot (docs/demo/preregistration.md)
+#: number of independent starts: set by the time budget, not yet from a dev pilot of the Stage C
+#: variance (docs/demo/preregistration.md)
 PRIMARY_SEEDS = {"quick": 1, "default": 4, "study": 4}
 OTHER_SEEDS = {"quick": 1, "default": 2, "study": 1}
 STARTS = {"quick": 1, "default": 1, "study": 3}

@@ -15,8 +15,8 @@ task other than reasoning — audio → transcript:
 
 (SpecAugment masks on the training features; the CTC term stands in for the ASR pretraining a
 real LALM's Whisper encoder brings). It never sees a solution. It runs a fixed ``b_steps``
-(chosen on dev data: a clear solve gap left on the training voices while the transcript is
-mostly right, docs/demo/recipe.md) at a constant lr after warmup, and keeps the exponential
+(to be chosen on dev data so that a clear solve gap is left on the training voices while the
+transcript is mostly right; the default is not yet established by a pilot, docs/demo/recipe.md) at a constant lr after warmup, and keeps the exponential
 moving average of its weights (``b_ema``) at the last step: no best-of-N checkpoint, so no
 winner's curse. :func:`stage_b_loss` is that objective; the demo's control arm continues it
 (:func:`cord.mini.control.run_control`).
