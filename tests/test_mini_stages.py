@@ -1,6 +1,6 @@
 """The miniature's Stage A (text LM: solve + repeat) and Stage B (audio → transcript) on small budgets.
 
-Stage A is run for real at the quick setting (≈30 s on two idle cores): it must reach high
+Stage A is run for real at the quick setting (≈80 s on two cores): it must reach high
 held-out text accuracy on both tasks, which a broken loss, mask or prompt would prevent."""
 
 from __future__ import annotations
