@@ -259,6 +259,18 @@ def test_synthetic_report_numbers_come_from_the_items(tmp_path):
     assert cord["errors"]["kinds"]["operand"] == pytest.approx(0.5)
 
 
+def test_report_says_how_the_lrs_were_set(tmp_path):
+    from cord.mini.report import render_markdown
+
+    arms = _arms([0.70], [0.62], other=[0.66])
+    report = _report([_per_start(tmp_path, arms)], arms)
+    md = render_markdown(report)
+    assert "lr 0.0005 for every arm: no per-arm lr sweep" in md and "dev sweep" not in md
+    report["stage_c"]["lr"]["cord"] = 1e-3  # a per-arm lr (cord.mini.arms.ARM_LR) is said to be one
+    md = render_markdown(report)
+    assert "lr per arm from one dev sweep" in md and "for every arm" not in md
+
+
 def test_synthetic_study_pools_starts_with_equal_weight_and_pairs_common_seeds(tmp_path):
     # per start CORD − SFT-self: +12, +4, −4 points; SFT-ext ran one seed where the pair ran two
     per_start = []
