@@ -13,7 +13,21 @@ from transformers import GenerationConfig
 from cord.config import ModelConfig
 from cord.data.paired import PairedExample, load_paired
 from cord.mini.model import stack_frames
-from cord.mini.task import TEMPLATES, TaskSpec, all_problems, make_task, parse_answer, split_problems, vocabulary
+from cord.mini.task import (
+    FORMATS,
+    TEMPLATES,
+    Problem,
+    TaskSpec,
+    all_problems,
+    error_kind,
+    make_task,
+    parse_answer,
+    parse_steps,
+    solution_format,
+    split_problems,
+    transcript,
+    vocabulary,
+)
 from cord.models import families, load_adapter
 from cord.types import PromptBatch
 
@@ -92,8 +106,34 @@ def test_solutions_are_correct_worked_arithmetic():
             assert int(right.rstrip(".")) == (int(x) + int(y) if op == "+" else int(x) - int(y)) >= 1
         assert parse_answer(sol) == str(p.answer)
         assert sol.count("=") == len(p.numbers) - 1
+        # every format states the same steps and answer, and is read back as itself
+        for fmt in FORMATS:
+            text = p.solution(fmt)
+            assert solution_format(text) == fmt
+            assert parse_steps(text) == p.steps() and parse_answer(text) == str(p.answer)
+            assert error_kind(text, p) is None
     assert parse_answer("no final answer") is None
     assert parse_answer("The answer is 3. The answer is 12.") == "12"
+    p = Problem("add_sub", (17, 8, 5))
+    assert p.solution("words") == "17 plus 8 is 25. 25 minus 5 is 20. The answer is 20."
+    assert p.solution("ext") == "Start with 17, add 8 to get 25, take away 5 to get 20. The answer is 20."
+
+
+def test_error_kind_names_where_an_answer_first_goes_wrong():
+    p = Problem("add_sub", (17, 8, 5))
+    cases = {
+        "17 + 9 = 26. 26 - 5 = 21. The answer is 21.": "operand",      # 8 misheard as 9
+        "17 plus 8 is 25. 25 minus 6 is 19. The answer is 19.": "operand",
+        "17 - 8 = 9. 9 - 5 = 4. The answer is 4.": "operation",
+        "17 + 8 = 24. 24 - 5 = 19. The answer is 19.": "arithmetic",
+        "17 + 8 = 25. 26 - 5 = 21. The answer is 21.": "carry",
+        "17 + 8 = 25. 25 - 5 = 20. The answer is 21.": "answer_line",
+        "17 + 8 = 25. 25 - 5 = 20.": "no_answer",
+        "The answer is 7.": "other",
+        "Start with 17, add 8 to get 25, take away 5 to get 20. The answer is 20.": None,
+    }
+    for text, kind in cases.items():
+        assert error_kind(text, p) == kind, text
 
 
 def test_large_held_out_sets_leave_every_template_half_its_problems_for_training():
@@ -116,7 +156,8 @@ def test_word_tokenizer_round_trips_every_question_and_solution(adapter):
     tok = adapter.tokenizer
     rows = [r for rows in make_task(0, n_train=300, n_dev=20, n_test=50).values() for r in rows]
     for r in rows:
-        for text in (r["question"], r["solution"]):
+        p = Problem(r["problem"].split(":")[0], tuple(int(n) for n in r["problem"].split(":")[1].split("-")))
+        for text in (r["question"], transcript(r["question"]), *(p.solution(f) for f in FORMATS)):
             ids = adapter.encode(text)
             assert tok.unk_token_id not in ids
             assert tok.decode(ids) == text
@@ -271,20 +312,28 @@ def test_loading_a_missing_directory_is_one_clear_error(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
-def test_spoken_datasets_hold_out_the_test_voice(tmp_path):
-    from cord.mini.data import HELD_OUT_VOICE, DataSettings, build_datasets
+def test_spoken_datasets_test_fresh_problems_in_training_voices_and_hold_out_one_voice(tmp_path):
+    from cord.mini.data import HELD_OUT_VOICE, TRAIN_VOICES, DataSettings, build_datasets
 
-    settings = DataSettings(seed=1, n_train=24, n_dev=4, n_test=8)
+    settings = DataSettings(seed=1, n_train=24, n_dev=8, n_test=12, n_unseen=6)
     dirs = build_datasets(tmp_path / "data", settings)
+    assert set(dirs) == {"train", "dev", "test", "test_unseen"}
     manifests = {s: load_paired(d) for s, d in dirs.items()}
     train_voices = {ex.meta["voice_name"] for ex in manifests["train"]}
     assert len(train_voices) > 5
     accent, variant = HELD_OUT_VOICE.split("+")
     assert all(v.split("+")[0] != accent and v.split("+")[1] != variant for v in train_voices)
+    # dev and test: fresh problems read by the training voices (the primary test)
     for split in ("dev", "test"):
-        assert {ex.meta["voice_name"] for ex in manifests[split]} == {HELD_OUT_VOICE}
+        assert {ex.meta["voice_name"] for ex in manifests[split]} <= set(TRAIN_VOICES)
+        assert len({ex.meta["voice_name"] for ex in manifests[split]}) > 3
+    # test_unseen: the first test rows, same wording, read by the held-out voice
+    assert {ex.meta["voice_name"] for ex in manifests["test_unseen"]} == {HELD_OUT_VOICE}
+    assert [(ex.id, ex.question_text) for ex in manifests["test_unseen"]] == [
+        (ex.id, ex.question_text) for ex in manifests["test"][:6]]
     train_problems = {ex.meta["problem"] for ex in manifests["train"]}
-    assert not train_problems & {ex.meta["problem"] for ex in manifests["test"]}
+    for split in ("dev", "test"):
+        assert not train_problems & {ex.meta["problem"] for ex in manifests[split]}
     for ex in manifests["test"]:
         assert ex.audio.dtype == np.float32 and 1.0 < len(ex.audio) / 16000 < 6.0
         assert ex.solution and ex.answer == parse_answer(ex.solution)
@@ -293,5 +342,26 @@ def test_spoken_datasets_hold_out_the_test_voice(tmp_path):
     stamp = (dirs["test"] / "manifest.jsonl").stat().st_mtime_ns
     assert build_datasets(tmp_path / "data", settings)["test"] == dirs["test"]
     assert (dirs["test"] / "manifest.jsonl").stat().st_mtime_ns == stamp
-    rebuilt = build_datasets(tmp_path / "data", DataSettings(seed=1, n_train=24, n_dev=4, n_test=6))
-    assert len(load_paired(rebuilt["test"])) == 6
+    rebuilt = build_datasets(tmp_path / "data", DataSettings(seed=1, n_train=24, n_dev=8, n_test=10, n_unseen=6))
+    assert len(load_paired(rebuilt["test"])) == 10
+
+
+def test_stage_a_text_examples_mix_the_two_tasks_and_the_two_formats():
+    from collections import Counter
+
+    from cord.mini.data import DataSettings, text_examples
+    from cord.mini.task import STAGE_A_FORMATS
+
+    exs = text_examples(4000, DataSettings(seed=0), repeat_share=0.3)
+    tasks = Counter(ex.meta["task"] for ex in exs)
+    assert abs(tasks["repeat"] / len(exs) - 0.3) < 0.03
+    for ex in exs:
+        if ex.meta["task"] == "repeat":
+            assert ex.solution == transcript(ex.question_text)
+        else:
+            assert solution_format(ex.solution) == ex.meta["format"] and parse_answer(ex.solution) == ex.answer
+    formats = Counter(ex.meta["format"] for ex in exs if ex.meta["task"] == "solve")
+    solve = sum(formats.values())
+    assert set(formats) == set(STAGE_A_FORMATS)  # the external format is never taught
+    for fmt, share in STAGE_A_FORMATS.items():
+        assert abs(formats[fmt] / solve - share) < 0.03

@@ -39,7 +39,8 @@ def test_piper_settings_have_their_own_cache_key_and_default_voice():
     assert piper.key()["test_engine"] == "piper"
     # the default leaves the key as it was before test_engine existed (old caches stay valid)
     assert "test_engine" not in espeak.key()
-    assert piper.engine_for("train") == "espeak" and piper.engine_for("dev") == piper.engine_for("test") == "piper"
+    assert piper.engine_for("train") == piper.engine_for("dev") == piper.engine_for("test") == "espeak"
+    assert piper.engine_for("test_unseen") == "piper"
     with pytest.raises(CordError, match="unknown test voice engine 'kokoro'"):
         DataSettings(test_engine="kokoro")
 
@@ -47,7 +48,7 @@ def test_piper_settings_have_their_own_cache_key_and_default_voice():
 def test_missing_piper_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "piper", None)  # `import piper` fails, find_spec says absent
     with pytest.raises(CordError) as e:
-        build_split("test", _rows(1), tmp_path / "test", DataSettings(test_engine="piper"))
+        build_split("test_unseen", _rows(1), tmp_path / "test", DataSettings(test_engine="piper"))
     msg = str(e.value)
     assert "--test-voice piper" in msg and "pip install -e" in msg and "[piper]" in msg
     assert "\n" not in msg
@@ -67,7 +68,7 @@ def test_piper_test_split_is_16k_records_the_voice_and_is_deterministic(tmp_path
 
     rows = _rows(3)
     settings = DataSettings(seed=0, test_engine="piper")
-    dirs = [build_split("test", rows, tmp_path / name, settings, workers=1) for name in ("a", "b")]
+    dirs = [build_split("test_unseen", rows, tmp_path / name, settings, workers=1) for name in ("a", "b")]
     manifests = [[json.loads(line) for line in (d / MANIFEST).read_text().splitlines()] for d in dirs]
     assert [r["id"] for r in manifests[0]] == [r["id"] for r in rows]
     for r in manifests[0]:
@@ -86,8 +87,8 @@ def test_piper_test_split_is_16k_records_the_voice_and_is_deterministic(tmp_path
         assert (dirs[0] / r["audio"]).read_bytes() == (dirs[1] / r["audio"]).read_bytes()
     # recorded under the piper key, so an espeak build of the same directory does not reuse it
     info = json.loads((dirs[0] / "mini_data.json").read_text())
-    assert info["settings"] == {**settings.key(), "split": "test"}
-    assert info["settings"] != {**DataSettings(seed=0).key(), "split": "test"}
+    assert info["settings"] == {**settings.key(), "split": "test_unseen"}
+    assert info["settings"] != {**DataSettings(seed=0).key(), "split": "test_unseen"}
 
 
 def test_cli_flag_reaches_the_demo_settings(monkeypatch):
@@ -120,10 +121,10 @@ def test_cli_flag_reaches_the_demo_settings(monkeypatch):
 
 def test_report_states_the_test_voice_engine_and_voice(tmp_path):
     from cord.data.paired import MANIFEST
-    from cord.mini.demo import held_out_voice_info, render_markdown
-    from tests.test_demo import _arms, _synthetic_report
+    from cord.mini.report import held_out_voice_info, render_markdown
+    from tests.test_demo import _arms, _per_start, _report
 
-    test_dir = tmp_path / "test"
+    test_dir = tmp_path / "test_unseen"
     test_dir.mkdir()
     rows = [{"id": f"q{i}", "tts": "piper-tts 1.8.0", "voice_name": "en_US-joe-medium",
              "voice": f"en_US-joe-medium s={200 + i} ls=0.85"} for i in range(3)]
@@ -131,11 +132,11 @@ def test_report_states_the_test_voice_engine_and_voice(tmp_path):
     info = held_out_voice_info(DataSettings(test_engine="piper"), test_dir)
     assert info == {"engine": "piper", "voice": PIPER_TEST_VOICE, "tts": ["piper-tts 1.8.0"],
                     "voice_names": ["en_US-joe-medium"]}
-    report = _synthetic_report(tmp_path / "r", _arms([0.70], [0.62]))
-    assert "test_voice" not in report and "Held-out voice test set: n = 1000" in render_markdown(report)  # older reports
+    arms = _arms([0.70], [0.62])
+    report = _report([_per_start(tmp_path / "r", arms)], arms)
+    assert report["test_voice"] is None and "Unseen voice (a held-out voice)" in render_markdown(report)
     report["test_voice"] = info
-    md = render_markdown(report)
-    assert "Held-out voice test set (piper voice en_US-joe-medium, piper-tts 1.8.0; training voices are espeak-ng)" in md
+    assert "Unseen voice (piper voice en_US-joe-medium)" in render_markdown(report)
     # the espeak default, and a test folder without a manifest
     assert held_out_voice_info(DataSettings(), tmp_path / "none") == {
         "engine": "espeak", "voice": HELD_OUT_VOICE, "tts": [], "voice_names": []}

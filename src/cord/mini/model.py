@@ -14,8 +14,10 @@ input embeddings), at a size that trains from scratch on two CPU cores:
   prompt is about as long as the question's text — then a two-layer MLP into the decoder's
   embedding space. The CTC readout stays at the encoder's 12.5 frames per second.
 
-Prompts are minimal because the model is trained from scratch on one task:
-text ``question words <sep>``, audio ``<audio>×n <sep>`` with n = encoder frames of that clip.
+Prompts are minimal because the model is trained from scratch on two tasks. Solving (the
+default): text ``question words <sep>``, audio ``<audio>×n <sep>`` with n = decoder audio tokens
+of that clip. Repeating the question (``task="repeat"``, what Stage B aligns the audio path
+on): the same with ``<repeat>`` before ``<sep>``.
 Clips are padded to the batch's longest clip (no 30 s window) with a feature mask; every
 layer of the encoder zeroes padded frames, so a clip's encoding does not depend on what it
 is batched with.
@@ -40,8 +42,11 @@ from cord.data.audio import SAMPLE_RATE
 from cord.models.base import left_pad, policy_audio
 from cord.types import PromptBatch
 
-PAD, EOS, UNK, SEP, AUDIO = "<pad>", "<eos>", "<unk>", "<sep>", "<audio>"
-SPECIAL_TOKENS = [PAD, EOS, UNK, SEP, AUDIO]  # PAD is id 0 and doubles as the CTC blank
+PAD, EOS, UNK, SEP, AUDIO, REPEAT = "<pad>", "<eos>", "<unk>", "<sep>", "<audio>", "<repeat>"
+SPECIAL_TOKENS = [PAD, EOS, UNK, SEP, AUDIO, REPEAT]  # PAD is id 0 and doubles as the CTC blank
+#: the prompt tasks: "solve" (the default: answer with a worked solution) and "repeat" (say the
+#: question back: the transcript); a task other than "solve" adds its token before <sep>
+TASKS = ("solve", "repeat")
 CONFIG_NAME = "mini_config.json"
 WEIGHTS_NAME = "model.safetensors"
 
@@ -62,7 +67,7 @@ def build_word_tokenizer(words: list[str]):
     # WordPiece's decoder with cleanup: "12 ." -> "12.", "now ?" -> "now?", "17 ," -> "17,"
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK)
-    fast.add_special_tokens({"additional_special_tokens": [SEP, AUDIO]})
+    fast.add_special_tokens({"additional_special_tokens": [SEP, AUDIO, REPEAT]})
     fast.padding_side = "left"
     return fast
 
@@ -88,6 +93,12 @@ class MiniConfig:
     encoder_ffn: int = 256
     encoder_convs: int = 3  # each halves the frame rate: 100 Hz -> 12.5 Hz
     projector_stack: int = 2  # encoder frames per decoder audio token: 12.5 Hz -> 6.25 Hz
+    #: the decoder's input and output embeddings are one matrix (as in Qwen2-0.5B)
+    tie_embeddings: bool = False
+    #: what an audio token is (MiniLALM.encode_audio): "projected" (the projector's image of the
+    #: stacked frames), "soft" (the CTC readout's posterior-weighted word embeddings of its frames)
+    #: or "both" (their sum)
+    audio_tokens: str = "soft"
     pad_token_id: int = 0
     eos_token_id: int = 1
     audio_token_id: int = 4
@@ -104,7 +115,7 @@ class MiniConfig:
             num_attention_heads=self.num_heads,
             num_key_value_heads=self.num_kv_heads,
             max_position_embeddings=512,
-            tie_word_embeddings=False,  # lm_head is its own trainable part
+            tie_word_embeddings=self.tie_embeddings,
             pad_token_id=self.pad_token_id,
             eos_token_id=self.eos_token_id,
             bos_token_id=None,
@@ -214,9 +225,16 @@ class MiniLALM(nn.Module):
 
         self.config = cfg
         self.audio_encoder = MiniAudioEncoder(cfg)
-        self.projector = nn.Sequential(
-            nn.Linear(cfg.encoder_dim * cfg.projector_stack, cfg.hidden_size), nn.GELU(), nn.Linear(cfg.hidden_size, cfg.hidden_size)
-        )
+        if cfg.audio_tokens == "soft":
+            # a linear map (no bias) of the stacked soft word embeddings, starting as their sum
+            self.projector = nn.Sequential(nn.Linear(cfg.hidden_size * cfg.projector_stack, cfg.hidden_size, bias=False))
+            with torch.no_grad():
+                self.projector[0].weight.copy_(torch.eye(cfg.hidden_size).repeat(1, cfg.projector_stack))
+        else:
+            self.projector = nn.Sequential(
+                nn.Linear(cfg.encoder_dim * cfg.projector_stack, cfg.hidden_size), nn.GELU(),
+                nn.Linear(cfg.hidden_size, cfg.hidden_size)
+            )
         self.language_model = Qwen2ForCausalLM(cfg.qwen2_config())
         gc = self.language_model.generation_config
         gc.eos_token_id, gc.pad_token_id, gc.bos_token_id = cfg.eos_token_id, cfg.pad_token_id, None
@@ -245,10 +263,27 @@ class MiniLALM(nn.Module):
 
     def encode_audio(self, features: torch.Tensor, feature_mask: torch.Tensor):
         """(B, mel, F) features → decoder audio tokens (B, M, H) with mask (B, M), and the
-        encoder output ``(frames (B, N, D), mask (B, N))`` they were stacked from."""
+        encoder output ``(frames (B, N, D), mask (B, N))`` they were stacked from.
+
+        A token is the projector's image of its ``projector_stack`` stacked frames plus, with
+        ``soft_tokens``, the sum over those frames of Σ_v p_ctc(v | frame) · E[v]: the decoder's own
+        input embeddings weighted by the CTC readout's posterior, blank (id 0) left out. The soft
+        part is what a recogniser hears, as text embeddings; the projected part is everything else."""
         hidden, valid = self.audio_encoder(features, feature_mask)
-        stacked, stacked_valid = stack_frames(hidden, valid, self.config.projector_stack)
-        return self.projector(stacked), stacked_valid, (hidden, valid)
+        k = self.config.projector_stack
+        stacked, stacked_valid = stack_frames(hidden, valid, k)
+        kind = self.config.audio_tokens
+        if kind == "projected":
+            return self.projector(stacked), stacked_valid, (hidden, valid)
+        first = len(SPECIAL_TOKENS)  # words only: no blank, no prompt token
+        probs = self.audio_encoder.ctc_logits(hidden).float().softmax(-1)[..., first:]
+        embed = self.get_input_embeddings().weight[first:].float()
+        soft = ((probs @ embed) * valid[..., None].to(probs.dtype)).to(hidden.dtype)  # (B, N, H), 0 past the end
+        soft_stacked, _ = stack_frames(soft, valid, k)  # (B, M, k·H)
+        if kind == "soft":
+            return self.projector(soft_stacked), stacked_valid, (hidden, valid)
+        b, m, _ = soft_stacked.shape
+        return self.projector(stacked) + soft_stacked.view(b, m, k, -1).sum(2), stacked_valid, (hidden, valid)
 
     def embed(
         self,
@@ -312,7 +347,12 @@ def load_mini(directory: str | Path):
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory))
     tokenizer.padding_side = "left"
     model = MiniLALM(cfg)
-    model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)))
+    state = load_file(str(directory / WEIGHTS_NAME))
+    if cfg.tie_embeddings:  # the lm_head is the input embedding matrix (saved once)
+        state["language_model.lm_head.weight"] = state["language_model.model.embed_tokens.weight"]
+    model.load_state_dict(state)
+    if cfg.tie_embeddings:
+        model.language_model.lm_head.weight = model.language_model.model.embed_tokens.weight
     return model.eval(), tokenizer
 
 
@@ -359,6 +399,7 @@ class MiniAdapter:
         self.max_audio_seconds = max_audio_seconds
         self.sep_token_id = tokenizer.convert_tokens_to_ids(SEP)
         self.audio_token_id = tokenizer.convert_tokens_to_ids(AUDIO)
+        self.repeat_token_id = tokenizer.convert_tokens_to_ids(REPEAT)
         self.skipped_long_audio = 0
         self._features: dict[bytes, torch.Tensor] = {}
         self._cache_size = feature_cache_size
@@ -400,8 +441,18 @@ class MiniAdapter:
         return left_pad(seqs, self.pad_token_id)
 
     # ---------------------------------------------------------------- prompts
-    def text_prompts(self, examples: list) -> PromptBatch:
-        seqs = [self.encode(ex.question_text) + [self.sep_token_id] for ex in examples]
+    def _task_suffix(self, task: str) -> list[int]:
+        """The prompt's last tokens for ``task`` (one of :data:`TASKS`)."""
+        if task == "solve":
+            return [self.sep_token_id]
+        if task == "repeat":
+            return [self.repeat_token_id, self.sep_token_id]
+        raise CordError(f"unknown mini prompt task {task!r} (one of {', '.join(TASKS)})")
+
+    def text_prompts(self, examples: list, task: str = "solve") -> PromptBatch:
+        """Text prompts; ``task``: "solve" (the trainer's and ``cord eval``'s) or "repeat"."""
+        suffix = self._task_suffix(task)
+        seqs = [self.encode(ex.question_text) + suffix for ex in examples]
         ids, mask = self._left_pad(seqs)
         return PromptBatch(ids, mask, "text", {}, list(range(len(examples))))
 
@@ -420,7 +471,9 @@ class MiniAdapter:
         self._features[key] = feats
         return feats
 
-    def audio_prompts(self, examples: list) -> PromptBatch:
+    def audio_prompts(self, examples: list, task: str = "solve") -> PromptBatch:
+        """Audio prompts; ``task``: "solve" (the trainer's and ``cord eval``'s) or "repeat"."""
+        suffix = self._task_suffix(task)
         arrays, keep = policy_audio(examples, self.max_audio_seconds, self.long_audio)
         self.skipped_long_audio += len(examples) - len(keep)
         if not arrays:
@@ -435,7 +488,7 @@ class MiniAdapter:
             features[i, :, : f.shape[1]] = f
             fmask[i, : f.shape[1]] = 1
             n_audio = self._core().audio_token_count(f.shape[1])
-            seqs.append([self.audio_token_id] * n_audio + [self.sep_token_id])
+            seqs.append([self.audio_token_id] * n_audio + suffix)
         ids, mask = self._left_pad(seqs)
         extra = {"input_features": features.to(self._core().dtype), "feature_attention_mask": fmask}
         return PromptBatch(ids, mask, "audio", extra, keep)
@@ -550,6 +603,8 @@ class MiniAdapter:
         tmp.mkdir(parents=True)
         core = peft.get_base_model() if peft is not None else self._core()
         state = base_state_dict(peft) if peft is not None else core.state_dict()
+        if core.config.tie_embeddings:  # one matrix: stored once, as the input embeddings
+            state = {k: v for k, v in state.items() if not k.endswith("lm_head.weight")}
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / WEIGHTS_NAME))
         (tmp / CONFIG_NAME).write_text(json.dumps({"family": "mini", "model": asdict(core.config)}, indent=2))
         self.tokenizer.save_pretrained(str(tmp))

@@ -31,6 +31,10 @@ from cord import CordError
 
 #: the three possible conclusions, from CORD's interval against the control
 CONCLUSIONS = ("cord_beats_control", "no_clear_difference", "cord_worse_than_control")
+#: the four pre-registered outcomes of the primary contrast (docs/demo/preregistration.md)
+OUTCOMES = ("cord_beats_control", "cord_worse_than_control", "equivalent", "inconclusive")
+#: z quantiles of a two-sided 5 % test at 80 % power: mde = (1.959964 + 0.841621) · SE
+Z_ALPHA, Z_POWER = 1.959964, 0.841621
 
 
 def paired_matrix(arm: Sequence[dict[str, bool]], ref: Sequence[dict[str, bool]], ids: Sequence[str]) -> np.ndarray:
@@ -106,3 +110,33 @@ def conclusion(cord_vs_control: dict) -> str:
     if hi < 0:
         return "cord_worse_than_control"
     return "no_clear_difference"
+
+
+def mde(se: float) -> float:
+    """The minimum detectable effect: the true difference a two-sided 5 % test (the 95 %
+    interval excluding 0) would detect with 80 % power, given the standard error ``se`` of the
+    estimate — (z_0.975 + z_0.80) · se = 2.80 · se (normal approximation; ``se`` is the
+    bootstrap standard deviation). Same units as ``se``."""
+    return (Z_ALPHA + Z_POWER) * se
+
+
+def primary_outcome(mean: float, ci95: Sequence[float], margin: float) -> str:
+    """The pre-registered outcome of the primary contrast (CORD − SFT-self, points), read off the
+    95 % interval [lo, hi] in this order:
+
+    1. ``cord_beats_control``: lo > 0 (the whole interval above zero);
+    2. ``cord_worse_than_control``: hi < 0 (the whole interval below zero);
+    3. ``equivalent``: −margin < lo and hi < margin (the interval holds 0 and lies inside ±margin);
+    4. ``inconclusive``: anything else (the interval holds 0 and reaches past a margin).
+
+    A detected difference (1, 2) is reported as such even when it is smaller than the margin."""
+    lo, hi = ci95
+    if not lo <= mean <= hi:
+        raise CordError(f"primary_outcome: the mean {mean} lies outside its interval [{lo}, {hi}]")
+    if lo > 0:
+        return "cord_beats_control"
+    if hi < 0:
+        return "cord_worse_than_control"
+    if -margin < lo and hi < margin:
+        return "equivalent"
+    return "inconclusive"
