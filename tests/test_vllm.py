@@ -111,6 +111,25 @@ def test_first_token_frequencies_match_softmax_without_placeholders(pair):
     assert stats.chisquare(observed, expected).pvalue > 1e-3
 
 
+def test_long_unequal_prompts_with_seeds_sample_and_repeat(pair):
+    """(Kept with the other tests of the module's engine, before the tests that start and stop
+    engines of their own: stopping one tears down vLLM's process-wide parallel groups.)
+    8 prompts of 180-880 tokens (2-30 s clips) x 4 seeded samples: more prompt tokens than one
+    scheduling step's chunk would hold (vLLM's chunked prefill rewinds a seeded generator,
+    which a CPU generator cannot), and the same tokens on a rerun."""
+    from cord.data.paired import PairedExample
+
+    adapter, engine = pair
+    rng = np.random.default_rng(0)
+    exs = [PairedExample(f"p{i}", "What is 3 + 4?", (0.1 * rng.standard_normal(int(16000 * s))).astype(np.float32))
+           for i, s in enumerate(np.linspace(2, 30, 8))]
+    prompts = adapter.audio_prompts(exs)
+    assert int(prompts.attention_mask.sum(-1).max()) > 800
+    a = engine.generate(prompts, n=4, temperature=1.5, max_new_tokens=6, seed=0)
+    b = engine.generate(prompts, n=4, temperature=1.5, max_new_tokens=6, seed=0)
+    assert a.ids.shape[0] == 32 and torch.equal(a.ids, b.ids)
+
+
 def test_after_a_real_optimizer_step_the_engine_generates_with_the_new_weights(tmp_path):
     """A LoRA cord step through the trainer, then the step's sync: vLLM's greedy equals the
     hf engine's on the updated model (and differs from before the update)."""
@@ -174,20 +193,3 @@ def test_the_acceptance_scripts_vllm_check_passes_on_cpu(tmp_path):
     spec.loader.exec_module(mod)
     report = mod.run(["--cpu-smoke", "--only", "vllm", "--workdir", str(tmp_path)])
     assert report["checks"] == {"vllm": "pass"} and report["vllm"]["greedy_equal"]
-
-
-def test_long_unequal_prompts_with_seeds_sample_and_repeat(pair):
-    """8 prompts of 180-880 tokens (2-30 s clips) x 4 seeded samples: more prompt tokens than one
-    scheduling step's chunk would hold (vLLM's chunked prefill rewinds a seeded generator,
-    which a CPU generator cannot), and the same tokens on a rerun."""
-    from cord.data.paired import PairedExample
-
-    adapter, engine = pair
-    rng = np.random.default_rng(0)
-    exs = [PairedExample(f"p{i}", "What is 3 + 4?", (0.1 * rng.standard_normal(int(16000 * s))).astype(np.float32))
-           for i, s in enumerate(np.linspace(2, 30, 8))]
-    prompts = adapter.audio_prompts(exs)
-    assert int(prompts.attention_mask.sum(-1).max()) > 800
-    a = engine.generate(prompts, n=4, temperature=1.5, max_new_tokens=6, seed=0)
-    b = engine.generate(prompts, n=4, temperature=1.5, max_new_tokens=6, seed=0)
-    assert a.ids.shape[0] == 32 and torch.equal(a.ids, b.ids)
