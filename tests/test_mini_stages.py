@@ -37,6 +37,7 @@ def stage_a_result():
     return adapter, metrics, before, test
 
 
+@pytest.mark.slow  # the module's Stage A (450 steps) takes ~40 s
 def test_stage_a_reaches_high_held_out_text_accuracy(stage_a_result):
     adapter, metrics, before, test = stage_a_result
     acc, items = greedy_accuracy(adapter, test, "text")
@@ -54,6 +55,7 @@ def test_stage_a_reaches_high_held_out_text_accuracy(stage_a_result):
     assert outs[0] == transcript(test[0].question_text) or scores["exact"] < 1
 
 
+@pytest.mark.slow
 def test_stage_a_trains_only_the_language_model(stage_a_result):
     adapter, *_ = stage_a_result
     fresh, _ = build_mini(seed=0)
@@ -63,6 +65,7 @@ def test_stage_a_trains_only_the_language_model(stage_a_result):
     assert all(p.requires_grad for p in adapter.model.parameters())  # left trainable for the next stage
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
 def test_stage_b_trains_the_audio_path_on_transcripts_only_and_keeps_the_averaged_weights(
         stage_a_result, tmp_path, monkeypatch):
