@@ -36,6 +36,12 @@ class AdapterBase:
         self.max_audio_seconds = max_audio_seconds
         self.skipped_long_audio = 0
 
+    @classmethod
+    def from_config(cls, model: nn.Module, tokenizer: Any, feature_extractor: Any, cfg: Any, **kwargs: Any):
+        """The adapter with the prompt and long-audio settings of ``cfg`` (a ModelConfig)."""
+        return cls(model, tokenizer, feature_extractor, system_prompt=cfg.system_prompt, instruction=cfg.instruction,
+                   long_audio=cfg.long_audio, max_audio_seconds=cfg.max_audio_seconds, **kwargs)
+
     # ----------------------------------------------------------------- tokens
     def token_id(self, token: str) -> int | None:
         """The tokenizer's id of ``token``; None when it does not know it."""

@@ -328,9 +328,8 @@ def _load_like_checkpoint(model, device: torch.device, dtype: torch.dtype):
 
 def hf_family_loader(adapter_cls, model_cls_name: str, tiny_builder, **adapter_kwargs):
     """A loader for a family whose model is a transformers class (``model_cls_name``) and whose
-    adapter takes ``(model, tokenizer, feature_extractor, system_prompt=..., instruction=...,
-    long_audio=..., max_audio_seconds=...)``; ``tiny_builder(seed, device)`` returns the tiny
-    offline ``(model, tokenizer, feature_extractor)``."""
+    adapter is a :class:`cord.models.adapter.AdapterBase` (built with its ``from_config``);
+    ``tiny_builder(seed, device)`` returns the tiny offline ``(model, tokenizer, feature_extractor)``."""
 
     def load(cfg):
         if cfg.name_or_path == "tiny":
@@ -342,15 +341,6 @@ def hf_family_loader(adapter_cls, model_cls_name: str, tiny_builder, **adapter_k
             model = _load_like_checkpoint(model, device, resolve_dtype(cfg.dtype, device))
         else:
             model, tokenizer, fe = _load_hf(model_cls_name, cfg)
-        return adapter_cls(
-            model,
-            tokenizer,
-            fe,
-            system_prompt=cfg.system_prompt,
-            instruction=cfg.instruction,
-            long_audio=cfg.long_audio,
-            max_audio_seconds=cfg.max_audio_seconds,
-            **adapter_kwargs,
-        )
+        return adapter_cls.from_config(model, tokenizer, fe, cfg, **adapter_kwargs)
 
     return load

@@ -384,8 +384,7 @@ def load(cfg) -> StepAudio2Adapter:
     else:
         model, tokenizer, fe = load_model(cfg.name_or_path, device=device, dtype=dtype,
                                           attn_implementation=cfg.attn_implementation)
-    return StepAudio2Adapter(model, tokenizer, fe, system_prompt=cfg.system_prompt, instruction=cfg.instruction,
-                             long_audio=cfg.long_audio, max_audio_seconds=cfg.max_audio_seconds)
+    return StepAudio2Adapter.from_config(model, tokenizer, fe, cfg)
 
 
 def _register() -> None:
