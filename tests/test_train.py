@@ -464,6 +464,37 @@ def test_sft_targets_end_with_the_end_of_turn_token_and_long_ones_are_cut_and_co
     assert metrics["completion_tokens"] == len(enc) + 1 + 12
 
 
+def test_sft_from_the_text_prompt_is_the_text_conditioned_likelihood_of_the_solution(tmp_path):
+    """objective.sft_prompt=text trains each solution from the question as text: its loss is the
+    token-mean NLL of the solution after the chat-formatted text prompt, computed here with
+    the plain HF model in float64 (no audio anywhere); the default audio prompt gives another."""
+    trainer = Trainer(tiny_cfg("sft", tmp_path, "qwen2-audio", "objective.sft_prompt=text"))
+    ad = trainer.adapter
+    rng = np.random.default_rng(0)
+    examples = [PairedExample("a", "What is 3 plus 4?", rng.standard_normal(8000).astype(np.float32) * 0.1,
+                              answer="7", solution="3 + 4 = 7. The answer is 7."),
+                PairedExample("b", "What is 9 minus 2?", rng.standard_normal(12000).astype(np.float32) * 0.1,
+                              answer="7", solution="9 - 2 = 7. The answer is 7.")]
+    loss, _ = run_micro_step(trainer.ctx, examples, step=0, micro=0)
+    eot = end_of_turn_id(ad)
+    model = ad.model.double()
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for ex in examples:
+            prompt = ad.text_prompt_ids(ex.question_text)
+            target = ad.tokenizer(ex.solution, add_special_tokens=False)["input_ids"] + [eot]
+            logits = model(input_ids=torch.tensor([prompt + target])).logits[0]
+            logp = torch.log_softmax(logits.double(), -1)
+            for j, tok in enumerate(target):
+                nll -= float(logp[len(prompt) - 1 + j, tok])
+                count += 1
+    model.float()
+    assert float(loss.detach()) == pytest.approx(nll / count, rel=1e-4)
+    trainer.cfg.objective.sft_prompt = "audio"
+    audio_loss, _ = run_micro_step(trainer.ctx, examples, step=0, micro=0)
+    assert abs(float(audio_loss.detach()) - nll / count) > 1e-3
+
+
 @pytest.mark.parametrize("teacher", ["frozen", "live"])
 def test_greedy_references_of_a_frozen_teacher_are_generated_once_per_example(teacher, tmp_path):
     cfg = tiny_cfg("grpo", tmp_path, "qwen2-audio", "model.lora.r=2", f"objective.teacher={teacher}")

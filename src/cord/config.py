@@ -186,6 +186,10 @@ class ObjectiveConfig(_Section):
     #: method sft: the most tokens of a reference solution trained on, its end-of-turn token
     #: included; a longer solution is cut (no end-of-turn) and counted in targets_truncated
     sft_max_tokens: int = Field(1024, ge=1)
+    #: method sft: which prompt the solution is trained from — ``audio`` (the paper's SFT
+    #: baseline) or ``text`` (text-side instruction tuning, e.g. a warm-up that gives a model
+    #: the text skill whose transfer to speech the other methods are then measured on)
+    sft_prompt: Literal["audio", "text"] = "audio"
 
     @field_validator("method")
     @classmethod

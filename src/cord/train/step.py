@@ -366,7 +366,8 @@ def sequence_term(m: MicroBatch) -> SequenceTerm:
 
 
 def sft_term(m: MicroBatch) -> tuple[torch.Tensor, dict[str, float]]:
-    """SFT: the likelihood of each example's reference solution from its audio prompt."""
+    """SFT: the likelihood of each example's reference solution from its audio prompt (or its
+    text prompt, ``objective.sft_prompt: text``)."""
     ctx, adapter = m.ctx, m.ctx.adapter
     obj = ctx.cfg.objective
     device = adapter.device
@@ -380,7 +381,7 @@ def sft_term(m: MicroBatch) -> tuple[torch.Tensor, dict[str, float]]:
     t0 = m.clock()
     ids_d, mask_d = ids.to(device), mask.to(device)
     with ctx.autocast():
-        h = adapter.completion_hidden(m.audio, ids, mask)
+        h = adapter.completion_hidden(m.text if obj.sft_prompt == "text" else m.audio, ids, mask)
         lp = token_logprobs(h, weight, ids_d, mask_d, bias=bias, chunk_size=obj.chunk_size, softcap=softcap)
     loss, metrics = sft_loss(lp, mask_d)
     m.timings["student"] += m.clock() - t0
