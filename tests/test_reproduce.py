@@ -26,7 +26,7 @@ from cord.locking import folder_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny" / "reproduce.yaml"
-STAGES = ["synth", "eval-base", "train-cord", "eval-cord", "train-forward_kl", "eval-forward_kl", "train-sft",
+STAGES = ["synth", "warmup", "eval-base", "train-cord", "eval-cord", "train-forward_kl", "eval-forward_kl", "train-sft",
           "eval-sft", "table"]
 
 
@@ -49,7 +49,7 @@ class Fake:
         if stage in self.interrupt:
             raise KeyboardInterrupt
         d = Path(log_path).parent
-        if stage.startswith("train-"):
+        if stage.startswith("train-") or stage == "warmup":
             (d / "model").mkdir(exist_ok=True)
             # the config the run trained with, as cord train writes it (what a rerun compares with)
             args = command[command.index("train") + 1:]
@@ -93,11 +93,12 @@ def private_config(tmp_path: Path, **changes) -> Path:
     can edit them); ``changes``: section -> {key: value} merged in."""
     presets = tmp_path / "presets"
     presets.mkdir(exist_ok=True)
-    for m in ("_family", "cord", "forward_kl", "sft"):  # _family.yaml: the part the presets name in base:
+    for m in ("_family", "cord", "forward_kl", "sft", "warmup-text"):  # _family.yaml: the part the presets name in base:
         shutil.copy(ROOT / "configs" / "tiny" / f"{m}.yaml", presets / f"{m}.yaml")
     shutil.copy(ROOT / "configs" / "tiny" / "reproduce-train.jsonl", tmp_path / "questions.jsonl")
     data = yaml.safe_load(TINY.read_text())
     data["train"]["presets"] = str(presets)
+    data["warmup"]["preset"] = str(presets / "warmup-text.yaml")
     data["synth"]["input"] = str(tmp_path / "questions.jsonl")
     for section, values in changes.items():
         if isinstance(values, dict):
@@ -126,7 +127,13 @@ def test_plan_is_exactly_what_runs_and_a_rerun_runs_nothing(tmp_path, capsys, fa
     assert "train.max_steps=4" in tc and "accelerate.commands.launch" not in tc
     ec = cmds["eval-cord"]
     assert ec[ec.index("--model") + 1] == str(out / "train-cord" / "model") and "--protocol" in ec
-    assert cmds["eval-base"][cmds["eval-base"].index("--model") + 1] == "tiny"
+    # the warm-up trains the configured model; everything after it starts from its export
+    wu = cmds["warmup"]
+    assert wu[wu.index("--config") + 1] == str(ROOT / "configs" / "tiny" / "warmup-text.yaml")
+    assert "model.name_or_path=tiny" in wu and f"train.output_dir={out / 'warmup'}" in wu
+    assert not any(a.startswith("data.train=") for a in wu)  # its own data (the built-in questions)
+    assert cmds["eval-base"][cmds["eval-base"].index("--model") + 1] == str(out / "warmup" / "model")
+    assert f"model.name_or_path={out / 'warmup' / 'model'}" in tc and "model.name_or_path=tiny" not in tc
     # self-contained: cord eval makes the built-in benchmark itself (nothing for a job to prepare)
     assert ec[ec.index("--benchmarks") + 1] == "builtin:tiny-arith"
     assert cmds["table"][cmds["table"].index("table") + 1:][:4] == [
@@ -141,14 +148,14 @@ def test_plan_is_exactly_what_runs_and_a_rerun_runs_nothing(tmp_path, capsys, fa
         done = json.loads((out / name / "done.json").read_text())
         assert done["command"] == cmd and done["exit"] == 0
         assert f"$ {shlex.join(cmd)}" in (out / name / "log.txt").read_text()
-    assert "[9/9] table: done in" in stdout
+    assert "[10/10] table: done in" in stdout
 
     fake.ran.clear()
     rc, stdout, err = reproduce(capsys, "--config", TINY, "--out", out)
     assert rc == 0 and fake.ran == []
-    assert "nothing to do" in stdout and stdout.count("(skipped)") == 9
+    assert "nothing to do" in stdout and stdout.count("(skipped)") == 10
     rc, stdout, _ = reproduce(capsys, "--config", TINY, "--out", out, "--status")
-    assert rc == 0 and "9 of 9 stages done" in stdout
+    assert rc == 0 and "10 of 10 stages done" in stdout
 
 
 def test_a_change_reruns_that_stage_and_what_depends_on_it(tmp_path, capsys, fake):
@@ -200,19 +207,21 @@ def test_a_change_reruns_that_stage_and_what_depends_on_it(tmp_path, capsys, fak
     fake.ran.clear()
     base_args = ("--config", cfg, "--out", out, "--set", "synth.workers=2", "--set", "eval.batch_size=4")
     rc, stdout, _ = reproduce(capsys, *base_args)
-    assert rc == 0 and fake.names() == ["synth"] + STAGES[2:]
+    assert rc == 0 and fake.names() == ["synth"] + STAGES[3:]  # not the warm-up (its own data) nor eval-base
     old = {m: len(list(tmp_path.glob(f"out/train-{m}.old-*"))) for m in ("cord", "forward_kl", "sft")}
     assert old == {"cord": 2, "forward_kl": 1, "sft": 1}
     assert not list(tmp_path.glob("out/eval-base.old-*")) and not list(tmp_path.glob("out/synth.old-*"))
 
     # more processes with the same global batch: fewer prompts per micro-batch, which seeds the
-    # rollouts differently: another computation too (every method's run moved aside)
+    # rollouts differently: another computation too (the warm-up's run moved aside, and so every
+    # stage that starts from its model)
     fake.ran.clear()
     rc, stdout, _ = reproduce(capsys, *base_args, "--set", "train.processes=2")
-    assert rc == 0 and fake.names() == STAGES[2:]
-    assert stdout.count("its prompts per micro-batch changed (2 → 1: processes x train.grad_accum)") == 3
+    assert rc == 0 and fake.names() == STAGES[1:]  # the warm-up too (then the base's evaluation)
+    assert stdout.count("its prompts per micro-batch changed (24 → 12: processes x train.grad_accum)") == 1  # the warm-up
+    assert stdout.count("its inputs changed since it ran") == 7  # what starts from it: eval-base, 3 runs, 3 evaluations
     assert {m: len(list(tmp_path.glob(f"out/train-{m}.old-*"))) for m in old} == {"cord": 3, "forward_kl": 2, "sft": 2}
-    assert reproduce(capsys, *base_args, "--set", "train.processes=2")[0] == 0 and len(fake.ran) == 7  # nothing new
+    assert reproduce(capsys, *base_args, "--set", "train.processes=2")[0] == 0 and len(fake.ran) == 9  # nothing new
 
     # the part every preset names in base: (_family.yaml) is read too: an edit there is an edit
     # of every method's preset
@@ -220,7 +229,7 @@ def test_a_change_reruns_that_stage_and_what_depends_on_it(tmp_path, capsys, fak
     part.write_text(part.read_text().replace("keep_last: 2", "keep_last: 4"))
     fake.ran.clear()
     assert reproduce(capsys, *base_args, "--set", "train.processes=2")[0] == 0
-    assert fake.names() == STAGES[2:]
+    assert fake.names() == STAGES[1:]  # the warm-up's preset names it too
 
 
 def test_an_interrupted_stage_resumes_in_place(tmp_path, capsys, fake):
@@ -228,15 +237,15 @@ def test_an_interrupted_stage_resumes_in_place(tmp_path, capsys, fake):
     fake.interrupt = {"train-forward_kl"}
     rc, stdout, err = reproduce(capsys, "--config", TINY, "--out", out)
     assert rc == 130 and "interrupted; rerun the same command to resume" in err
-    assert fake.names() == STAGES[:5]
+    assert fake.names() == STAGES[:6]
     rc, status, _ = reproduce(capsys, "--config", TINY, "--out", out, "--status")
     lines = {ln.split()[0]: ln.split()[1] for ln in status.splitlines()[1:-1]}
     assert lines["train-cord"] == "done" and lines["train-forward_kl"] == "interrupted"
-    assert lines["eval-forward_kl"] == "pending" and "4 of 9 stages done" in status
+    assert lines["eval-forward_kl"] == "pending" and "5 of 10 stages done" in status
     fake.interrupt.clear()
     fake.ran.clear()
     rc, stdout, _ = reproduce(capsys, "--config", TINY, "--out", out)
-    assert rc == 0 and fake.names() == STAGES[4:]
+    assert rc == 0 and fake.names() == STAGES[5:]
     assert "train-forward_kl: running, resuming" in stdout
     assert not list(tmp_path.glob("out/*.old-*"))
 
@@ -250,13 +259,13 @@ def test_a_failed_stage_is_one_line_naming_it_its_log_and_the_rerun(tmp_path, ca
     rerun = shlex.join(["cord", "reproduce", "--config", str(TINY), "--out", str(out), "--stage", "train-cord"])
     assert err == (f"cord reproduce: error: stage train-cord failed (exit 3): cord train: error: something went wrong; "
                    f"log: {log}; rerun: {rerun}\n")
-    assert fake.names() == STAGES[:3]  # the pipeline stopped there
+    assert fake.names() == STAGES[:4]  # the pipeline stopped there
     rc, status, _ = reproduce(capsys, "--config", TINY, "--out", out, "--status")
     assert "train-cord" in status and "failed" in status and f"exit 3; log: {log}" in status
     fake.fail.clear()
     fake.ran.clear()
     assert reproduce(capsys, "--config", TINY, "--out", out)[0] == 0
-    assert fake.names() == STAGES[2:]
+    assert fake.names() == STAGES[3:]
 
 
 def test_a_real_failing_command_is_reported_in_one_line(tmp_path, capsys):
@@ -276,12 +285,15 @@ def test_stage_runs_one_stage_once_its_inputs_are_done(tmp_path, capsys, fake):
     assert "stage train-cord needs synth, which is not done (pending); run it first: cord reproduce" in err
     assert err.rstrip().endswith("--stage synth") and fake.ran == []
     assert reproduce(capsys, "--config", TINY, "--out", out, "--stage", "synth")[0] == 0
+    rc, stdout, err = reproduce(capsys, "--config", TINY, "--out", out, "--stage", "train-cord")
+    assert rc == 2 and "stage train-cord needs warmup, which is not done (pending)" in err
+    assert reproduce(capsys, "--config", TINY, "--out", out, "--stage", "warmup")[0] == 0
     rc, stdout, _ = reproduce(capsys, "--config", TINY, "--out", out, "--stage", "train-cord")
-    assert rc == 0 and fake.names() == ["synth", "train-cord"]
+    assert rc == 0 and fake.names() == ["synth", "warmup", "train-cord"]
     plan = dict(plan_lines(capsys, TINY, out))
-    assert fake.ran[1][1] == plan["train-cord"]
+    assert fake.ran[2][1] == plan["train-cord"]
     rc, stdout, _ = reproduce(capsys, "--config", TINY, "--out", out, "--stage", "train-cord")
-    assert rc == 0 and "train-cord: done (skipped)" in stdout and len(fake.ran) == 2
+    assert rc == 0 and "train-cord: done (skipped)" in stdout and len(fake.ran) == 3
     rc, _, err = reproduce(capsys, "--config", TINY, "--out", out, "--stage", "train-crod")
     assert rc == 2 and "no such stage (did you mean 'train-cord'?)" in err
 
@@ -295,7 +307,7 @@ def test_a_second_runner_is_refused_and_stages_lock_their_own_folder(tmp_path, c
         rc, status, _ = reproduce(capsys, "--config", TINY, "--out", out, "--status")
         assert f"a cord reproduce is running in this folder (pid {os.getpid()})" in status
         # a --stage job locks its stage's folder only: it may run beside the pipeline
-        assert reproduce(capsys, "--config", TINY, "--out", out, "--stage", "synth")[0] == 0
+        assert reproduce(capsys, "--config", TINY, "--out", out, "--stage", "warmup")[0] == 0
     (out / "eval-base").mkdir()
     with folder_lock(out / "eval-base", "reproduce", "wait", name=rp.STAGE_LOCK):
         rc, status, _ = reproduce(capsys, "--config", TINY, "--out", out, "--status")
@@ -337,8 +349,9 @@ def test_every_shipped_reproduce_config_plans_every_stage(config, tmp_path, caps
     cfg = rp.load_reproduce_config(config)
     plan = plan_lines(capsys, config, tmp_path / "out")
     methods = cfg.train.methods
-    assert [n for n, _ in plan] == ["synth", "eval-base", *[f"{k}-{m}" for m in methods for k in ("train", "eval")],
-                                    "table"]
+    warmup = ["warmup"] if cfg.warmup is not None else []
+    assert [n for n, _ in plan] == ["synth", *warmup, "eval-base",
+                                    *[f"{k}-{m}" for m in methods for k in ("train", "eval")], "table"]
     for m in methods:
         train = dict(plan)[f"train-{m}"]
         assert Path(train[train.index("--config") + 1]).is_file()
@@ -346,7 +359,7 @@ def test_every_shipped_reproduce_config_plans_every_stage(config, tmp_path, caps
 
 @pytest.mark.parametrize("case", ["unknown_key", "unknown_nested", "no_preset", "missing_input", "out_is_file",
                                   "missing_config", "bad_set", "train_set_typo", "model_lora", "no_config",
-                                  "benchmark_folder", "builtin", "duplicate_method"])
+                                  "benchmark_folder", "builtin", "duplicate_method", "warmup_preset", "warmup_set"])
 def test_one_line_errors(tmp_path, capsys, case):
     f = tmp_path / "a-file"
     f.write_text("x")
@@ -367,6 +380,9 @@ def test_one_line_errors(tmp_path, capsys, case):
         "benchmark_folder": (pc(eval={"benchmarks": ["./no/such/bench"]}), [], "no such folder"),
         "builtin": (pc(eval={"benchmarks": ["builtin:tiny-arth"]}), [], "unknown built-in dataset 'tiny-arth'"),
         "duplicate_method": (pc(train={"methods": ["cord", "cord"]}), [], "listed twice: cord"),
+        "warmup_preset": (pc(warmup={"preset": "warmup-txt.yaml"}), [], "warmup.preset warmup-txt.yaml: no such file"),
+        "warmup_set": (same(TINY), ["--set", "warmup.set=[train.max_step=4]"],
+                       "warmup.set train.max_step=4 (over warmup-text.yaml): unknown key 'train.max_step'"),
     }
     make, extra, expect = args[case]
     cfg = make()
@@ -410,13 +426,12 @@ def test_tiny_preset_runs_every_stage_and_writes_the_table(tiny_run, capsys, mon
         assert sorted(rows) == sorted(labels), bench
         for label, r in rows.items():
             assert r["n"] == 12 and r["audio_acc"] is not None and r["text_acc"] is not None
-            # random-weight models: the base gap is what it is; the gap reduction is a number with
-            # an interval where the base has a gap to reduce, else null with the reason
-            assert "gap_reduction" in r and "gap_reduction_ci95" in r
-            if r["gap_reduction"] is None:
-                assert r["gap_reduction_ci95"] is None and "gap" in r["gap_reduction_note"]
-            else:
-                assert r["gap_reduction_ci95"] is None or len(r["gap_reduction_ci95"]) == 2
+            # the warm-up answers from text, not from speech: every row has a gap reduction with
+            # its interval (the base row: 0 by definition)
+            assert r["base_gap"] > 0.2, (label, r)
+            assert r["gap_reduction"] is not None and len(r["gap_reduction_ci95"]) == 2, (label, r)
+            lo, hi = r["gap_reduction_ci95"]
+            assert lo <= r["gap_reduction"] <= hi
             assert r["gap_ci95"] is not None and r["audio_delta_ci95"] is not None
     # what ran is what --plan prints
     plan = plan_lines(capsys, TINY, out)
@@ -427,7 +442,7 @@ def test_tiny_preset_runs_every_stage_and_writes_the_table(tiny_run, capsys, mon
     rc = main(["reproduce", "--config", str(TINY), "--out", str(out)])
     assert rc == 0 and ran == [] and "nothing to do" in capsys.readouterr().out
     rc = main(["reproduce", "--config", str(TINY), "--out", str(out), "--status"])
-    assert rc == 0 and "9 of 9 stages done" in capsys.readouterr().out
+    assert rc == 0 and "10 of 10 stages done" in capsys.readouterr().out
     print(f"tiny reproduce: {seconds:.1f} s")
 
 
@@ -452,7 +467,8 @@ def test_a_training_stage_killed_mid_run_resumes_from_its_checkpoint(tiny_run, t
     out = tmp_path / "out"
     # save every step (changes no number), so the kill lands between checkpoints 1 and 4
     sets = ("--set", "train.set=[train.max_steps=4,train.save_every=1,train.progress=false,train.tensorboard=false]")
-    assert run_cli("--config", TINY, "--out", out, *sets, "--stage", "synth").returncode == 0
+    for stage in ("synth", "warmup"):
+        assert run_cli("--config", TINY, "--out", out, *sets, "--stage", stage).returncode == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     child = subprocess.Popen([sys.executable, "-m", "cord.cli", "reproduce", "--config", str(TINY), "--out", str(out),
                               *sets, "--stage", "train-cord"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -491,7 +507,7 @@ def test_a_training_stage_of_two_processes_runs_under_accelerate_launch(tmp_path
     """train.processes > 1: the stage is `accelerate launch --num_processes N -m cord.cli train`
     (on CPU the processes meet over gloo), one run of world size 2, recorded like any stage."""
     out = tmp_path / "out"
-    sets = ("--set", "train.processes=2")
+    sets = ("--set", "train.processes=2", "--set", "warmup=null")  # the launcher is the point, not the warm-up
     assert run_cli("--config", TINY, "--out", out, *sets, "--stage", "synth").returncode == 0
     proc = run_cli("--config", TINY, "--out", out, *sets, "--stage", "train-cord")
     log = (out / "train-cord" / "log.txt").read_text()

@@ -62,6 +62,17 @@ class TrainStage(_Section):
         return v
 
 
+class WarmupStage(_Section):
+    """Optional: one ``cord train`` before every other model stage; its exported model is the
+    base of everything after it (``eval-base``, every method's training). E.g. the tiny preset
+    teaches its random model the questions from text, so the base has a gap to reduce."""
+
+    #: a training preset (relative to the config file); its own data.train is kept
+    preset: str
+    #: ``--set key=value`` overrides of the warm-up run
+    set: list[str] = Field(default_factory=list)
+
+
 class EvalStage(_Section):
     """``cord eval`` of the base model and of every trained run, with the same settings."""
 
@@ -100,6 +111,7 @@ class ReproduceConfig(_Section):
     #: environment variables of every stage's command (e.g. OMP_NUM_THREADS for tiny CPU models)
     env: dict[str, str] = Field(default_factory=dict)
     synth: SynthStage
+    warmup: WarmupStage | None = None
     train: TrainStage
     eval: EvalStage
     table: TableStage = Field(default_factory=TableStage)

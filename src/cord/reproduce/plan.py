@@ -233,14 +233,8 @@ def build_pipeline(cfg: ReproduceConfig, config_path: str | Path, out: str | Pat
             a += ["--limit", str(ev.limit)]
         return a + model_flags(skip=("name_or_path", "family")) + _sets(ev.set)
 
-    stages.append(Stage("eval-base", "eval", env_prefix + eval_args(cfg.model.name_or_path, "eval-base"),
-                        files=dict(bench_files)))
-
-    # training: one per method preset
+    # training runs share the launcher
     tr = cfg.train
-    preset_dir = _local(tr.presets, base)
-    if preset_dir is None or not preset_dir.is_dir():
-        raise CordError(f"train.presets {tr.presets}: no such folder (relative to {base})")
     launcher: list[str] = []
     launch_files: dict[str, str] = {}
     world: int | None = tr.processes or 1
@@ -261,6 +255,32 @@ def build_pipeline(cfg: ReproduceConfig, config_path: str | Path, out: str | Pat
         if tr.processes is not None:
             launcher += ["--num_processes", str(tr.processes)]
         launcher += ["-m", "cord.cli"]
+
+    # the base model: the config's, or the warm-up run's export
+    base_model, base_needs = cfg.model.name_or_path, []
+    if cfg.warmup is not None:
+        wu = cfg.warmup
+        preset = _local(wu.preset, base)
+        if preset is None or not preset.is_file():
+            raise CordError(f"warmup.preset {wu.preset}: no such file (relative to {base})")
+        stage_sets = [f"train.output_dir={out / 'warmup'}",
+                      *[f"model.{k}={_set_value(v)}" for k, v in model_sets.items()], *wu.set]
+        labels = [f"{config_path}: {o} (over {preset.name})" if i < len(stage_sets) - len(wu.set)
+                  else f"warmup.set {o} (over {preset.name})" for i, o in enumerate(stage_sets)]
+        train_cfg = load_config(preset, list(zip(stage_sets, labels)))
+        core = [*(launcher or py), "train", "--config", str(preset), *_sets(stage_sets)]
+        stages.append(Stage("warmup", "train", env_prefix + core,
+                            files={**{str(f): file_digest(f) for f in preset_files(preset)}, **launch_files},
+                            train_config=train_cfg, processes=world))
+        base_model, base_needs = str(out / "warmup" / "model"), ["warmup"]
+    stages.append(Stage("eval-base", "eval", env_prefix + eval_args(base_model, "eval-base"), needs=list(base_needs),
+                        files=dict(bench_files)))
+
+    # training: one per method preset, from the base model
+    train_model = {**model_sets, "name_or_path": base_model} if base_needs else model_sets
+    preset_dir = _local(tr.presets, base)
+    if preset_dir is None or not preset_dir.is_dir():
+        raise CordError(f"train.presets {tr.presets}: no such folder (relative to {base})")
     available = sorted(p.stem for p in preset_dir.glob("*.yaml") if p.stem != "reproduce")
     for m in tr.methods:
         preset = preset_dir / f"{m}.yaml"
@@ -271,12 +291,12 @@ def build_pipeline(cfg: ReproduceConfig, config_path: str | Path, out: str | Pat
             hint = f" — did you mean {close[0]!r}?" if close else f" (presets there: {', '.join(available)})"
             raise CordError(f"train.methods: no preset {preset}{hint}")
         stage_sets = [f"data.train={out / 'synth'}", f"train.output_dir={out / f'train-{m}'}",
-                     *[f"model.{k}={_set_value(v)}" for k, v in model_sets.items()], *tr.set]
+                      *[f"model.{k}={_set_value(v)}" for k, v in train_model.items()], *tr.set]
         labels = [f"{config_path}: {o} (over {preset.name})" if i < len(stage_sets) - len(tr.set)
                   else f"train.set {o} (over {preset.name})" for i, o in enumerate(stage_sets)]
         train_cfg = load_config(preset, list(zip(stage_sets, labels)))  # a typo fails now, before any stage runs
         core = [*(launcher or py), "train", "--config", str(preset), *_sets(stage_sets)]
-        stages.append(Stage(f"train-{m}", "train", env_prefix + core, needs=["synth"],
+        stages.append(Stage(f"train-{m}", "train", env_prefix + core, needs=["synth", *base_needs],
                             files={**{str(f): file_digest(f) for f in preset_files(preset)}, **launch_files},
                             train_config=train_cfg, processes=world))
         stages.append(Stage(f"eval-{m}", "eval", env_prefix + eval_args(str(out / f"train-{m}" / "model"), f"eval-{m}"),
