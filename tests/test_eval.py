@@ -440,7 +440,7 @@ def test_the_eval_fingerprint_covers_model_files_and_item_content(tmp_path, adap
     second = run_fingerprint(cfg, adapter)
     assert second["model_files"] != first["model_files"]
     assert second["dtype"] == "float32" and "batch_size" not in second
-    from cord.eval.report import check_fingerprint
+    from cord.eval.records import check_fingerprint
 
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "eval-run.json").write_text(json.dumps({"fingerprint": second, "benchmarks": []}))

@@ -52,17 +52,8 @@ from cord.eval.benchmarks import (
     load_benchmark,
     with_protocol,
 )
-from cord.eval.report import (
-    AVERAGE,
-    add_gap_reduction,
-    check_fingerprint,
-    load_report,
-    model_stamp,
-    read_records,
-    report_from_items,
-    write_report,
-    write_run_record,
-)
+from cord.eval.records import append_records, check_fingerprint, model_stamp, read_records, write_run_record
+from cord.eval.report import AVERAGE, add_gap_reduction, load_report, report_from_items, write_report
 from cord.types import PromptBatch
 
 RUN_JSON = "eval-run.json"
@@ -269,7 +260,7 @@ def run_modality(
         return 0
     pending.sort(key=lambda it: -_item_length(it, modality))
     already = len(bench.items) - len(pending)
-    with open(path, "a", encoding="utf-8") as f, progress_bar(  # a bar on a terminal, lines in a log
+    with progress_bar(  # a bar on a terminal, lines in a log
         len(bench.items), f"cord eval {key or bench.name} [{modality}]", "item", enabled=progress, initial=already,
     ) as bar:
         for start in range(0, len(pending), batch_size):
@@ -277,9 +268,7 @@ def run_modality(
             recs = answer_batch(bench, batch, modality, adapter, engine, max_new_tokens)
             for r in recs:
                 r["item"] = digests[r["id"]]
-            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
-            f.flush()
-            os.fsync(f.fileno())
+            append_records(path, recs)
             bar.update(len(batch))
     return len(pending)
 
