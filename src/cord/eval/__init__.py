@@ -19,6 +19,7 @@ from cord.eval.benchmarks import (
     load_local_benchmark,
     load_mmau,
     load_voicebench,
+    open_benchmark,
 )
 from cord.eval.plots import plot_kl_by_position, plot_kl_comparison, plot_kl_histogram
 from cord.eval.records import read_records
@@ -29,7 +30,7 @@ from cord.eval.report import (
     report_from_items,
     write_report,
 )
-from cord.eval.runner import evaluate, open_benchmark
+from cord.eval.runner import evaluate
 
 __all__ = [
     "Benchmark",

@@ -16,7 +16,8 @@ same ``OUT`` asks only items that have no record yet (a line torn by a killed ru
 dropped first). ``OUT/eval-run.json`` records what produced the answers
 (:func:`run_fingerprint`); resuming with another model or other generation settings is
 refused rather than mixed, and an item whose content changed is asked again
-(:func:`item_digest`). ``cord analyze`` keeps its own record, so both may use one folder.
+(:func:`cord.eval.benchmarks.item_digest`). ``cord analyze`` keeps its own record, so both
+may use one folder.
 
 The report (``report.json``, ``report.md``) is recomputed from those files by
 :func:`cord.eval.report.report_from_items`, so every number in it can be checked by hand.
@@ -31,93 +32,21 @@ Each record says which protocol produced it (``"protocol"``), and items with rep
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib.util
-import json
-import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from cord import CordError
-from cord.data.paired import MANIFEST, PairedExample
-from cord.eval.benchmarks import (
-    BENCHMARKS,
-    MMAU_JSON,
-    PROTOCOLS,
-    Benchmark,
-    benchmark_names,
-    load_benchmark,
-    with_protocol,
-)
+from cord.data.paired import PairedExample
+from cord.eval.benchmarks import Benchmark, load_suite
 from cord.eval.records import append_records, check_fingerprint, model_stamp, read_records, write_run_record
-from cord.eval.report import AVERAGE, add_gap_reduction, load_report, report_from_items, write_report
+from cord.eval.report import add_gap_reduction, load_report, report_from_items, write_report
 from cord.types import PromptBatch
 
 RUN_JSON = "eval-run.json"
 SKIP_LONG_AUDIO = "audio longer than model.max_audio_seconds (model.long_audio=skip)"
 SKIP_NO_TEXT_FORM = "the question is about the audio clip: there is no text-only form"
-
-
-# --- benchmarks -----------------------------------------------------------------------------
-
-
-def _mmau_location(name: str) -> Path | None:
-    """A local MMAU copy given as its JSON file or a folder holding it (and no manifest)."""
-    p = Path(name)
-    if p.is_file() and p.name.endswith(".json"):
-        return p
-    if p.is_dir() and not (p / MANIFEST).is_file() and (p / MMAU_JSON).is_file():
-        return p
-    return None
-
-
-def check_benchmark(name: str, protocol: str = "cord") -> None:
-    """Fail fast (before any model loads) on a benchmark that cannot be loaded, or that does
-    not support ``protocol``."""
-    if protocol not in PROTOCOLS:
-        raise CordError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
-    spec = BENCHMARKS.get(name) or (BENCHMARKS.get("mmau-test-mini") if _mmau_location(name) is not None else None)
-    if spec is None and protocol != "cord":
-        raise CordError(f"benchmark {name!r} is a local folder: it has no {protocol!r} protocol; run it with --protocol cord")
-    if spec is not None and protocol not in spec.protocols:
-        raise CordError(f"benchmark {name!r} has no {protocol!r} protocol (it supports {', '.join(spec.protocols)})")
-    if name in benchmark_names():
-        if name != "mmau-test-mini" and importlib.util.find_spec("datasets") is None:
-            raise CordError(f"benchmark {name!r} loads from the Hugging Face hub and needs `datasets`: pip install -e \".[hub]\" (from the cord clone)")
-        if name == "mmau-test-mini":
-            raise CordError(
-                "mmau-test-mini has no hub copy: download mmau-test-mini.json and test-mini-audios.tar.gz "
-                "(github.com/Sakshi113/MMAU), extract the tarball next to the JSON and pass that folder "
-                "(or the JSON file) in --benchmarks"
-            )
-        return
-    if _mmau_location(name) is not None:
-        return
-    path = Path(name)
-    if not path.exists() and (os.sep in name or name.startswith(".")):
-        raise CordError(f"benchmark folder not found: {path} (a local benchmark is a folder with {MANIFEST} + audio)")
-    load_benchmark(name, with_audio=False)  # validates the manifest; unknown names get a hint
-
-
-def resolve_builtin(name: str) -> str:
-    """``builtin:NAME`` (a built-in spoken dataset, :mod:`cord.data.builtin`) as its folder in
-    cord's cache, made on first use; any other name as it is."""
-    if not name.startswith("builtin:"):
-        return name
-    from cord.data.builtin import ensure_builtin
-
-    return str(ensure_builtin(name.split(":", 1)[1]))
-
-
-def open_benchmark(name: str, limit: int | None = None, with_audio: bool = True) -> Benchmark:
-    """:func:`load_benchmark`, plus a local MMAU copy given by path."""
-    mmau = _mmau_location(name)
-    if mmau is not None:
-        return load_benchmark("mmau-test-mini", limit, data_dir=mmau, with_audio=with_audio)
-    return load_benchmark(name, limit, with_audio=with_audio)
 
 
 # --- prompts --------------------------------------------------------------------------------
@@ -244,6 +173,7 @@ def run_modality(
     max_new_tokens: int = 512,
     progress: bool = True,
     key: str | None = None,
+    digests: dict[str, str],
 ) -> int:
     """Answer every item of ``bench`` that ``path`` holds no record of; returns how many
     were asked. Longest prompts first (less padding per batch, memory trouble shows early)."""
@@ -252,7 +182,6 @@ def run_modality(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     done = read_records(path, repair=True)
-    digests = {it.id: item_digest(it, modality) for it in bench.items}
     # an item whose content changed since its record was written (an edited local benchmark,
     # another folder of the same name) is asked again; its new record wins (a later line wins)
     pending = [it for it in bench.items if it.id not in done or done[it.id].get("item", digests[it.id]) != digests[it.id]]
@@ -271,23 +200,6 @@ def run_modality(
             append_records(path, recs)
             bar.update(len(batch))
     return len(pending)
-
-
-def item_digest(it: PairedExample, modality: str) -> str:
-    """What an item's ``modality`` answer depends on besides the run's settings (which
-    :func:`run_fingerprint` covers): its question, reference answer and options, and for
-    audio its clip (a file's size, an in-memory clip's samples). Stored in each record as
-    ``item``; a record whose item changed is not reused."""
-    h = hashlib.blake2b(digest_size=8)
-    h.update(json.dumps([it.question_text, it.answer, it.meta.get("choices"), bool(it.meta.get("text_with_audio"))],
-                        ensure_ascii=False, default=str).encode())
-    if modality == "audio":
-        if it.audio_path is not None:
-            with contextlib.suppress(OSError):
-                h.update(b"file:%d" % Path(it.audio_path).stat().st_size)
-        elif it.has_audio:
-            h.update(np.ascontiguousarray(it.audio, dtype=np.float32).tobytes())
-    return h.hexdigest()
 
 
 @contextlib.contextmanager
@@ -318,8 +230,9 @@ def run_fingerprint(cfg, adapter) -> dict[str, Any]:
     """What determines the answers; a resumed run must match it: the model (its path, and its
     files' sizes and times: a model retrained into the same folder is another model), dtype,
     prompts, long-audio policy, decoding and protocol. Which items are asked (benchmarks,
-    ``--limit``) is not in it: each record carries its item's digest (:func:`item_digest`) and
-    the report reads the records of the items asked. Batch size and progress may change."""
+    ``--limit``) is not in it: each record carries its item's digest
+    (:func:`cord.eval.benchmarks.item_digest`) and the report reads the records of the items
+    asked. Batch size and progress may change."""
     fp = {
         "model": cfg.model.name_or_path,
         "model_files": model_stamp(cfg.model.name_or_path),
@@ -347,14 +260,7 @@ def evaluate(cfg, adapter=None, progress: bool = True, *, engine=None) -> dict[s
     Returns ``{benchmark: {audio_acc, text_acc, gap, n, fail_rate, ...}, "average": {...}}``.
     """
     ev = cfg.eval
-    names = [resolve_builtin(str(b).strip()) for b in ev.benchmarks if str(b).strip()]
-    if not names:
-        raise CordError("no benchmarks given: pass --benchmarks NAME_OR_DIR[,...]")
-    modalities = list(dict.fromkeys(ev.modalities))
-    if not modalities:
-        raise CordError("no modalities given: pass --modalities audio,text")
-    for name in names:
-        check_benchmark(name, ev.protocol)
+    suite = load_suite(ev)
     baseline = load_report(ev.baseline) if ev.baseline else None
     from cord.data.check import check_writable_dir
 
@@ -373,26 +279,18 @@ def evaluate(cfg, adapter=None, progress: bool = True, *, engine=None) -> dict[s
     check_fingerprint(out, fingerprint, resumable=out.is_dir() and any(out.glob("*/*.jsonl")),
                       holds="answers from another run", command="eval")
     out.mkdir(parents=True, exist_ok=True)
-    write_run_record(out, "eval", {"fingerprint": fingerprint, "benchmarks": names, "modalities": modalities})
+    write_run_record(out, "eval", {"fingerprint": fingerprint, "benchmarks": suite.names, "modalities": suite.modalities})
 
-    ids: dict[str, list[str]] = {}
-    sources: dict[str, str] = {}
-    for name in names:
-        bench = with_protocol(open_benchmark(name, ev.limit, with_audio="audio" in modalities), ev.protocol)
+    for name in suite.names:
+        bench, digests = suite.open(name)
         key = bench.name
-        if key == AVERAGE or key.startswith("."):
-            raise CordError(f"benchmark name {key!r} is reserved; rename the folder")
-        if key in ids:
-            raise CordError(f"two benchmarks are both named {key!r} (results would share {out / key}); rename one folder")
-        ids[key] = [it.id for it in bench.items]
-        sources[key] = bench.source
         with protocol_prompting(adapter, bench):
-            for mod in modalities:
+            for mod in suite.modalities:
                 run_modality(bench, mod, adapter, engine, out / key / f"{mod}.jsonl", batch_size=ev.batch_size,
-                             max_new_tokens=ev.max_new_tokens, progress=progress, key=key)
-        del bench
+                             max_new_tokens=ev.max_new_tokens, progress=progress, key=key, digests=digests[mod])
+        del bench, digests
 
-    report = report_from_items(out, list(ids), ids, modalities)
+    report = report_from_items(out, list(suite.ids), suite.ids, suite.modalities)
     if baseline is not None:
         add_gap_reduction(report, baseline)
     write_report(out, report, title=f"cord eval — {cfg.model.name_or_path}")
