@@ -426,7 +426,7 @@ def test_a_legacy_run_json_is_read_by_its_own_command_only(tmp_path, adapter, be
 def test_the_eval_fingerprint_covers_model_files_and_item_content(tmp_path, adapter, bench_dirs):
     """The fingerprint recorded only the model path: a model retrained into the same folder,
     or a benchmark folder whose items changed, reused the old answers."""
-    from cord.eval.runner import run_fingerprint
+    from cord.eval.answer import run_fingerprint
 
     spoken, _ = bench_dirs
     model = tmp_path / "model"

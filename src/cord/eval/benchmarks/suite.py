@@ -3,9 +3,9 @@ model loads, then opened one at a time under the run's protocol, with each item'
 
 :func:`load_suite` resolves the names (``builtin:NAME``, a local MMAU copy given by path) and
 fails fast on one that cannot be loaded or lacks the protocol (:func:`check_benchmark`);
-:meth:`Suite.open` loads one benchmark (only its audio is then in memory) and returns it with
-:func:`item_digest` of every item per modality, which each answer record keeps so that a
-resumed run asks again an item whose content changed.
+:meth:`Suite.benchmarks` then loads one benchmark at a time (only its audio is in memory) and
+gives it with :func:`item_digest` of every item per modality, which each answer record keeps
+so that a resumed run asks again an item whose content changed.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import hashlib
 import importlib.util
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,6 +127,12 @@ class Suite:
             raise CordError(f"two benchmarks are both named {key!r} (results would share {self.out / key}); rename one folder")
         self.ids[key] = [it.id for it in bench.items]
         return bench, {mod: {it.id: item_digest(it, mod) for it in bench.items} for mod in self.modalities}
+
+    def benchmarks(self) -> Iterator[tuple[Benchmark, dict[str, dict[str, str]]]]:
+        """:meth:`open` of each name in turn, lazily: a benchmark is loaded when the one before
+        has been taken (hold no reference to it then, and only one is in memory)."""
+        for name in self.names:
+            yield self.open(name)
 
 
 def load_suite(ev) -> Suite:
