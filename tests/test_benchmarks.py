@@ -559,7 +559,7 @@ def test_official_protocol_end_to_end(tmp_path, monkeypatch, tiny_adapter):
 
 def test_cord_protocol_keeps_the_instruction_and_strict_judges(tmp_path, monkeypatch, tiny_adapter):
     from cord.eval import evaluate
-    from cord.eval.runner import check_benchmark
+    from cord.eval.benchmarks import check_benchmark
 
     vb_rows = [{"audio": {"array": tone(1.0, 440, 16_000), "sampling_rate": 16_000}, "prompt": "Question 0? A. x B. y",
                 "reference": "B", "question_id": 0}]  # fmt: skip

@@ -358,7 +358,7 @@ def test_progress_lines_in_a_log(tmp_path, adapter, bench_dirs, capsys):
 
 
 def test_local_mmau_copy_is_found_by_path(tmp_path):
-    from cord.eval.runner import check_benchmark, open_benchmark
+    from cord.eval.benchmarks import check_benchmark, open_benchmark
 
     _write_wav(tmp_path / "a.wav", 0.3, 0)
     row = {"id": "x1", "audio_id": "a.wav", "question": "What is heard?", "choices": ["rain", "wind"],
@@ -426,7 +426,7 @@ def test_a_legacy_run_json_is_read_by_its_own_command_only(tmp_path, adapter, be
 def test_the_eval_fingerprint_covers_model_files_and_item_content(tmp_path, adapter, bench_dirs):
     """The fingerprint recorded only the model path: a model retrained into the same folder,
     or a benchmark folder whose items changed, reused the old answers."""
-    from cord.eval.runner import run_fingerprint
+    from cord.eval.answer import run_fingerprint
 
     spoken, _ = bench_dirs
     model = tmp_path / "model"
@@ -440,7 +440,7 @@ def test_the_eval_fingerprint_covers_model_files_and_item_content(tmp_path, adap
     second = run_fingerprint(cfg, adapter)
     assert second["model_files"] != first["model_files"]
     assert second["dtype"] == "float32" and "batch_size" not in second
-    from cord.eval.report import check_fingerprint
+    from cord.eval.records import check_fingerprint
 
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "eval-run.json").write_text(json.dumps({"fingerprint": second, "benchmarks": []}))
@@ -469,7 +469,7 @@ def test_builtin_benchmark_names_resolve_to_the_cached_folder(monkeypatch, tmp_p
     """``--benchmarks builtin:NAME`` (what `cord reproduce`'s tiny plan prints) is the built-in
     dataset's folder in cord's cache, made on first use; other names pass through; an unknown
     built-in is one line naming the ones there are."""
-    from cord.eval.runner import resolve_builtin
+    from cord.eval.benchmarks import resolve_builtin
 
     made = []
     monkeypatch.setattr("cord.data.builtin.ensure_builtin", lambda name: made.append(name) or tmp_path / name)

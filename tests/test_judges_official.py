@@ -294,7 +294,7 @@ def test_voicebench_official_prompt_is_the_official_runners_token_for_token():
     from transformers.models.qwen2_audio.processing_qwen2_audio import Qwen2AudioProcessor
 
     from cord.config import ModelConfig
-    from cord.eval.runner import build_prompts, protocol_prompting
+    from cord.eval.answer import build_prompts, protocol_prompting
     from cord.models import load_adapter
 
     template = jinja2.Environment().from_string(Qwen2AudioProcessor.default_chat_template.fget(None))
@@ -323,7 +323,7 @@ def test_voicebench_official_system_prompt_for_the_omni_thinker():
     """VoiceBench's src/models/qwen_omni.py passes the system message "You are a helpful
     assistant." (not Qwen2.5-Omni's long default) and the audio alone."""
     from cord.config import ModelConfig
-    from cord.eval.runner import build_prompts, protocol_prompting
+    from cord.eval.answer import build_prompts, protocol_prompting
     from cord.models import load_adapter
 
     adapter = load_adapter(ModelConfig(family="qwen2.5-omni", name_or_path="tiny", dtype="float32", device="cpu"))

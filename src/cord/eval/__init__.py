@@ -19,17 +19,18 @@ from cord.eval.benchmarks import (
     load_local_benchmark,
     load_mmau,
     load_voicebench,
+    open_benchmark,
 )
 from cord.eval.plots import plot_kl_by_position, plot_kl_comparison, plot_kl_histogram
+from cord.eval.records import read_records
 from cord.eval.report import (
     add_gap_reduction,
     format_markdown,
     load_report,
-    read_records,
     report_from_items,
     write_report,
 )
-from cord.eval.runner import evaluate, open_benchmark
+from cord.eval.runner import evaluate
 
 __all__ = [
     "Benchmark",

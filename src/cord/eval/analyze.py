@@ -45,7 +45,7 @@ import torch
 from cord import CordError
 from cord.data.paired import PairedExample
 from cord.eval.plots import plot_kl_by_position, plot_kl_histogram
-from cord.eval.report import check_fingerprint, dump_json, model_stamp, read_records, write_atomic, write_run_record
+from cord.eval.records import check_fingerprint, dump_json, model_stamp, read_records, write_atomic, write_run_record
 
 PERCENTILES = (50, 80, 90, 99)
 ANALYSIS_JSON = "analysis.json"

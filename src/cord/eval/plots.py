@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from cord.eval.report import _file_mode
+from cord.eval.records import _file_mode
 
 
 def _figure(ncols: int = 1, width: float = 6.0, height: float = 4.0):

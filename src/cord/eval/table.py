@@ -46,7 +46,8 @@ from typing import Any
 import numpy as np
 
 from cord import CordError
-from cord.eval.report import MODALITIES, REPORT_JSON, dump_json, read_records, read_run_record, write_atomic
+from cord.eval.records import dump_json, read_records, read_run_record, write_atomic
+from cord.eval.report import MODALITIES, REPORT_JSON
 
 TABLE_JSON, TABLE_MD, TABLE_PNG = "table.json", "table.md", "table.png"
 AVERAGE = "average"

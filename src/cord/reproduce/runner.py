@@ -38,7 +38,7 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:
-    from cord.eval.report import dump_json, write_atomic
+    from cord.eval.records import dump_json, write_atomic
 
     write_atomic(path, dump_json(data))
 

@@ -6,6 +6,10 @@ A :class:`Benchmark` is a name, a default judge kind and a list of
 ``audio`` = 16 kHz mono float32, ``answer`` = the reference; ``meta`` holds ``judge``,
 ``choices``, ``category`` and ``benchmark``). :meth:`Benchmark.score` judges one response.
 
+``cord eval`` loads its benchmarks through :func:`load_suite` (suite.py): the names checked
+before any model loads (:func:`check_benchmark`), each benchmark then opened in turn
+(:meth:`Suite.open`) with every item's fingerprint (:func:`item_digest`).
+
 Local folder format
 -------------------
 ``DIR/manifest.jsonl``, one JSON object per line — the paired-dataset manifest that
@@ -112,14 +116,16 @@ from cord.eval.benchmarks.spec import (
     EvalProtocol,
     with_protocol,
 )
+from cord.eval.benchmarks.suite import Suite, check_benchmark, item_digest, load_suite, open_benchmark, resolve_builtin
 
 __all__ = [
     "ANCHORS", "BENCHMARKS", "CORD_PROTOCOL", "GSM8K_AUDIO_REPO", "GSM8K_TEXT_REPO", "LOCAL_JUDGES", "MMAU_JSON",
-    "MMSU_DOMAINS", "PROTOCOLS", "VOICEBENCH_REPO", "Anchor", "Benchmark", "BenchmarkSpec", "EvalProtocol",
-    "anchor_model", "anchors_for", "benchmark_names", "format_mmau_official_question", "format_mmau_question",
-    "gsm8k_audio_items", "gsm8k_final_answer", "hub_audio_to_16k", "load_benchmark", "load_gsm8k_audio",
-    "load_local_benchmark", "load_mmau", "load_voicebench", "mmau_item", "register_anchor", "register_benchmark",
-    "voicebench_item", "with_protocol",
+    "MMSU_DOMAINS", "PROTOCOLS", "VOICEBENCH_REPO", "Anchor", "Benchmark", "BenchmarkSpec", "EvalProtocol", "Suite",
+    "anchor_model", "anchors_for", "benchmark_names", "check_benchmark", "format_mmau_official_question",
+    "format_mmau_question", "gsm8k_audio_items", "gsm8k_final_answer", "hub_audio_to_16k", "item_digest",
+    "load_benchmark", "load_gsm8k_audio", "load_local_benchmark", "load_mmau", "load_suite", "load_voicebench",
+    "mmau_item", "open_benchmark", "register_anchor", "register_benchmark", "resolve_builtin", "voicebench_item",
+    "with_protocol",
 ]
 
 
