@@ -420,7 +420,9 @@ def test_tiny_preset_runs_every_stage_and_writes_the_table(tiny_run, capsys, mon
     assert (out / "table" / "table.md").is_file() and (out / "table" / "table.png").is_file()
     labels = ["base", "cord", "forward_kl", "sft"]
     assert [i["label"] for i in table["inputs"]] == labels
-    assert [i["method"] for i in table["inputs"]] == ["base", "cord", "forward_kl", "sft"]
+    # the base is the warm-up's model: a run of method sft (labelled so; no published row beside it)
+    assert [i["method"] for i in table["inputs"]] == ["sft", "cord", "forward_kl", "sft"]
+    assert table["inputs"][0]["model"] == str(out / "warmup" / "model")
     for bench in ("tiny-arith", "average"):
         rows = {r["label"]: r for r in table["rows"] if r["benchmark"] == bench}
         assert sorted(rows) == sorted(labels), bench

@@ -283,6 +283,29 @@ def test_table_from_eval_and_run_folders_with_published_numbers(tmp_path, capsys
     assert md in captured.out
 
 
+def test_a_trained_base_sits_beside_no_published_row(tmp_path, capsys):
+    """A base that was itself trained (e.g. cord reproduce's warm-up) is labelled with its method
+    but gets no published numbers (the paper's row for that method, here forward KL's average gap
+    reduction, was trained from another start, and the released base's row is not this model);
+    the methods trained from it keep theirs."""
+    base, _ = _fake_models(tmp_path)
+    warm = tmp_path / "warmup"
+    (warm / "model").mkdir(parents=True)
+    (warm / "config.yaml").write_text(yaml.safe_dump({"model": {"name_or_path": QWEN}, "objective": {"method": "forward_kl"}}))
+    _write_eval(tmp_path / "eval-warm", str(warm / "model"), base)
+    out = tmp_path / "t"
+    rc = main(["table", f"base={tmp_path / 'eval-warm'}", f"cord={tmp_path / 'eval-cord'}", "--base", "base",
+               "--anchors", QWEN, "--out", str(out), "--replicates", "200"])
+    assert rc == 0, capsys.readouterr().err
+    table = json.loads((out / "table.json").read_text())
+    assert [i["method"] for i in table["inputs"]] == ["forward_kl", "cord"]
+    b, c = _rows(table, "base"), _rows(table, "cord")
+    assert all(row["published"] == [] for row in b.values())
+    pub = {(p["source"].split()[0], p["as_published"]) for p in c[("voicebench-mmsu", None)]["published"]}
+    assert pub == {("CORD", 38.06)}
+    assert "| voicebench-mmsu | base (forward_kl) |" in (out / "table.md").read_text()
+
+
 def test_labels_base_choice_and_protocol_notes(tmp_path, capsys):
     _fake_models(tmp_path)
     other = tmp_path / "eval-other"

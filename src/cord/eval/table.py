@@ -316,7 +316,16 @@ def _seed(seed: int, *parts: str) -> list[int]:
     return [int(seed), *(zlib.crc32(p.encode()) for p in parts)]
 
 
-def _published(anchors, benchmark: str, group: str | None, method: str, metrics: Sequence[str],
+def _anchor_method(folder: "EvalFolder", base: "EvalFolder") -> str | None:
+    """Whose published numbers a row sits beside: its training method, or the released base's.
+    A base that was itself trained (e.g. ``cord reproduce``'s warm-up) has no published row:
+    None (the paper's numbers for its method were trained from another starting point)."""
+    if folder is base:
+        return None if folder.method else BASE
+    return folder.method or BASE
+
+
+def _published(anchors, benchmark: str, group: str | None, method: str | None, metrics: Sequence[str],
                protocol: str | None) -> list[dict[str, Any]]:
     out = []
     for a in anchors:
@@ -383,7 +392,7 @@ def build_table(folders: Sequence[EvalFolder], base: EvalFolder, *, anchors_mode
             if official is not None:
                 row["audio_acc_official"] = official
             metrics = ("audio_acc", "audio_acc_task_mean") if bench == "mmau-test-mini" else ("audio_acc",)
-            row["published"] = _published(anchors, bench, None, f.method or BASE, metrics, f.protocol)
+            row["published"] = _published(anchors, bench, None, _anchor_method(f, base), metrics, f.protocol)
             rows.append(row)
             per_method[f.label].append({"benchmark": bench, "paired": paired, **cmp})
             groups = _groups(base, bench)
@@ -395,7 +404,7 @@ def build_table(folders: Sequence[EvalFolder], base: EvalFolder, *, anchors_mode
                     if f is base:
                         gcmp = _as_reference(gcmp)
                     grow = _row(bench, g, f, gcmp)
-                    grow["published"] = _published(anchors, bench, g, f.method or BASE, ("audio_acc",), f.protocol)
+                    grow["published"] = _published(anchors, bench, g, _anchor_method(f, base), ("audio_acc",), f.protocol)
                     group_rows.setdefault(g, []).append(grow)
         for g in sorted(group_rows):  # after the benchmark's own rows: each task's methods together
             rows.extend(group_rows[g])
@@ -404,7 +413,7 @@ def build_table(folders: Sequence[EvalFolder], base: EvalFolder, *, anchors_mode
         if avg is None:
             continue
         row = {"benchmark": AVERAGE, "group": None, "label": f.label, "method": f.method or BASE, **avg}
-        row["published"] = _published(anchors, AVERAGE, None, f.method or BASE, ("gap_reduction",), f.protocol)
+        row["published"] = _published(anchors, AVERAGE, None, _anchor_method(f, base), ("gap_reduction",), f.protocol)
         rows.append(row)
     if model_for_anchors and not anchors:
         notes.append(f"no published numbers for {model_for_anchors} in the benchmark registry")
