@@ -75,7 +75,7 @@ def test_dump_round_trips(tmp_path):
 
 # every cord config (accelerate launch configs are accelerate's, not cord's; a file named _*.yaml
 # is a part that presets name in ``base:``; reproduce.yaml is `cord reproduce`'s, tested in
-# tests/test_reproduce.py)
+# tests/reproduce/test_reproduce.py)
 CONFIG_FILES = sorted(p for p in (ROOT / "configs").rglob("*.yaml")
                       if "accelerate" not in p.parts and not p.name.startswith("_") and p.name != "reproduce.yaml")
 

@@ -35,7 +35,7 @@ from cord.models.step_audio2 import (
 )
 from cord.rollout.engine import GenerateEngine, HFEngine
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 METHODS = ["cord", "forward_kl", "grpo", "grpo_opd", "opd", "opd_weighted", "sft"]
 
 

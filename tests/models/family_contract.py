@@ -1,5 +1,5 @@
 """Checks every audio family's adapter must pass, shared by the per-family test files
-(tests/test_voxtral.py, tests/test_gemma3n.py, tests/test_new_families.py). Plain functions:
+(tests/models/test_voxtral.py, tests/models/test_gemma3n.py, tests/models/test_qwen3_omni.py). Plain functions:
 each family's file builds its adapter and examples and calls these from its own tests, and
 keeps its family-specific tests to itself."""
 
@@ -15,7 +15,7 @@ import torch
 from cord.config import RolloutConfig
 from cord.rollout.engine import make_engine
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 METHODS = ["sft", "forward_kl", "opd", "opd_weighted", "grpo", "grpo_opd", "cord"]
 FAST = ["model.name_or_path=tiny", "model.dtype=float32", "model.device=cpu", "data.train=builtin:tiny-arith",
         "data.limit=4", "train.batch_size=2", "train.grad_accum=1", "train.max_steps=2", "train.progress=false",

@@ -19,10 +19,10 @@ from cord.models import load_adapter
 from cord.models.base import module_map_of, part_of
 from cord.objectives import token_logprobs
 from cord.rollout.engine import make_engine
-from tests import family_contract as contract
+from tests.models import family_contract as contract
 from tests.conftest import make_examples
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load(**kw):

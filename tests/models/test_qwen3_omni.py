@@ -14,7 +14,7 @@ from cord.config import LoraConfig, ModelConfig
 from cord.models import load_adapter
 from cord.models.base import module_map_of, part_of
 from cord.rollout.engine import GenerateEngine, HFEngine
-from tests import family_contract as contract
+from tests.models import family_contract as contract
 from tests.conftest import make_examples
 
 NEW_FAMILIES = ["qwen3-omni"]

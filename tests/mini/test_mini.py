@@ -1,5 +1,5 @@
 """The CPU miniature: task splits, the mini model family's adapter contract, save/load,
-and the datasets' held-out voice. (Stage A/B learning: tests/test_mini_stages.py.)"""
+and the datasets' held-out voice. (Stage A/B learning: tests/mini/test_stages.py.)"""
 
 from __future__ import annotations
 

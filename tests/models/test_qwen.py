@@ -305,8 +305,8 @@ PRESET_DIRS = ["tiny", "mini", "qwen2-audio-7b", "qwen2.5-omni-7b", "qwen3-omni"
 def _presets():
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent / "configs"
-    # _*.yaml: parts presets name in base:; reproduce.yaml: `cord reproduce`'s config (tests/test_reproduce.py)
+    root = Path(__file__).resolve().parents[2] / "configs"
+    # _*.yaml: parts presets name in base:; reproduce.yaml: `cord reproduce`'s config (tests/reproduce/test_reproduce.py)
     found = sorted(p for d in PRESET_DIRS for p in (root / d).glob("*.yaml")
                    if not p.name.startswith("_") and p.name != "reproduce.yaml")
     # every folder of cord presets is covered (configs/accelerate holds accelerate's own files)
