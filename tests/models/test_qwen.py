@@ -1,8 +1,7 @@
-"""The adapter contract on both Qwen families' tiny models."""
+"""The adapter contract on both Qwen families' tiny models. (Loading by path or name:
+tests/models/test_loading.py; the shipped presets: tests/test_config.py.)"""
 
 from __future__ import annotations
-
-import warnings
 
 import pytest
 import torch
@@ -137,96 +136,6 @@ def test_save_and_reload_gives_identical_outputs(tiny_adapter, tmp_path):
     torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
-def test_unknown_family_names_the_nearest():
-    from cord import CordError
-    from cord.config import ModelConfig
-    from cord.models import load_adapter
-
-    with pytest.raises(CordError, match="did you mean 'qwen2-audio'"):
-        load_adapter(ModelConfig(family="qwen2_audio", name_or_path="tiny"))
-
-
-def test_lora_wraps_language_model_only_and_keeps_contract():
-    from cord.config import LoraConfig, ModelConfig
-    from cord.models import load_adapter
-
-    adapter = load_adapter(
-        ModelConfig(family="qwen2-audio", name_or_path="tiny", dtype="float32", device="cpu", lora=LoraConfig(r=4))
-    )
-    lora_names = [n for n, _ in adapter.model.named_parameters() if "lora_" in n]
-    assert lora_names and all("language_model" in n for n in lora_names)
-    trainable = [n for n, p in adapter.model.named_parameters() if p.requires_grad]
-    assert set(trainable) == set(lora_names)
-    examples = make_examples(2)
-    ids, mask = _completions(2, 4, 250)
-    hidden = adapter.completion_hidden(adapter.audio_prompts(examples), ids, mask)
-    assert hidden.shape[:2] == (2, 4)
-    hidden.sum().backward()
-    assert any(p.grad is not None for n, p in adapter.model.named_parameters() if "lora_B" in n)
-
-
-def test_lora_with_unknown_targets_is_one_clear_error():
-    from cord import CordError
-    from cord.config import LoraConfig, ModelConfig
-    from cord.models import load_adapter
-
-    with pytest.raises(CordError, match="match no module"):
-        load_adapter(ModelConfig(family="qwen2-audio", name_or_path="tiny", lora=LoraConfig(target_modules=["qkv"])))
-
-
-# ------------------------------------------------------------------ loading (issue 11 item 10)
-
-
-def test_checkpoint_loads_straight_onto_the_device_in_the_target_dtype(tmp_path, monkeypatch):
-    """from_pretrained gets device_map={"": device} and dtype; no full host copy is moved
-    afterwards (no .to on the loaded model)."""
-    import transformers
-
-    from cord.config import ModelConfig
-    from cord.models import load_adapter
-
-    load_adapter(ModelConfig(family="qwen2-audio", name_or_path="tiny", dtype="float32", device="cpu")).save_pretrained(
-        str(tmp_path)
-    )
-    cls = transformers.Qwen2AudioForConditionalGeneration
-    real = cls.from_pretrained
-    calls, moves = [], []
-
-    def spy(klass, *args, **kwargs):
-        calls.append(kwargs)
-        model = real(*args, **kwargs)
-        plain_to = model.to
-        model.to = lambda *a, **k: moves.append((a, k)) or plain_to(*a, **k)
-        return model
-
-    monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
-    adapter = load_adapter(ModelConfig(family="qwen2-audio", name_or_path=str(tmp_path), dtype="bfloat16", device="cpu"))
-    assert len(calls) == 1
-    assert calls[0]["device_map"] == {"": torch.device("cpu")} and calls[0]["dtype"] == torch.bfloat16
-    assert moves == []
-    assert {p.dtype for p in adapter.model.parameters()} == {torch.bfloat16}
-
-
-def test_tiny_model_in_bf16_is_the_model_a_bf16_checkpoint_loads(tmp_path):
-    """The tiny path loads like a checkpoint: weights in bf16, the buffers transformers keeps
-    in fp32 (rotary inv_freq) stay fp32, so a saved-and-reloaded tiny model computes the same."""
-    from cord.config import ModelConfig
-    from cord.models import load_adapter
-
-    tiny = load_adapter(ModelConfig(family="qwen2-audio", name_or_path="tiny", dtype="bfloat16", device="cpu"))
-    assert {p.dtype for p in tiny.model.parameters()} == {torch.bfloat16}
-    inv_freq = [b for n, b in tiny.model.named_buffers() if n.endswith("inv_freq")]
-    assert inv_freq and all(b.dtype == torch.float32 for b in inv_freq)
-    tiny.save_pretrained(str(tmp_path))
-    again = load_adapter(ModelConfig(family="qwen2-audio", name_or_path=str(tmp_path), dtype="bfloat16", device="cpu"))
-    ex = make_examples(2)
-    ids, mask = _completions(2, 4, 250)
-    with torch.no_grad():
-        a = tiny.completion_hidden(tiny.audio_prompts(ex), ids, mask)
-        b = again.completion_hidden(again.audio_prompts(ex), ids, mask)
-    torch.testing.assert_close(a, b, atol=0, rtol=0)
-
-
 @pytest.mark.parametrize("family", ["qwen2-audio", "qwen2.5-omni"])
 def test_meta_device_builds_without_memory(family):
     from cord.config import ModelConfig
@@ -265,81 +174,3 @@ def test_a_saved_model_loads_onto_the_meta_device_without_memory(tmp_path, famil
     assert {d for _, d in base} == {torch.bfloat16}
     shapes = {n: tuple(p.shape) for n, p in saved.model.named_parameters()}
     assert shapes == {n: tuple(p.shape) for n, p in trained.model.named_parameters()}
-
-
-# ----------------------------------------------------- bad model paths (issue 12 item 5)
-
-
-@pytest.mark.parametrize("name", ["/no/such/model", "./no-such-model", "~/no-such-model-dir", "runs/x/model"])
-def test_missing_local_model_path_is_one_clear_line(name):
-    from cord import CordError
-    from cord.config import ModelConfig
-    from cord.models import load_adapter
-
-    with pytest.raises(CordError) as err:
-        load_adapter(ModelConfig(family="qwen2-audio", name_or_path=name, device="cpu"))
-    msg = str(err.value)
-    assert msg.startswith(f"model path {name} does not exist") and "hub name" in msg and "\n" not in msg
-    assert "Repo id" not in msg
-
-
-def test_folder_without_a_model_and_an_invalid_hub_name_are_one_line(tmp_path):
-    from cord import CordError
-    from cord.config import ModelConfig
-    from cord.models import load_adapter
-
-    with pytest.raises(CordError, match="has no config.json: not a saved model"):
-        load_adapter(ModelConfig(family="qwen2-audio", name_or_path=str(tmp_path), device="cpu"))
-    for name in ("not a name!", "org/no-such-model-cord-test"):  # offline in tests (conftest)
-        with pytest.raises(CordError, match=r"cannot load model .* \(and no local folder has that name\)") as err:
-            load_adapter(ModelConfig(family="qwen2-audio", name_or_path=name, device="cpu"))
-        assert "\n" not in str(err.value)
-
-
-# ------------------------------------------------------- presets (issue 11 item 5)
-
-PRESET_DIRS = ["tiny", "mini", "qwen2-audio-7b", "qwen2.5-omni-7b", "qwen3-omni", "step-audio2-mini", "voxtral",
-               "gemma3n"]
-
-
-def _presets():
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2] / "configs"
-    # _*.yaml: parts presets name in base:; reproduce.yaml: `cord reproduce`'s config (tests/reproduce/test_reproduce.py)
-    found = sorted(p for d in PRESET_DIRS for p in (root / d).glob("*.yaml")
-                   if not p.name.startswith("_") and p.name != "reproduce.yaml")
-    # every folder of cord presets is covered (configs/accelerate holds accelerate's own files)
-    assert {p.name for p in root.iterdir() if p.is_dir()} == {*PRESET_DIRS, "accelerate"}
-    return found
-
-
-def test_every_shipped_preset_loads_and_has_no_lora_dropout():
-    from cord.config import load_config
-
-    presets = _presets()
-    assert len(presets) >= 20
-    with_lora = 0
-    for path in presets:
-        cfg = load_config(path)
-        if cfg.model.lora is not None:
-            with_lora += 1
-            assert cfg.model.lora.dropout == 0.0, path
-    assert with_lora >= 14  # the 7B presets train LoRA adapters
-
-
-def test_lora_dropout_with_an_on_policy_method_warns_at_validation():
-    from cord.config import load_config
-    from cord.types import METHODS
-
-    on_policy = {name for name, spec in METHODS.items() if spec.seq or spec.token == "reverse_kl"}
-    assert on_policy == {"opd", "opd_weighted", "grpo", "grpo_opd", "cord"}
-    for method in METHODS:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            load_config(None, [f"objective.method={method}", "model.lora.dropout=0.05"])
-            load_config(None, [f"objective.method={method}", "model.lora.dropout=0"])
-        hits = [w for w in caught if "no longer on-policy" in str(w.message)]
-        assert len(hits) == (method in on_policy), method
-        if hits:
-            assert "model.lora.dropout=0.05" in str(hits[0].message) and repr(method) in str(hits[0].message)
