@@ -234,7 +234,7 @@ def check_rng_restore(run: Run) -> dict:
     from cord.train.checkpoint import rng_state, set_rng_state
 
     if not run.cuda:
-        raise Skip("needs CUDA (tests/test_checkpoint.py checks it with a fake CUDA RNG)")
+        raise Skip("needs CUDA (tests/train/test_checkpoint.py checks it with a fake CUDA RNG)")
     count = torch.cuda.device_count()
     state = rng_state()
     mine = torch.cuda.get_rng_state()

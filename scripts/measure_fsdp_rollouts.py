@@ -12,8 +12,8 @@ def worker(rank, world, store, out):
     torch.set_num_threads(1)
     import torch.distributed as dist
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world, timeout=timedelta(seconds=300))
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from test_fsdp import _trainer
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests is a package
+    from tests.train.test_fsdp import _trainer
     from torch.distributed.fsdp._fully_shard import _fsdp_param_group as G
     t = _trainer(Path(out) / "run", "qwen2-audio", "train.sharding=fsdp")
     stats = {"calls": 0, "bytes": 0, "live": 0, "peak": 0}

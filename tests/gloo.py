@@ -1,5 +1,5 @@
-"""Two CPU processes over gloo, for the multi-process tests (tests/test_distributed.py,
-tests/test_fsdp.py): started with torch.multiprocessing (spawn), they meet through a file store
+"""Two CPU processes over gloo, for the multi-process tests (tests/train/test_distributed.py,
+tests/train/test_fsdp.py): started with torch.multiprocessing (spawn), they meet through a file store
 in the test's temporary directory (no port to pick, so no race for a free one). Each runs
 ``body(rank, out)`` and its result is saved as ``out/rank<r>.pt``."""
 

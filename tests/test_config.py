@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -75,7 +76,7 @@ def test_dump_round_trips(tmp_path):
 
 # every cord config (accelerate launch configs are accelerate's, not cord's; a file named _*.yaml
 # is a part that presets name in ``base:``; reproduce.yaml is `cord reproduce`'s, tested in
-# tests/test_reproduce.py)
+# tests/reproduce/test_reproduce.py)
 CONFIG_FILES = sorted(p for p in (ROOT / "configs").rglob("*.yaml")
                       if "accelerate" not in p.parts and not p.name.startswith("_") and p.name != "reproduce.yaml")
 
@@ -293,3 +294,50 @@ def _bases(path):
 
     base = (yaml.safe_load(path.read_text()) or {}).get("base") or []
     return [base] if isinstance(base, str) else base
+
+
+# ------------------------------------------------------- presets (issue 11 item 5)
+
+PRESET_DIRS = ["tiny", "mini", "qwen2-audio-7b", "qwen2.5-omni-7b", "qwen3-omni", "step-audio2-mini", "voxtral",
+               "gemma3n"]
+
+
+def _presets():
+    root = ROOT / "configs"
+    # _*.yaml: parts presets name in base:; reproduce.yaml: `cord reproduce`'s config (tests/reproduce/test_reproduce.py)
+    found = sorted(p for d in PRESET_DIRS for p in (root / d).glob("*.yaml")
+                   if not p.name.startswith("_") and p.name != "reproduce.yaml")
+    # every folder of cord presets is covered (configs/accelerate holds accelerate's own files)
+    assert {p.name for p in root.iterdir() if p.is_dir()} == {*PRESET_DIRS, "accelerate"}
+    return found
+
+
+def test_every_shipped_preset_loads_and_has_no_lora_dropout():
+    from cord.config import load_config
+
+    presets = _presets()
+    assert len(presets) >= 20
+    with_lora = 0
+    for path in presets:
+        cfg = load_config(path)
+        if cfg.model.lora is not None:
+            with_lora += 1
+            assert cfg.model.lora.dropout == 0.0, path
+    assert with_lora >= 14  # the 7B presets train LoRA adapters
+
+
+def test_lora_dropout_with_an_on_policy_method_warns_at_validation():
+    from cord.config import load_config
+    from cord.types import METHODS
+
+    on_policy = {name for name, spec in METHODS.items() if spec.seq or spec.token == "reverse_kl"}
+    assert on_policy == {"opd", "opd_weighted", "grpo", "grpo_opd", "cord"}
+    for method in METHODS:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            load_config(None, [f"objective.method={method}", "model.lora.dropout=0.05"])
+            load_config(None, [f"objective.method={method}", "model.lora.dropout=0"])
+        hits = [w for w in caught if "no longer on-policy" in str(w.message)]
+        assert len(hits) == (method in on_policy), method
+        if hits:
+            assert "model.lora.dropout=0.05" in str(hits[0].message) and repr(method) in str(hits[0].message)

@@ -17,7 +17,7 @@ import pytest
 from cord import CordError
 from cord.cli import main
 from cord.locking import folder_lock, lock_holder
-from tests.test_train_cli import cord_train, run, steps
+from tests.train.test_cli import cord_train, run, steps
 
 
 def _holder(folder: Path, command: str, name: str | None = None) -> subprocess.Popen:
@@ -104,7 +104,7 @@ def test_two_trains_on_one_folder_the_second_is_refused_before_anything_is_writt
 def test_synth_uses_the_same_lock(tmp_path):
     from cord.config import SynthConfig
     from cord.data.synth import synthesize
-    from tests.test_synth import WORD_PROBLEMS, FakeTTS, write_jsonl
+    from tests.data.test_synth import WORD_PROBLEMS, FakeTTS, write_jsonl
 
     src = write_jsonl(tmp_path / "q.jsonl", WORD_PROBLEMS)
     out = tmp_path / "out"

@@ -14,7 +14,7 @@ from typing import Callable
 from cord import CordError, __version__
 
 #: written out, not imported, so that ``cord --help`` stays fast (the registry imports torch);
-#: tests/test_train_cli.py checks it against cord.models.registry.BUILTIN_FAMILIES
+#: tests/train/test_cli.py checks it against cord.models.registry.BUILTIN_FAMILIES
 BUILTIN_FAMILY_NAMES = ("qwen2-audio", "qwen2.5-omni", "qwen3-omni", "step-audio2", "voxtral", "gemma3n", "mini")
 FAMILY_HELP = (f"model family: {', '.join(BUILTIN_FAMILY_NAMES)}, or one a plug-in registers "
                "(default: the config's model.family)")

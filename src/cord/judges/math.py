@@ -1,6 +1,6 @@
 """Maths answer equivalence: a fast exact/numeric path, then ``math_verify``.
 
-Decisions (pinned by tests/test_judges_math.py):
+Decisions (pinned by tests/judges/test_math.py):
 
 - ``1,000`` equals ``1000`` (thousands separators are dropped only when the whole answer
   is one number, so the pair ``(1,2)`` stays a pair).

@@ -9,7 +9,7 @@ layer in the model's dtype and adds the adapter's term ``B·A·x·α/r`` compute
 keeps adapter weights in fp32 on a bf16/fp16 model). Merging instead adds the fp32 weight update
 ``B·A·α/r`` (typically ~1e-4 of a weight) into bf16 weights, whose spacing is 2^-8..2^-7 of the
 value: rounding drops nearly all of it, and the merged model is a different model from the one
-trained (``tests/test_export.py`` shows it). So the folder holds:
+trained (``tests/models/test_export.py`` shows it). So the folder holds:
 
 * ``config.json``, ``generation_config.json``, ``model*.safetensors``: the base the adapter was
   trained on, in the model's dtype — the language model as loaded, plus any part trained in

@@ -6,7 +6,7 @@ with ``projector`` / ``audio_encoder``) or an unsharded full fine-tuning holds i
 bf16. AdamW's update of such a weight is rounded to bf16 at every step: bf16 keeps 8
 significant bits, so an update smaller than half the spacing at the weight's magnitude (2^-14
 ≈ 6e-5 at |w| ≈ 0.016, more above) vanishes, and at lr 3e-5 nearly every update does — the
-weights never move (tests/test_precision.py).
+weights never move (tests/train/test_precision.py).
 
 :class:`MasterWeights` keeps an fp32 copy of each such parameter: gradients are accumulated
 into the copies in fp32 (over micro-batches too), the optimizer, gradient averaging and

@@ -1,6 +1,6 @@
 """The trainer: each method's loss and gradient against an independent float64 computation,
 device placement, rank-consistent metrics, the global batch, teacher mode, SFT targets,
-cached references, timings, exact resume. Several processes: tests/test_distributed.py."""
+cached references, timings, exact resume. Several processes: tests/train/test_distributed.py."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from cord.types import METHODS
 from cord.train.step import METRIC_KEYS, _rollout_seed, _targets, end_of_turn_id, run_micro_step, sync_clock
 from cord.train.trainer import REDUCED_KEYS, Trainer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny_cfg(method: str, tmp_path, family: str = "qwen2-audio", *extra: str):

@@ -23,7 +23,7 @@ from cord.data.audio import CLIP_CACHE, ClipCache, audio_header, load_audio
 from cord.data.check import check_dataset, check_examples, check_out_dir, scan_examples
 from cord.data.paired import PairedExample, load_paired
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _rss_bytes() -> int:

@@ -24,7 +24,7 @@ from tests.conftest import make_examples
 
 vllm = pytest.importorskip("vllm", reason="the vLLM lane: bash scripts/setup.sh --vllm")
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _sharp(adapter):

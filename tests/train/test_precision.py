@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SFT = ROOT / "configs" / "tiny" / "sft.yaml"
 BF16 = ["model.dtype=bfloat16", "model.lora=null", "train.lr=3e-5", "train.progress=false",
         "train.tensorboard=false", "data.limit=8"]

@@ -297,7 +297,7 @@ def test_trainer_builds_every_engine_through_make_engine_and_syncs_once_per_step
             synced.append(step)
 
     monkeypatch.setitem(ENGINES, "hf-generate", Spy)
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     cfg = load_config(root / "configs" / "tiny" / "cord.yaml", [
         f"train.output_dir={tmp_path}/run", "train.progress=false", "train.tensorboard=false",
         "train.batch_size=2", "train.grad_accum=2", "rollout.max_new_tokens=4", "rollout.seq_n=2",

@@ -16,7 +16,7 @@ from cord import CordError
 from cord.config import dump_config, load_config
 from cord.train import checkpoint as ck
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _parts(seed: int = 0):

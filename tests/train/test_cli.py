@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from cord.cli import main
 from cord.config import load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 FAST = ["data.limit=4", "train.batch_size=2", "train.progress=false", "train.tensorboard=false",
         "rollout.max_new_tokens=4", "rollout.seq_n=2"]

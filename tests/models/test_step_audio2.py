@@ -5,7 +5,10 @@ plain torch after the released ``modeling_step_audio_2.py`` (its module names, i
 scaling of q and k, its -1e10 key bias sampled at offset (T + 1) % 2, its conversation-padded
 chunk batch, its torch.stft front end with 479 padding samples, transformers' Qwen2Model): the
 tiny model is written in the checkpoint's naming, loaded by cord through the name mapping and by
-the reference by name, and both must give the same logits.
+the reference by name, and both must give the same logits. The adapter contract (batched ==
+one by one with multi-chunk audio, placeholders == encoder output, cached decoding == a full
+recompute, both engines == a plain argmax loop, save/load, LoRA in the decoder, every
+method's preset) runs on it in tests/models/test_family_contract.py.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from torch import nn
 
 from cord import CordError
 from cord.cli import main
-from cord.config import LoraConfig, ModelConfig
+from cord.config import ModelConfig
 from cord.data.paired import PairedExample
 from cord.models.registry import load_adapter
 from cord.models.step_audio2 import (
@@ -34,8 +37,10 @@ from cord.models.step_audio2 import (
     save_release,
 )
 from cord.rollout.engine import GenerateEngine, HFEngine
+from tests.models.family_contract import step_audio2_clip as clip
+from tests.models.family_contract import step_audio2_examples as examples
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 METHODS = ["cord", "forward_kl", "grpo", "grpo_opd", "opd", "opd_weighted", "sft"]
 
 
@@ -43,23 +48,6 @@ def tiny(**kw) -> StepAudio2Adapter:
     cfg = dict(family="step-audio2", name_or_path="tiny", dtype="float32", device="cpu", max_audio_seconds=60.0)
     cfg.update(kw)
     return load_adapter(ModelConfig(**cfg))
-
-
-def clip(samples: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(samples) / 16000
-    return (0.3 * np.sin(2 * np.pi * (200 + 50 * seed) * t) + 0.05 * rng.standard_normal(samples)).astype(np.float32)
-
-
-#: 1 s; 2000 samples (13 frames: the reference's conv2 padding matters); 25 s + 2000 samples (a
-#: second chunk of odd length in a batch padded to 2502 frames: the key-mask parity matters);
-#: 0.4 s
-LENGTHS = [16000, 2000, CHUNK_SAMPLES + 2000, 6400]
-
-
-def examples() -> list[PairedExample]:
-    qs = ["What is 2+3?", "Name a prime.", "Is 9 odd? Answer yes or no.", "7*6?"]
-    return [PairedExample(f"e{i}", q, clip(n, i), answer="5") for i, (q, n) in enumerate(zip(qs, LENGTHS))]
 
 
 @pytest.fixture(scope="module")
@@ -247,21 +235,6 @@ def test_native_logits_equal_the_reference_implementation(adapter, release):
     assert worst < 1e-5
 
 
-def test_batched_equals_one_by_one(adapter):
-    """Ragged completions, mixed lengths, multi-chunk audio, text prompts: 1e-5 in fp32."""
-    exs = examples()
-    y = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0], [11, 0, 0, 0], [12, 13, 14, 0]])
-    m = y != 0
-    for prompts in (adapter.audio_prompts(exs), adapter.text_prompts(exs)):
-        with torch.no_grad():
-            h = adapter.completion_hidden(prompts, y, m)
-            for i in range(len(exs)):
-                k = int(m[i].sum())
-                alone = prompts.select([i]) if prompts.modality == "text" else adapter.audio_prompts([exs[i]])
-                one = adapter.completion_hidden(alone, y[i : i + 1, :k], m[i : i + 1, :k])
-                torch.testing.assert_close(h[i : i + 1, :k], one, atol=1e-5, rtol=0)
-
-
 def test_audio_changes_the_hidden_states(adapter):
     """The audio reaches the decoder (a silent clip of the same length gives other states)."""
     ex = examples()[0]
@@ -271,33 +244,6 @@ def test_audio_changes_the_hidden_states(adapter):
         a = adapter.completion_hidden(adapter.audio_prompts([ex]), y, m)
         b = adapter.completion_hidden(adapter.audio_prompts([silent]), y, m)
     assert float((a - b).abs().max()) > 1e-3
-
-
-def test_cached_greedy_equals_full_recompute_at_every_step(adapter):
-    exs = examples()
-    prompts = adapter.audio_prompts(exs)
-    head = adapter.lm_head()
-    steps = 6
-    with torch.no_grad():
-        hidden, state = adapter.prefill(prompts)
-        cached, tokens = [], []
-        for t in range(steps):
-            logits = head(hidden)
-            cached.append(logits)
-            tok = logits.argmax(-1)
-            tokens.append(tok)
-            hidden = adapter.decode(state, tok)
-        seq = torch.stack(tokens, dim=1)
-        full = head(adapter.completion_hidden(prompts, seq, torch.ones_like(seq, dtype=torch.bool)))
-    for t in range(steps):
-        torch.testing.assert_close(cached[t], full[:, t], atol=1e-5, rtol=0)
-        assert torch.equal(cached[t].argmax(-1), full[:, t].argmax(-1))
-    # the engines (prefill-once and transformers generate) give the same greedy tokens
-    # (suppressing the placeholders, which the tiny model's argmax does not pick here)
-    a = HFEngine(adapter).generate(prompts, greedy=True, max_new_tokens=steps)
-    b = GenerateEngine(adapter).generate(prompts, greedy=True, max_new_tokens=steps)
-    assert torch.equal(a.ids, b.ids)
-    assert torch.equal(a.ids[a.mask], seq[a.mask])
 
 
 def test_audio_output_tokens_are_never_sampled(adapter):
@@ -358,15 +304,10 @@ def test_release_layout_loads_with_identical_logits(adapter, release):
             assert torch.equal(a, b)
 
 
-def test_cord_saved_folder_round_trips(adapter, tmp_path):
+def test_a_cord_saved_folder_is_marked_as_cord_s_own_layout(adapter, tmp_path):
+    """(The contract checks that it reloads to the same model.)"""
     adapter.save_pretrained(str(tmp_path))
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "cord_step_audio2"
-    again = tiny(name_or_path=str(tmp_path))
-    exs = examples()[:2]
-    y, m = torch.tensor([[5, 6], [8, 9]]), torch.ones((2, 2), dtype=torch.bool)
-    with torch.no_grad():
-        assert torch.equal(adapter.completion_hidden(adapter.audio_prompts(exs), y, m),
-                           again.completion_hidden(again.audio_prompts(exs), y, m))
 
 
 @pytest.mark.parametrize("change", ["missing", "unexpected"])
@@ -394,13 +335,6 @@ def test_not_a_step_audio2_folder_is_refused(tmp_path):
     build_tiny_step_audio2()[1].save_pretrained(str(tmp_path))
     with pytest.raises(CordError, match="not a Step-Audio2 model"):
         tiny(name_or_path=str(tmp_path))
-
-
-def test_lora_targets_only_the_decoder():
-    a = tiny(lora=LoraConfig(r=2, alpha=4))
-    wrapped = [n for n, _ in a.model.named_modules() if n.endswith("lora_A")]
-    assert wrapped and all(".language_model.model.layers." in n for n in wrapped)
-    assert not any("audio_tower" in n for n in wrapped)
 
 
 # ----------------------------------------------------------------------------- check-model
@@ -442,20 +376,3 @@ def test_presets_are_the_paper_settings():
         assert cfg.model.family == "step-audio2" and cfg.model.name_or_path == "stepfun-ai/Step-Audio-2-mini"
         assert cfg.objective.method == m and cfg.model.lora.dropout == 0.0 and cfg.train.lr == 3e-5
         assert (cfg.rollout.seq_n, cfg.rollout.seq_temperature, cfg.objective.top_k) == (4, 1.5, 20)
-
-
-@pytest.mark.parametrize("method", METHODS)
-def test_every_preset_trains_two_steps_on_the_tiny_model(method, tmp_path, capsys):
-    out = tmp_path / "run"
-    sets = ["model.name_or_path=tiny", "model.dtype=float32", "model.device=cpu", "train.bf16=false",
-            "data.train=builtin:tiny-arith", "data.limit=4", "train.batch_size=2", "train.grad_accum=1",
-            "train.max_steps=2", "rollout.max_new_tokens=4", "rollout.seq_n=2", f"train.output_dir={out}",
-            "train.progress=false", "train.tensorboard=false", "model.lora.r=4", "model.lora.alpha=8"]
-    argv = ["train", "--config", str(ROOT / "configs" / "step-audio2-mini" / f"{method}.yaml")]
-    for s in sets:
-        argv += ["--set", s]
-    assert main(argv) == 0, capsys.readouterr().err
-    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [s["step"] for s in steps] == [1, 2] and all(np.isfinite(s["loss"]) for s in steps)
-    reloaded = tiny(name_or_path=str(out / "model"))  # the LoRA export loads back
-    assert hasattr(reloaded.model, "disable_adapter")

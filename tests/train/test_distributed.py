@@ -18,7 +18,7 @@ import torch
 
 from tests.gloo import run_two_processes, tiny_data
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "tiny" / "cord.yaml"
 GLOBAL_BATCH = 4
 COMMON = [

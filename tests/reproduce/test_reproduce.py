@@ -24,7 +24,7 @@ from cord.cli import main
 from cord.config import dump_config, load_config
 from cord.locking import folder_lock
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "tiny" / "reproduce.yaml"
 STAGES = ["synth", "warmup", "eval-base", "train-cord", "eval-cord", "train-forward_kl", "eval-forward_kl", "train-sft",
           "eval-sft", "table"]

@@ -167,7 +167,7 @@ def test_a_lora_training_run_exports_the_model_it_trained(tmp_path):
     from cord.config import load_config
     from cord.train.trainer import Trainer
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     cfg = load_config(root / "configs" / "tiny" / "opd.yaml", [
         f"train.output_dir={tmp_path}/run", "train.batch_size=2", "train.max_steps=2", "train.lr=1e-2",
         "train.progress=false", "train.tensorboard=false", "rollout.max_new_tokens=4", "data.limit=4",

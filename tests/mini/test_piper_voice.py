@@ -122,7 +122,7 @@ def test_cli_flag_reaches_the_demo_settings(monkeypatch):
 def test_report_states_the_test_voice_engine_and_voice(tmp_path):
     from cord.data.paired import MANIFEST
     from cord.mini.report import held_out_voice_info, render_markdown
-    from tests.test_demo import _arms, _per_start, _report
+    from tests.mini.test_demo import _arms, _per_start, _report
 
     test_dir = tmp_path / "test_unseen"
     test_dir.mkdir()

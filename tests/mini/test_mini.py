@@ -1,5 +1,7 @@
-"""The CPU miniature: task splits, the mini model family's adapter contract, save/load,
-and the datasets' held-out voice. (Stage A/B learning: tests/test_mini_stages.py.)"""
+"""The CPU miniature: task splits, what only the mini model family has (its word tokenizer,
+its audio token rate, its saved folders and LoRA exports), and the datasets' held-out voice.
+(The adapter contract runs on it in tests/models/test_family_contract.py; Stage A/B learning:
+tests/mini/test_stages.py.)"""
 
 from __future__ import annotations
 
@@ -8,11 +10,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from transformers import GenerationConfig
 
 from cord.config import ModelConfig
-from cord.data.paired import PairedExample, load_paired
-from cord.mini.model import stack_frames
+from cord.data.paired import load_paired
 from cord.mini.task import (
     FORMATS,
     TEMPLATES,
@@ -29,7 +29,8 @@ from cord.mini.task import (
     vocabulary,
 )
 from cord.models import families, load_adapter
-from cord.types import PromptBatch
+from tests.models.family_contract import mini_completions as completions
+from tests.models.family_contract import mini_examples as examples
 
 
 def mini_cfg(path: str = "tiny", seed: int = 0) -> ModelConfig:
@@ -39,44 +40,6 @@ def mini_cfg(path: str = "tiny", seed: int = 0) -> ModelConfig:
 @pytest.fixture(scope="module")
 def adapter():
     return load_adapter(mini_cfg())
-
-
-def examples(seed: int = 0) -> list[PairedExample]:
-    """Task questions with clips of very different lengths (so prompts pad differently)."""
-    rng = np.random.default_rng(seed)
-    rows = make_task(seed, n_train=4, n_dev=1, n_test=8)["test"][:4]
-    out = []
-    for i, r in enumerate(rows):
-        seconds = [0.6, 2.9, 1.37, 4.1][i]
-        audio = (0.1 * rng.standard_normal(int(16000 * seconds))).astype(np.float32)
-        out.append(PairedExample(r["id"], r["question"], audio, r["answer"], r["solution"]))
-    return out
-
-
-def completions(adapter, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded random completions of different lengths, some ending in EOS; one holds
-    an ``<audio>`` token (an ordinary token there, not a placeholder)."""
-    g = torch.Generator().manual_seed(seed)
-    lengths = [5, 11, 1, 8][:n]
-    ids = torch.full((n, max(lengths)), adapter.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((n, max(lengths)), dtype=torch.bool)
-    for i, length in enumerate(lengths):
-        ids[i, :length] = torch.randint(5, len(adapter.tokenizer), (length,), generator=g)
-        ids[i, length - 1] = adapter.eos_token_ids[0] if i % 2 else ids[i, length - 1]
-        mask[i, :length] = True
-    ids[1, 2] = adapter.audio_token_id
-    return ids, mask
-
-
-def unpadded(prompts: PromptBatch, row: int) -> PromptBatch:
-    """Row ``row`` alone, with its left padding and its feature padding removed."""
-    one = prompts.select([row])
-    n = int(one.attention_mask.sum())
-    extra = dict(one.extra)
-    if "feature_attention_mask" in extra:
-        f = int(extra["feature_attention_mask"].sum())
-        extra = {"input_features": extra["input_features"][..., :f], "feature_attention_mask": extra["feature_attention_mask"][:, :f]}
-    return PromptBatch(one.input_ids[:, -n:], one.attention_mask[:, -n:], one.modality, extra, one.keep)
 
 
 # ------------------------------------------------------------------------------- task
@@ -176,51 +139,16 @@ def test_mini_is_a_registered_family(adapter):
     assert adapter.lm_head() is adapter.model.language_model.lm_head
 
 
-@pytest.mark.parametrize("modality", ["text", "audio"])
-def test_completion_hidden_batched_equals_one_by_one(adapter, modality):
-    exs = examples()
-    prompts = adapter.text_prompts(exs) if modality == "text" else adapter.audio_prompts(exs)
-    lengths = prompts.attention_mask.sum(-1)
-    assert len(set(lengths.tolist())) == len(exs)  # mixed prompt lengths, so left padding differs
-    ids, mask = completions(adapter, len(exs))
-    with torch.no_grad():
-        batched = adapter.completion_hidden(prompts, ids, mask)
-        assert batched.shape == (len(exs), ids.shape[1], adapter.model.config.hidden_size)
-        for i in range(len(exs)):
-            t = int(mask[i].sum())
-            single = adapter.completion_hidden(unpadded(prompts, i), ids[i : i + 1, :t], mask[i : i + 1, :t])
-            torch.testing.assert_close(batched[i, :t], single[0], atol=1e-5, rtol=1e-5)
-
-
-def test_completion_logprobs_equal_a_plain_full_forward(adapter):
-    exs = examples()
-    prompts = adapter.audio_prompts(exs)
-    ids, mask = completions(adapter, len(exs))
-    core = adapter.model
-    with torch.no_grad():
-        logp = adapter.lm_head()(adapter.completion_hidden(prompts, ids, mask)).log_softmax(-1)
-        got = logp.gather(-1, ids[..., None])[..., 0]
-        for i in range(len(exs)):
-            one = unpadded(prompts, i)
-            t = int(mask[i].sum())
-            seq = torch.cat([one.input_ids, ids[i : i + 1, :t]], dim=1)
-            embeds = core.embed(seq, one.extra, n_prompt=one.input_ids.shape[1])
-            logits = core.language_model(inputs_embeds=embeds).logits  # no mask, no padding
-            p = one.input_ids.shape[1]
-            ref = logits[0, p - 1 : p - 1 + t].log_softmax(-1).gather(-1, ids[i, :t, None])[:, 0]
-            torch.testing.assert_close(got[i, :t], ref, atol=1e-5, rtol=1e-5)
-
-
-def test_audio_placeholders_match_encoder_output_length(adapter):
+def test_audio_token_rate_and_layout(adapter):
+    """6.25 audio tokens per second, no 30 s padding, <sep> last (the contract checks the count
+    against the encoder itself)."""
     exs = examples()
     prompts = adapter.audio_prompts(exs)
     audio_id = adapter.tokenizer.convert_tokens_to_ids("<audio>")
     counts = (prompts.input_ids == audio_id).sum(-1)
     model = adapter.model
     with torch.no_grad():
-        hidden, valid = model.audio_encoder(prompts.extra["input_features"], prompts.extra["feature_attention_mask"])
-        _, stacked_valid = stack_frames(hidden, valid, model.config.projector_stack)
-    assert counts.tolist() == stacked_valid.sum(-1).tolist()
+        _, valid = model.audio_encoder(prompts.extra["input_features"], prompts.extra["feature_attention_mask"])
     # 100 mel frames per second, three stride-2 convolutions (12.5 encoder frames per second),
     # then pairs of frames stacked: 6.25 decoder audio tokens per second
     frames = [len(ex.audio) // 160 for ex in exs]
@@ -237,41 +165,11 @@ def test_audio_placeholders_match_encoder_output_length(adapter):
         model.embed(prompts.input_ids[:, 1:], prompts.extra)
 
 
-def test_generate_returns_new_tokens_consistent_with_teacher_forcing(adapter):
-    """Greedy tokens from the KV-cached generate are the argmax of the teacher-forced
-    completion logits for every row, with mixed left padding."""
-    exs = examples()
-    cfg = GenerationConfig(do_sample=False, max_new_tokens=7, eos_token_id=[], pad_token_id=adapter.pad_token_id)
-    for prompts in (adapter.text_prompts(exs), adapter.audio_prompts(exs)):
-        with torch.no_grad():
-            new = adapter.generate(prompts, generation_config=cfg)
-            assert new.shape == (len(exs), 7)
-            hidden = adapter.completion_hidden(prompts, new, torch.ones_like(new, dtype=torch.bool))
-        assert torch.equal(adapter.lm_head()(hidden).argmax(-1), new)
-
-
-def test_save_pretrained_then_load_through_registry(tmp_path):
-    adapter = load_adapter(mini_cfg())
-    model = adapter.model
-    with torch.no_grad():  # make the weights differ from any fresh init
-        for p in model.parameters():
-            p.add_(0.01 * torch.randn_like(p))
+def test_a_saved_mini_keeps_its_word_vocabulary(adapter, tmp_path):
+    """(The contract checks that it reloads to the same model.)"""
     adapter.save_pretrained(tmp_path / "ckpt")
     loaded = load_adapter(mini_cfg(str(tmp_path / "ckpt"), seed=123))
     assert loaded.tokenizer.get_vocab() == adapter.tokenizer.get_vocab()
-    exs = examples()
-    ids, mask = completions(adapter, len(exs))
-    with torch.no_grad():
-        for build in ("text_prompts", "audio_prompts"):
-            a = getattr(adapter, build)(exs)
-            b = getattr(loaded, build)(exs)
-            assert torch.equal(a.input_ids, b.input_ids)
-            assert torch.equal(adapter.completion_hidden(a, ids, mask), loaded.completion_hidden(b, ids, mask))
-    # a fresh "tiny" model with another seed differs (so the equality above means something)
-    other = load_adapter(mini_cfg(seed=123))
-    p = adapter.text_prompts(exs)
-    with torch.no_grad():
-        assert not torch.allclose(adapter.completion_hidden(p, ids, mask), other.completion_hidden(p, ids, mask))
 
 
 def test_lora_trained_mini_exports_and_reloads_to_the_same_outputs(tmp_path):

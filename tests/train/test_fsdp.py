@@ -8,7 +8,7 @@
 - the consolidated export loads with load_adapter and gives the sharded model's logits.
 
 The processes start with torch.multiprocessing (spawn) and meet through a file store
-(tests/gloo.py), as in tests/test_distributed.py.
+(tests/gloo.py), as in tests/train/test_distributed.py.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 
 from tests.gloo import cuda_optimizer_defaults, run_one_process, run_two_processes, tiny_data
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "tiny" / "cord.yaml"
 GLOBAL_BATCH = 4
 COMMON = [

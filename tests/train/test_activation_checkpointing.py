@@ -20,7 +20,7 @@ from cord.models.base import module_map_of
 from cord.train.step import run_micro_step
 from cord.train.trainer import Trainer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_memory import LiveTensorBytes  # noqa: E402
