@@ -218,7 +218,7 @@ def test_a_change_reruns_that_stage_and_what_depends_on_it(tmp_path, capsys, fak
     fake.ran.clear()
     rc, stdout, _ = reproduce(capsys, *base_args, "--set", "train.processes=2")
     assert rc == 0 and fake.names() == STAGES[1:]  # the warm-up too (then the base's evaluation)
-    assert stdout.count("its prompts per micro-batch changed (24 → 12: processes x train.grad_accum)") == 1  # the warm-up
+    assert stdout.count("its prompts per micro-batch changed (12 → 6: processes x train.grad_accum)") == 1  # the warm-up
     assert stdout.count("its inputs changed since it ran") == 7  # what starts from it: eval-base, 3 runs, 3 evaluations
     assert {m: len(list(tmp_path.glob(f"out/train-{m}.old-*"))) for m in old} == {"cord": 3, "forward_kl": 2, "sft": 2}
     assert reproduce(capsys, *base_args, "--set", "train.processes=2")[0] == 0 and len(fake.ran) == 9  # nothing new
