@@ -95,7 +95,7 @@ def transcript_accuracy(adapter: MiniAdapter, examples: list[PairedExample], *, 
 def ctc_transcripts(adapter: MiniAdapter, examples: list[PairedExample], batch_size: int = 200) -> list[str]:
     """The audio path's own transcripts: greedy CTC decoding of the encoder's readout (best label
     per frame, repeats merged, blanks dropped), without the decoder."""
-    model = adapter.core_model()
+    model = adapter.core()
     out: list[str] = []
     for start in range(0, len(examples), batch_size):
         prompts = adapter.audio_prompts(examples[start : start + batch_size])

@@ -88,7 +88,7 @@ def stage_b_loss(adapter: MiniAdapter, batch: list[PairedExample], cfg: RecipeCo
     """Stage B's objective on one batch: CE(transcript | SpecAugmented audio prompt with
     <repeat>) + b_ctc_weight · CTC(transcript | encoder frames). No solution is read.
     Returns (loss, {ce, ctc})."""
-    model = adapter.core_model()
+    model = adapter.core()
     prompts = adapter.audio_prompts(batch, task="repeat")
     prompts.extra["input_features"] = spec_augment(
         prompts.extra["input_features"], prompts.extra["feature_attention_mask"], cfg, gen
