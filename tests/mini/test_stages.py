@@ -15,7 +15,10 @@ from cord.config import ModelConfig
 from cord.data.paired import PairedExample
 from cord.mini.data import DataSettings, text_examples
 from cord.mini.model import MiniAdapter, build_mini
-from cord.mini.stages import RecipeConfig, greedy_accuracy, stage_a, stage_b, transcript_accuracy
+from cord.mini.recipe import RecipeConfig
+from cord.mini.scoring import greedy_accuracy, transcript_accuracy
+from cord.mini.stage_a import stage_a
+from cord.mini.stage_b import stage_b
 from cord.mini.task import make_task, transcript
 from cord.models import load_adapter
 
@@ -69,7 +72,7 @@ def test_stage_a_trains_only_the_language_model(stage_a_result):
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
 def test_stage_b_trains_the_audio_path_on_transcripts_only_and_keeps_the_averaged_weights(
         stage_a_result, tmp_path, monkeypatch):
-    import cord.mini.stages as stages_mod
+    import cord.mini.stage_b as stages_mod
     from cord.mini.data import build_datasets, load_split
 
     trained, *_ = stage_a_result

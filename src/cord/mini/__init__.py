@@ -7,8 +7,11 @@
 - :mod:`cord.mini.model` — the ``mini`` model family: word-level Qwen2 decoder, log-mel
   audio encoder with a CTC readout, frame-stacking projector; the adapter contract.
 - :mod:`cord.mini.family` — registers ``mini`` with :mod:`cord.models.registry`.
-- :mod:`cord.mini.stages` — Stage A (text LM) and Stage B (audio alignment to convergence
-  on dev), ``stage_b_loss``, ``greedy_accuracy`` and ``run_stages``.
+- :mod:`cord.mini.stages` — ``run_stages``: data, Stage A, Stage B, ``stages.json``;
+  :mod:`cord.mini.recipe` (``RecipeConfig``: their knobs, and the loop pieces they share),
+  :mod:`cord.mini.stage_a` (text LM: solve + repeat), :mod:`cord.mini.stage_b` (the audio path
+  on audio → transcript, ``stage_b_loss``), :mod:`cord.mini.scoring` (``greedy_accuracy``,
+  transcript scores on dev), :mod:`cord.mini.machine` (torch threads, what the timings ran on).
 - :mod:`cord.mini.control` — the demo's control arm: Stage B's objective continued with
   the Stage C recipe.
 - :mod:`cord.mini.stats` — paired differences and their nested bootstrap intervals; the

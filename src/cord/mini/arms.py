@@ -180,7 +180,7 @@ def teacher_solutions(stage_b: Path, questions: list[str], max_new_tokens: int =
     """The frozen teacher's greedy solutions to ``questions`` as text prompts (the Stage B model)."""
     from cord.config import ModelConfig
     from cord.data.paired import PairedExample
-    from cord.mini.stages import greedy_outputs
+    from cord.mini.scoring import greedy_outputs
     from cord.models import load_adapter
 
     adapter = load_adapter(ModelConfig(family="mini", name_or_path=str(stage_b), dtype="float32", device="cpu"))

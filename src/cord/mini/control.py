@@ -5,7 +5,7 @@ no reasoning from speech: from the Stage B checkpoint it trains
 
     L_B = CE(transcript | SpecAugmented audio prompt with <repeat>) + b_ctc_weight · CTC(transcript)
 
-(:func:`cord.mini.stages.stage_b_loss`, Stage B's loss) with everything else taken from the
+(:func:`cord.mini.stage_b.stage_b_loss`, Stage B's loss) with everything else taken from the
 Stage C preset it is compared with: the same trainable parts (and LoRA, when the preset has
 one), AdamW with the same lr, betas, weight decay, warmup and schedule, the same global batch,
 steps, gradient clipping and data order (``cord.train.trainer``'s ``DataOrder`` with the
@@ -44,11 +44,11 @@ def control_done(run_dir: Path, steps: int) -> bool:
 def run_control(cfg, recipe) -> dict[str, Any]:
     """Train the control arm described in the module doc; ``cfg``: the Stage C CordConfig
     (model, data, train sections are used; objective and rollout are not), ``recipe``: the
-    :class:`cord.mini.stages.RecipeConfig` whose Stage B loss (CTC weight, masks) continues.
+    :class:`cord.mini.recipe.RecipeConfig` whose Stage B loss (CTC weight, masks) continues.
     Returns {"steps", "seconds", "run_dir"}."""
     from cord.config import dump_config
     from cord.data.paired import load_paired
-    from cord.mini.stages import stage_b_loss, stage_b_targets
+    from cord.mini.stage_b import stage_b_loss, stage_b_targets
     from cord.models import load_adapter
     from cord.models.base import module_map_of
     from cord.models.export import export_model

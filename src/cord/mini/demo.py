@@ -100,7 +100,7 @@ def demo_recipe(quick: bool = False, test_voice: str = "espeak", threads: int | 
     """The Stage A/B recipe of start 0: quick or full, with the held-out (test_unseen) voice from
     ``test_voice``: "espeak" (default) or "piper" (a neural voice; see cord.mini.data), on
     ``threads`` torch threads (None: the recipe's fixed count)."""
-    from cord.mini.stages import RecipeConfig
+    from cord.mini.recipe import RecipeConfig
 
     recipe = RecipeConfig.quick(seed=0) if quick else RecipeConfig(seed=0)
     if threads is not None:
@@ -120,7 +120,7 @@ def run_demo(out: str | Path = "cord-demo", seeds: int | None = None, quick: boo
     Stage C seeds. Runs on the recipe's fixed torch thread count, or ``threads``, and restores
     the caller's."""
     from cord.mini.data import check_engines
-    from cord.mini.stages import auto_threads, torch_threads
+    from cord.mini.machine import auto_threads, torch_threads
 
     mode = "quick" if quick else "study" if study else "default"
     plan = make_plan(mode, seeds, starts, arms)
@@ -137,7 +137,8 @@ def run_demo(out: str | Path = "cord-demo", seeds: int | None = None, quick: boo
 def _run_demo(out: Path, recipe0, plan: Plan, progress: bool) -> dict[str, Any]:
     from cord.mini.arms import build_sft_data
     from cord.mini.report import build_report, write_outputs
-    from cord.mini.stages import load_average, machine_info, run_stages
+    from cord.mini.machine import load_average, machine_info
+    from cord.mini.stages import run_stages
 
     out.mkdir(parents=True, exist_ok=True)
     say = (lambda msg: print(f"[demo] {msg}", flush=True)) if progress else (lambda msg: None)
@@ -352,7 +353,7 @@ def run_long(arm: str, stage_b: Path, data_dirs: dict[str, Path], data: dict[str
     exported model's greedy audio accuracy on dev (training voices) is recorded. The final model
     is also evaluated on test. Resumes: finished segments and evaluations are kept in
     ``curve.json``."""
-    from cord.mini.stages import greedy_accuracy
+    from cord.mini.scoring import greedy_accuracy
     from cord.models import load_adapter
     from cord.train.checkpoint import checkpoint_dirs
     from cord.train.trainer import Trainer

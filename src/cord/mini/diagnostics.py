@@ -3,7 +3,7 @@
 - the accuracies and per-item outcomes ``cord eval`` wrote (:func:`item_outcomes`,
   :func:`accuracies`), test (training voices) and test_unseen (held-out voice);
 - whether the audio path still *hears*: greedy "repeat the question" transcripts of the test
-  clips (:func:`cord.mini.stages.transcript_scores`: exact, numbers right, WER);
+  clips (:func:`cord.mini.scoring.transcript_scores`: exact, numbers right, WER);
 - where in the answer the audio errors sit (:func:`cord.mini.task.error_kind`: a misheard
   operand, a wrong operation, an arithmetic slip, a result not carried, a wrong answer line).
 
@@ -70,7 +70,7 @@ def run_diagnostics(model_dir: str | Path, test_dir: str | Path, eval_dir: str |
     """Accuracies, transcript scores and the error profile of one evaluated model (cached)."""
     from cord.config import ModelConfig
     from cord.data.paired import load_paired
-    from cord.mini.stages import transcript_accuracy
+    from cord.mini.scoring import transcript_accuracy
     from cord.models import load_adapter
 
     eval_dir = Path(eval_dir)

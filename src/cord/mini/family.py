@@ -4,7 +4,8 @@ use of the name, see ``BUILTIN_FAMILIES``).
 ``ModelConfig(family="mini", name_or_path="tiny", tiny_seed=S)`` builds a fresh random
 miniature; ``name_or_path=<dir>`` loads one written by ``MiniAdapter.save_pretrained(dir)``
 (Stage A and B write theirs under the demo's output directory). ``dtype`` and ``device``
-apply as for the other families; ``system_prompt`` and ``instruction`` are not used.
+apply as for the other families, and ``long_audio`` / ``max_audio_seconds``; ``system_prompt`` and
+``instruction`` are not used.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ def load(cfg) -> MiniAdapter:
         model, tokenizer = load_mini(cfg.name_or_path)
     device = resolve_device(cfg.device)
     model.to(device=device, dtype=resolve_dtype(cfg.dtype, device)).eval()
-    return MiniAdapter(model, tokenizer, long_audio=cfg.long_audio, max_audio_seconds=cfg.max_audio_seconds)
+    return MiniAdapter.from_config(model, tokenizer, None, cfg)  # None: the mini's own log-mel features
 
 
 register_family("mini", load)

@@ -39,7 +39,8 @@ from torch import nn
 
 from cord import CordError
 from cord.data.audio import SAMPLE_RATE
-from cord.models.base import left_pad, policy_audio
+from cord.models.adapter import AdapterBase
+from cord.models.base import set_generation_ids
 from cord.types import PromptBatch
 
 PAD, EOS, UNK, SEP, AUDIO, REPEAT = "<pad>", "<eos>", "<unk>", "<sep>", "<audio>", "<repeat>"
@@ -236,8 +237,6 @@ class MiniLALM(nn.Module):
                 nn.Linear(cfg.hidden_size, cfg.hidden_size)
             )
         self.language_model = Qwen2ForCausalLM(cfg.qwen2_config())
-        gc = self.language_model.generation_config
-        gc.eos_token_id, gc.pad_token_id, gc.bos_token_id = cfg.eos_token_id, cfg.pad_token_id, None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -328,7 +327,9 @@ def build_mini(cfg: MiniConfig | None = None, seed: int = 0, words: list[str] | 
     cfg.eos_token_id = tokenizer.eos_token_id
     cfg.audio_token_id = tokenizer.convert_tokens_to_ids(AUDIO)
     torch.manual_seed(seed)
-    return MiniLALM(cfg).eval(), tokenizer
+    model = MiniLALM(cfg).eval()
+    set_generation_ids(model.generation_config, tokenizer)
+    return model, tokenizer
 
 
 def load_mini(directory: str | Path):
@@ -353,19 +354,24 @@ def load_mini(directory: str | Path):
     model.load_state_dict(state)
     if cfg.tie_embeddings:
         model.language_model.lm_head.weight = model.language_model.model.embed_tokens.weight
+    set_generation_ids(model.generation_config, tokenizer)
     return model.eval(), tokenizer
 
 
 # ----------------------------------------------------------------------------- adapter
-class MiniAdapter:
-    """The adapter contract (cord.models.base) for the miniature.
+class MiniAdapter(AdapterBase):
+    """The adapter contract (cord.models.base) for the miniature, on
+    :class:`cord.models.adapter.AdapterBase` (the loader's fields, pad id, device, peft unwrap
+    (:meth:`core`: the :class:`MiniLALM`, its language model holding any LoRA layers), encoding,
+    left padding, the long-audio policy). What is its own: the two prompt tasks, the log-mel
+    features (cached per clip), the decoder calls and the saved format.
 
-    ``system_prompt`` and ``instruction`` are not used: the model is trained from scratch on a
-    single task with the fixed prompts described in the module docstring.
+    The model has no system prompt or instruction: it is trained from scratch on the fixed
+    prompts described in the module docstring (``model.system_prompt`` and
+    ``model.instruction`` are not used).
     """
 
     family = "mini"
-    #: the trainable parts by module path (see cord.models.base.LALMAdapter)
     module_map = {
         "audio_encoder": ("audio_encoder",),
         "projector": ("projector",),
@@ -373,45 +379,29 @@ class MiniAdapter:
         "lm_head": ("language_model.lm_head",),
     }
     lora_scope = ("language_model.model",)
-    lora_exclude: tuple[str, ...] = ()
 
-    def __init__(
-        self,
-        model: MiniLALM,
-        tokenizer: Any,
-        *,
-        long_audio: str = "error",
-        max_audio_seconds: float = 30.0,
-        feature_cache_size: int = 50_000,
-    ) -> None:
-        from transformers import WhisperFeatureExtractor
+    def __init__(self, model: MiniLALM, tokenizer: Any, feature_extractor: Any = None, *,
+                 feature_cache_size: int = 50_000, **kwargs: Any) -> None:
+        if feature_extractor is None:
+            from transformers import WhisperFeatureExtractor
 
-        self.model = model
-        self.tokenizer = tokenizer
-        # Whisper's own log-mel recipe (80 bins, 25 ms window, log10, clamp to max − 8, scaled)
-        # from a maintained class instead of a hand-written STFT (a 20 ms hop was tried to
-        # halve the first conv's cost: the encoder then learned far more slowly). It runs on one clip at a time (no padding), so a clip's features never depend on its
-        # batch; audio_prompts pads afterwards and masks the padding.
-        self.feature_extractor = WhisperFeatureExtractor(
-            feature_size=model.config.n_mels, hop_length=model.config.hop_length
-        )
-        self.long_audio = long_audio
-        self.max_audio_seconds = max_audio_seconds
+            # Whisper's own log-mel recipe (80 bins, 25 ms window, log10, clamp to max − 8,
+            # scaled) from a maintained class instead of a hand-written STFT (a 20 ms hop was
+            # tried to halve the first conv's cost: the encoder then learned far more slowly).
+            # It runs on one clip at a time (no padding), so a clip's features never depend on
+            # its batch; audio_prompts pads afterwards and masks the padding.
+            feature_extractor = WhisperFeatureExtractor(
+                feature_size=model.config.n_mels, hop_length=model.config.hop_length
+            )
+        super().__init__(model, tokenizer, feature_extractor, **kwargs)
+        # no prompt text to put them in; without an instruction, cord eval refuses an item
+        # whose question is about its clip (cord.eval.runner) instead of dropping the question
+        del self.system_prompt, self.instruction
         self.sep_token_id = tokenizer.convert_tokens_to_ids(SEP)
         self.audio_token_id = tokenizer.convert_tokens_to_ids(AUDIO)
         self.repeat_token_id = tokenizer.convert_tokens_to_ids(REPEAT)
-        self.skipped_long_audio = 0
         self._features: dict[bytes, torch.Tensor] = {}
         self._cache_size = feature_cache_size
-
-    def _core(self) -> MiniLALM:
-        m = self.model
-        return m.get_base_model() if hasattr(m, "get_base_model") else m
-
-    def core_model(self) -> MiniLALM:
-        """The :class:`MiniLALM` itself (under a peft wrapper when LoRA is applied; its
-        language model then holds the LoRA layers)."""
-        return self._core()
 
     # ----------------------------------------------------------------- tokens
     @property
@@ -419,26 +409,16 @@ class MiniAdapter:
         return [self.tokenizer.eos_token_id]
 
     @property
-    def pad_token_id(self) -> int:
-        return self.tokenizer.pad_token_id
-
-    @property
     def placeholder_token_ids(self) -> list[int]:
         """Never sampled: a sampled <audio> would be taken for an audio slot."""
         return [self.audio_token_id]
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
     def lm_head(self) -> nn.Linear:
-        return self._core().get_output_embeddings()
+        return self.core().get_output_embeddings()
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def _left_pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        return left_pad(seqs, self.pad_token_id)
+        """The ids of ``text`` (no special tokens added)."""
+        return self._encode(text)
 
     # ---------------------------------------------------------------- prompts
     def _task_suffix(self, task: str) -> list[int]:
@@ -449,11 +429,12 @@ class MiniAdapter:
             return [self.repeat_token_id, self.sep_token_id]
         raise CordError(f"unknown mini prompt task {task!r} (one of {', '.join(TASKS)})")
 
+    def text_prompt_ids(self, question: str, task: str = "solve") -> list[int]:
+        return self._encode(question) + self._task_suffix(task)
+
     def text_prompts(self, examples: list, task: str = "solve") -> PromptBatch:
         """Text prompts; ``task``: "solve" (the trainer's and ``cord eval``'s) or "repeat"."""
-        suffix = self._task_suffix(task)
-        seqs = [self.encode(ex.question_text) + suffix for ex in examples]
-        ids, mask = self._left_pad(seqs)
+        ids, mask = self._left_pad([self.text_prompt_ids(ex.question_text, task) for ex in examples])
         return PromptBatch(ids, mask, "text", {}, list(range(len(examples))))
 
     def clip_features(self, audio: np.ndarray) -> torch.Tensor:
@@ -474,8 +455,7 @@ class MiniAdapter:
     def audio_prompts(self, examples: list, task: str = "solve") -> PromptBatch:
         """Audio prompts; ``task``: "solve" (the trainer's and ``cord eval``'s) or "repeat"."""
         suffix = self._task_suffix(task)
-        arrays, keep = policy_audio(examples, self.max_audio_seconds, self.long_audio)
-        self.skipped_long_audio += len(examples) - len(keep)
+        arrays, keep = self.prepare_audio(examples)
         if not arrays:
             empty = torch.zeros((0, 1), dtype=torch.long)
             return PromptBatch(empty, empty.clone(), "audio", {}, [])
@@ -487,10 +467,10 @@ class MiniAdapter:
         for i, f in enumerate(feats):
             features[i, :, : f.shape[1]] = f
             fmask[i, : f.shape[1]] = 1
-            n_audio = self._core().audio_token_count(f.shape[1])
+            n_audio = self.core().audio_token_count(f.shape[1])
             seqs.append([self.audio_token_id] * n_audio + suffix)
         ids, mask = self._left_pad(seqs)
-        extra = {"input_features": features.to(self._core().dtype), "feature_attention_mask": fmask}
+        extra = {"input_features": features.to(self.core().dtype), "feature_attention_mask": fmask}
         return PromptBatch(ids, mask, "audio", extra, keep)
 
     # ----------------------------------------------------------------- hidden
@@ -499,7 +479,7 @@ class MiniAdapter:
         (``inputs_embeds``: precomputed :meth:`MiniLALM.embed` output; ``n_prompt``: prompt
         columns, the only ones that hold audio placeholders)."""
         if inputs_embeds is None:
-            inputs_embeds = self._core().embed(input_ids, extra, n_prompt=n_prompt)
+            inputs_embeds = self.core().embed(input_ids, extra, n_prompt=n_prompt)
         embeds = inputs_embeds
         # positions count only attended tokens, so left padding does not shift them
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -543,7 +523,7 @@ class MiniAdapter:
         from cord.rollout.sampling import clean_generation_defaults
 
         prompts = prompts.to(self.device)
-        embeds = self._core().embed(prompts.input_ids, prompts.extra)
+        embeds = self.core().embed(prompts.input_ids, prompts.extra)
         lm = self._language_model()
         with clean_generation_defaults(lm.get_base_model() if hasattr(lm, "get_base_model") else lm):
             out = lm.generate(
@@ -558,10 +538,10 @@ class MiniAdapter:
         from cord.rollout.decode import DecodeState, cache_kwargs, new_cache, next_positions
 
         prompts = prompts.to(self.device)
-        embeds = self._core().embed(prompts.input_ids, prompts.extra)
+        embeds = self.core().embed(prompts.input_ids, prompts.extra)
         position_ids = (prompts.attention_mask.cumsum(-1) - 1).clamp(min=0)
         decoder = self._language_model().model
-        cache = new_cache(self._core().language_model.config)
+        cache = new_cache(self.core().language_model.config)
         out = decoder(inputs_embeds=embeds, attention_mask=prompts.attention_mask, position_ids=position_ids,
                       **cache_kwargs(decoder, cache))
         state = DecodeState(cache, prompts.attention_mask.long(), next_positions(position_ids, prompts.attention_mask))
@@ -601,7 +581,7 @@ class MiniAdapter:
         tmp = directory.with_name(directory.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        core = peft.get_base_model() if peft is not None else self._core()
+        core = peft.get_base_model() if peft is not None else self.core()
         state = base_state_dict(peft) if peft is not None else core.state_dict()
         if core.config.tie_embeddings:  # one matrix: stored once, as the input embeddings
             state = {k: v for k, v in state.items() if not k.endswith("lm_head.weight")}
