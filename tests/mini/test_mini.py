@@ -165,6 +165,71 @@ def test_audio_token_rate_and_layout(adapter):
         model.embed(prompts.input_ids[:, 1:], prompts.extra)
 
 
+def test_ctc_segments_are_the_words_of_the_greedy_path():
+    from cord.mini.model import ctc_segments
+
+    path = torch.tensor([[0, 7, 7, 0, 7, 9, 9, 0, 5, 5], [3, 3, 0, 0, 4, 0, 0, 0, 0, 8]])
+    valid = torch.tensor([[1] * 10, [1] * 6 + [0] * 4], dtype=torch.bool)
+    # a blank splits two equal ids; a change of id starts a word; padding is blank
+    assert ctc_segments(path, valid, 0) == [[(1, 3), (4, 5), (5, 7), (8, 10)], [(0, 2), (4, 5)]]
+    assert ctc_segments(torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 4, dtype=torch.bool), 0) == [[]]
+
+
+def test_words_audio_tokens_are_one_soft_embedding_per_word_heard(monkeypatch):
+    """audio_tokens="words": one decoder audio token per word on the CTC readout's greedy path,
+    whose value is the heard word's own embedding (through the projector, the identity at init)
+    and whose gradient is the soft posterior mix's; the placeholders follow the count, and
+    batching changes no token."""
+    from cord.mini.model import MiniAdapter, MiniConfig, build_mini
+
+    model, tok = build_mini(MiniConfig(audio_tokens="words"), seed=0)
+    ad = MiniAdapter(model, tok)
+    words = ["3", "plus", "4"]
+    ids = tok.convert_tokens_to_ids(words)
+
+    def ctc_logits(hidden):  # frames 1-2 hear "3", 4 "plus", 5-6 "4" (row 0); row 1 hears only "plus"
+        b, n, _ = hidden.shape
+        logits = torch.full((b, n, model.config.vocab_size), -30.0)
+        logits[..., 0] = 30.0
+        plan = {0: {1: ids[0], 2: ids[0], 4: ids[1], 5: ids[2], 6: ids[2]}, 1: {2: ids[1]}}
+        for row, frames in plan.items():
+            for t, i in frames.items():
+                if row < b and t < n:
+                    logits[row, t, 0], logits[row, t, i] = -30.0, 30.0
+        if b > 1 and n > 2:  # row 1's word is heard with doubt: "plus" 3.0, "4" 2.5 (rest -30)
+            logits[1, 2, ids[1]], logits[1, 2, ids[2]] = 3.0, 2.5
+        return logits
+
+    monkeypatch.setattr(model.audio_encoder, "ctc_logits", ctc_logits)
+    exs = examples()[:2]
+    prompts = ad.audio_prompts(exs)
+    audio_id = tok.convert_tokens_to_ids("<audio>")
+    assert (prompts.input_ids == audio_id).sum(-1).tolist() == [3, 1]
+    with torch.no_grad():
+        embeds = model.embed(prompts.input_ids, prompts.extra)
+    table = model.get_input_embeddings().weight
+    row0 = embeds[0][prompts.input_ids[0] == audio_id]
+    assert torch.allclose(row0, table[ids], atol=1e-5)  # the words' own embeddings, in order
+    row1 = embeds[1][prompts.input_ids[1] == audio_id]
+    assert torch.allclose(row1, table[ids[1]][None], atol=1e-5)  # the most likely word, not a mix
+    # with the model's own (random) readout: the count is what the encoder hears, a clip's tokens
+    # do not depend on its batch, and the soft mix is differentiable in the posteriors
+    monkeypatch.undo()
+    both = ad.audio_prompts(exs)
+    alone = ad.audio_prompts(exs[:1])
+    with torch.no_grad():
+        e_both, e_alone = model.embed(both.input_ids, both.extra), model.embed(alone.input_ids, alone.extra)
+    n0 = int((alone.input_ids[0] == audio_id).sum())
+    assert n0 == int((both.input_ids[0] == audio_id).sum()) >= 1
+    assert torch.allclose(e_both[0][both.input_ids[0] == audio_id], e_alone[0][alone.input_ids[0] == audio_id], atol=1e-5)
+    model.zero_grad()
+    tokens, valid, _ = model.encode_audio(both.extra["input_features"], both.extra["feature_attention_mask"])
+    assert valid.sum(-1).tolist() == (both.input_ids == audio_id).sum(-1).tolist()
+    tokens[valid].sum().backward()
+    assert model.audio_encoder.ctc_head.weight.grad.abs().sum() > 0
+    assert model.audio_encoder.convs[0].weight.grad.abs().sum() > 0
+
+
 def test_a_saved_mini_keeps_its_word_vocabulary(adapter, tmp_path):
     """(The contract checks that it reloads to the same model.)"""
     adapter.save_pretrained(tmp_path / "ckpt")
@@ -263,3 +328,24 @@ def test_stage_a_text_examples_mix_the_two_tasks_and_the_two_formats():
     assert set(formats) == set(STAGE_A_FORMATS)  # the external format is never taught
     for fmt, share in STAGE_A_FORMATS.items():
         assert abs(formats[fmt] / solve - share) < 0.03
+
+
+def test_stage_a_solves_a_share_of_questions_in_their_spoken_form():
+    """a_transcript_share: that share of the solve examples asks the question as a recogniser
+    hears it (words, no punctuation); the rest, and every repeat example, as text. At 0 the
+    examples are exactly those drawn before the option existed."""
+    from collections import Counter
+
+    from cord.mini.data import DataSettings, text_examples
+
+    plain = text_examples(2000, DataSettings(seed=0), repeat_share=0.3)
+    mixed = text_examples(2000, DataSettings(seed=0), repeat_share=0.3, transcript_share=0.5)
+    assert all("form" not in ex.meta for ex in plain)
+    forms = Counter(ex.meta.get("form") for ex in mixed if ex.meta["task"] == "solve")
+    assert abs(forms["transcript"] / (forms["transcript"] + forms["text"]) - 0.5) < 0.04
+    for ex in mixed:
+        if ex.meta.get("form") == "transcript":
+            assert ex.question_text == transcript(ex.question_text) and not any(c in ex.question_text for c in ",.?")
+            assert parse_answer(ex.solution) == ex.answer
+        else:
+            assert ex.question_text.endswith("?")

@@ -214,7 +214,8 @@ def build_datasets(
 
 
 def text_examples(
-    n: int, settings: DataSettings = DataSettings(), spec: TaskSpec = TaskSpec(), repeat_share: float = 0.0
+    n: int, settings: DataSettings = DataSettings(), spec: TaskSpec = TaskSpec(), repeat_share: float = 0.0,
+    transcript_share: float = 0.0,
 ) -> list[PairedExample]:
     """``n`` text-only training examples from the train problem pool (for Stage A: text is
     cheap, so the LM sees more problems than the spoken training set holds).
@@ -222,7 +223,9 @@ def text_examples(
     Each is one of two tasks (``meta["task"]``), drawn by the seed: with probability
     ``repeat_share`` "repeat" (``solution`` = the question's transcript), else "solve"
     (``solution`` in a format drawn with :data:`cord.mini.task.STAGE_A_FORMATS`' shares,
-    ``meta["format"]``)."""
+    ``meta["format"]``). A solve example's question is, with probability ``transcript_share``,
+    in its spoken form — the words without punctuation, what a recogniser hears
+    (:func:`cord.mini.task.transcript`; ``meta["form"]`` "transcript", else "text")."""
     import random
 
     from cord.mini.task import draw_format, make_rows, problem_of, split_problems, transcript
@@ -237,7 +240,10 @@ def text_examples(
         else:
             fmt = draw_format(rng)
             target, meta = problem_of(r["problem"]).solution(fmt), {"task": "solve", "format": fmt}
-        out.append(PairedExample(r["id"], r["question"], None, r["answer"], target, {"problem": r["problem"], **meta}))
+            if transcript_share > 0:  # (no draw at 0: the examples stay those of earlier versions)
+                meta["form"] = "transcript" if rng.random() < transcript_share else "text"
+        question = transcript(r["question"]) if meta.get("form") == "transcript" else r["question"]
+        out.append(PairedExample(r["id"], question, None, r["answer"], target, {"problem": r["problem"], **meta}))
     return out
 
 

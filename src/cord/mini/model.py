@@ -97,8 +97,9 @@ class MiniConfig:
     #: the decoder's input and output embeddings are one matrix (as in Qwen2-0.5B)
     tie_embeddings: bool = False
     #: what an audio token is (MiniLALM.encode_audio): "projected" (the projector's image of the
-    #: stacked frames), "soft" (the CTC readout's posterior-weighted word embeddings of its frames)
-    #: or "both" (their sum)
+    #: stacked frames), "soft" (the CTC readout's posterior-weighted word embeddings of its frames),
+    #: "both" (their sum) or "words" (one token per word the CTC readout hears: its frames'
+    #: posterior-weighted word embeddings, averaged)
     audio_tokens: str = "soft"
     pad_token_id: int = 0
     eos_token_id: int = 1
@@ -207,6 +208,26 @@ def stack_frames(hidden: torch.Tensor, valid: torch.Tensor, k: int) -> tuple[tor
     return hidden.reshape(b, (n + pad) // k, k * d), out_valid
 
 
+def ctc_segments(path: torch.Tensor, valid: torch.Tensor, blank: int) -> list[list[tuple[int, int]]]:
+    """Per clip, the [start, end) frame spans of the words on a greedy CTC path (B, N): maximal
+    runs of one non-blank id (a blank between two equal ids splits them; padding is blank)."""
+    out = []
+    for ids, ok in zip(path.tolist(), valid.tolist()):
+        spans: list[tuple[int, int]] = []
+        prev, start = blank, 0
+        for t, (i, v) in enumerate(zip(ids, ok)):
+            i = i if v else blank
+            if i != prev:
+                if prev != blank:
+                    spans.append((start, t))
+                start = t
+            prev = i
+        if prev != blank:
+            spans.append((start, len(ids)))
+        out.append(spans)
+    return out
+
+
 def _sinusoids(length: int, dim: int, device, dtype) -> torch.Tensor:
     pos = torch.arange(length, device=device, dtype=torch.float32)[:, None]
     inv = torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim)
@@ -226,7 +247,12 @@ class MiniLALM(nn.Module):
 
         self.config = cfg
         self.audio_encoder = MiniAudioEncoder(cfg)
-        if cfg.audio_tokens == "soft":
+        if cfg.audio_tokens == "words":
+            # a linear map (no bias) of each heard word's soft embedding, starting as the identity
+            self.projector = nn.Sequential(nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=False))
+            with torch.no_grad():
+                self.projector[0].weight.copy_(torch.eye(cfg.hidden_size))
+        elif cfg.audio_tokens == "soft":
             # a linear map (no bias) of the stacked soft word embeddings, starting as their sum
             self.projector = nn.Sequential(nn.Linear(cfg.hidden_size * cfg.projector_stack, cfg.hidden_size, bias=False))
             with torch.no_grad():
@@ -243,9 +269,20 @@ class MiniLALM(nn.Module):
         return next(self.parameters()).dtype
 
     def audio_token_count(self, n_frames: int) -> int:
-        """Decoder audio tokens for a clip of ``n_frames`` mel frames."""
+        """Decoder audio tokens for a clip of ``n_frames`` mel frames (not for ``words`` tokens,
+        whose count depends on what is heard: :meth:`audio_token_counts`)."""
         k = self.config.projector_stack
         return -(-int(self.audio_encoder.output_lengths(n_frames)) // k)
+
+    def audio_token_counts(self, features: torch.Tensor, feature_mask: torch.Tensor) -> list[int]:
+        """Decoder audio tokens of each clip of a (B, mel, F) batch: one per ``projector_stack``
+        encoder frames, or with ``words`` tokens one per word heard (at least one)."""
+        if self.config.audio_tokens != "words":
+            return [self.audio_token_count(int(n)) for n in feature_mask.sum(-1)]
+        with torch.no_grad():
+            hidden, valid = self.audio_encoder(features.to(self.dtype), feature_mask)
+            path = self.audio_encoder.ctc_logits(hidden).argmax(-1)
+        return [max(1, len(s)) for s in ctc_segments(path, valid, self.config.pad_token_id)]
 
     @property
     def generation_config(self):
@@ -269,9 +306,11 @@ class MiniLALM(nn.Module):
         input embeddings weighted by the CTC readout's posterior, blank (id 0) left out. The soft
         part is what a recogniser hears, as text embeddings; the projected part is everything else."""
         hidden, valid = self.audio_encoder(features, feature_mask)
+        kind = self.config.audio_tokens
+        if kind == "words":
+            return (*self._word_tokens(hidden, valid), (hidden, valid))
         k = self.config.projector_stack
         stacked, stacked_valid = stack_frames(hidden, valid, k)
-        kind = self.config.audio_tokens
         if kind == "projected":
             return self.projector(stacked), stacked_valid, (hidden, valid)
         first = len(SPECIAL_TOKENS)  # words only: no blank, no prompt token
@@ -283,6 +322,35 @@ class MiniLALM(nn.Module):
             return self.projector(soft_stacked), stacked_valid, (hidden, valid)
         b, m, _ = soft_stacked.shape
         return self.projector(stacked) + soft_stacked.view(b, m, k, -1).sum(2), stacked_valid, (hidden, valid)
+
+    def _word_tokens(self, hidden: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``words`` tokens: one per segment of the greedy CTC path (:func:`ctc_segments`). Its
+        value is the decoder's own embedding of the word heard there (E[argmax of the segment's
+        mean posterior]); its gradient is that of the soft mix, the mean over the segment's
+        frames of Σ_v q(v | frame)·E[v] with q the readout's posterior over the words
+        (renormalised without blank and prompt tokens) — a straight-through estimator, so later
+        stages can train the recogniser through the decoder. (The soft mix itself as the value
+        was tried first: the frozen decoder could not read it, docs/demo/recipe.md.) A clip with
+        no word heard gets one token over all its frames."""
+        first = len(SPECIAL_TOKENS)
+        logits = self.audio_encoder.ctc_logits(hidden).float()
+        q = logits[..., first:].softmax(-1)
+        soft = q @ self.get_input_embeddings().weight[first:].float()  # (B, N, H)
+        segments = ctc_segments(logits.detach().argmax(-1), valid, self.config.pad_token_id)
+        m = max(max(1, len(s)) for s in segments)
+        weights = torch.zeros(hidden.shape[0], m, hidden.shape[1], dtype=soft.dtype, device=soft.device)
+        token_valid = torch.zeros(hidden.shape[0], m, dtype=torch.bool, device=soft.device)
+        for b, segs in enumerate(segments):
+            if not segs:
+                segs = [(0, max(1, int(valid[b].sum())))]
+            for j, (start, end) in enumerate(segs):
+                weights[b, j, start:end] = 1.0 / (end - start)
+            token_valid[b, : len(segs)] = True
+        soft_tokens = weights @ soft  # (B, M, H)
+        heard = (weights @ q.detach()).argmax(-1) + first  # (B, M) the word each segment most likely is
+        hard = self.get_input_embeddings().weight[heard].float().detach()
+        tokens = (hard + soft_tokens - soft_tokens.detach()).to(hidden.dtype)
+        return self.projector(tokens), token_valid
 
     def embed(
         self,
@@ -452,8 +520,10 @@ class MiniAdapter(AdapterBase):
         self._features[key] = feats
         return feats
 
-    def audio_prompts(self, examples: list, task: str = "solve") -> PromptBatch:
-        """Audio prompts; ``task``: "solve" (the trainer's and ``cord eval``'s) or "repeat"."""
+    def audio_prompts(self, examples: list, task: str = "solve", augment=None) -> PromptBatch:
+        """Audio prompts; ``task``: "solve" (the trainer's and ``cord eval``'s) or "repeat";
+        ``augment(features, mask)``: applied to the padded features before anything reads them
+        (Stage B's SpecAugment; with ``words`` tokens the count of audio tokens depends on it)."""
         suffix = self._task_suffix(task)
         arrays, keep = self.prepare_audio(examples)
         if not arrays:
@@ -463,13 +533,13 @@ class MiniAdapter(AdapterBase):
         n_frames = max(f.shape[1] for f in feats)
         features = torch.zeros(len(feats), feats[0].shape[0], n_frames)
         fmask = torch.zeros(len(feats), n_frames, dtype=torch.long)
-        seqs = []
         for i, f in enumerate(feats):
             features[i, :, : f.shape[1]] = f
             fmask[i, : f.shape[1]] = 1
-            n_audio = self.core().audio_token_count(f.shape[1])
-            seqs.append([self.audio_token_id] * n_audio + suffix)
-        ids, mask = self._left_pad(seqs)
+        if augment is not None:
+            features = augment(features, fmask)
+        counts = self.core().audio_token_counts(features, fmask)
+        ids, mask = self._left_pad([[self.audio_token_id] * n + suffix for n in counts])
         extra = {"input_features": features.to(self.core().dtype), "feature_attention_mask": fmask}
         return PromptBatch(ids, mask, "audio", extra, keep)
 

@@ -36,6 +36,9 @@ class RecipeConfig:
     # Stage A: text LM, two tasks (solve in two formats, repeat the question)
     a_text_examples: int = 10000
     a_repeat_share: float = 0.3
+    #: share of the solve examples whose question is in its spoken form (no punctuation): the
+    #: decoder learns to solve from what a recogniser hears, as a real LLM reads ASR output
+    a_transcript_share: float = 0.0
     a_max_steps: int = 500
     a_batch_size: int = 64
     a_lr: float = 3e-3

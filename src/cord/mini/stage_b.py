@@ -89,10 +89,7 @@ def stage_b_loss(adapter: MiniAdapter, batch: list[PairedExample], cfg: RecipeCo
     <repeat>) + b_ctc_weight · CTC(transcript | encoder frames). No solution is read.
     Returns (loss, {ce, ctc})."""
     model = adapter.core()
-    prompts = adapter.audio_prompts(batch, task="repeat")
-    prompts.extra["input_features"] = spec_augment(
-        prompts.extra["input_features"], prompts.extra["feature_attention_mask"], cfg, gen
-    )
+    prompts = adapter.audio_prompts(batch, task="repeat", augment=lambda f, m: spec_augment(f, m, cfg, gen))
     ce_weight = cfg.b_ce_weight if ce_weight is None else ce_weight
     if ce_weight:
         y, ym = target_ids(adapter, stage_b_targets(batch))

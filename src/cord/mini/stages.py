@@ -60,7 +60,8 @@ def _run_stages(out_dir: str | Path, cfg: RecipeConfig, progress: bool) -> dict[
     data_cfg = replace(cfg.data, seed=cfg.seed) if cfg.data.seed != cfg.seed else cfg.data
     dirs = build_datasets(out / "data", data_cfg)
     train, dev = (load_split(dirs[s]) for s in ("train", "dev"))
-    text_train = text_examples(cfg.a_text_examples, data_cfg, repeat_share=cfg.a_repeat_share)
+    text_train = text_examples(cfg.a_text_examples, data_cfg, repeat_share=cfg.a_repeat_share,
+                               transcript_share=cfg.a_transcript_share)
     timings["data"] = round(time.perf_counter() - t, 2)
     say(f"data: {len(train)} train / {len(dev)} dev clips in {timings['data']} s")
 
