@@ -139,9 +139,13 @@ def test_mini_is_a_registered_family(adapter):
     assert adapter.lm_head() is adapter.model.language_model.lm_head
 
 
-def test_audio_token_rate_and_layout(adapter):
-    """6.25 audio tokens per second, no 30 s padding, <sep> last (the contract checks the count
-    against the encoder itself)."""
+def test_audio_token_rate_and_layout():
+    """Frame-rate audio tokens (audio_tokens soft / projected / both): 6.25 per second, no 30 s
+    padding, <sep> last (the contract checks the count against the encoder itself; the default
+    ``words`` tokens: one per word heard, test_words_audio_tokens_...)."""
+    from cord.mini.model import MiniAdapter, MiniConfig, build_mini
+
+    adapter = MiniAdapter(*build_mini(MiniConfig(audio_tokens="soft"), seed=0))
     exs = examples()
     prompts = adapter.audio_prompts(exs)
     audio_id = adapter.tokenizer.convert_tokens_to_ids("<audio>")

@@ -126,11 +126,21 @@ def _step_audio2_encoder_tokens(adapter, prompts: PromptBatch) -> int:
 
 
 def _mini_encoder_tokens(adapter, prompts: PromptBatch) -> int:
+    """Frame-rate tokens: the stacked encoder frames; ``words`` tokens (the default): the words
+    on the greedy CTC path, collapsed here with itertools (runs of one id, blanks dropped; a clip
+    with none gets one token)."""
+    from itertools import groupby
+
     from cord.mini.model import stack_frames
 
     model = adapter.model
     hidden, valid = model.audio_encoder(prompts.extra["input_features"], prompts.extra["feature_attention_mask"])
-    return int(stack_frames(hidden, valid, model.config.projector_stack)[1].sum())
+    if model.config.audio_tokens != "words":
+        return int(stack_frames(hidden, valid, model.config.projector_stack)[1].sum())
+    path = model.audio_encoder.ctc_logits(hidden).argmax(-1)
+    blank = model.config.pad_token_id
+    return sum(max(1, sum(1 for k, _ in groupby(row[: int(n)]) if k != blank))
+               for row, n in zip(path.tolist(), valid.sum(-1).tolist()))
 
 
 # ------------------------------------------------------------------ per-family examples
