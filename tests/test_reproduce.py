@@ -23,6 +23,7 @@ import cord.reproduce.runner as rp  # run_command is patched where the runner ca
 from cord.cli import main
 from cord.config import dump_config, load_config
 from cord.locking import folder_lock
+from cord.reproduce import load_reproduce_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny" / "reproduce.yaml"
@@ -334,7 +335,7 @@ def test_plans_of_the_7b_presets(tmp_path, capsys):
 def test_every_shipped_reproduce_config_plans_every_stage(config, tmp_path, capsys):
     """Every reproduce.yaml shipped loads, and its plan has each stage in order, every method
     preset it names existing (a preset typo or a dropped method fails here)."""
-    cfg = rp.load_reproduce_config(config)
+    cfg = load_reproduce_config(config)
     plan = plan_lines(capsys, config, tmp_path / "out")
     methods = cfg.train.methods
     assert [n for n, _ in plan] == ["synth", "eval-base", *[f"{k}-{m}" for m in methods for k in ("train", "eval")],
