@@ -193,7 +193,7 @@ def build(arch: str, decoder_layers: int, encoder_layers: int, dtype: torch.dtyp
     from transformers import WhisperFeatureExtractor
     from transformers.initialization import no_init_weights
 
-    from cord.models.tiny import build_byte_tokenizer
+    from cord.models.qwen_tiny import build_byte_tokenizer
 
     tokenizer = build_byte_tokenizer()
     ids = tokenizer.convert_tokens_to_ids

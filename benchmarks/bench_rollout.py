@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from cord.data.paired import PairedExample  # noqa: E402
 from cord.models.qwen import Qwen2AudioAdapter  # noqa: E402
-from cord.models.tiny import build_byte_tokenizer  # noqa: E402
+from cord.models.qwen_tiny import build_byte_tokenizer  # noqa: E402
 from cord.rollout import GenerateEngine, HFEngine  # noqa: E402
 
 #: Qwen2-Audio-7B-Instruct widths (its config.json); depth reduced by the caller

@@ -440,7 +440,7 @@ def register_7b(widths: dict, device: str, dtype_name: str) -> None:
 
     from cord.models.qwen import Qwen2AudioAdapter
     from cord.models.registry import register_family
-    from cord.models.tiny import build_byte_tokenizer
+    from cord.models.qwen_tiny import build_byte_tokenizer
 
     def load(cfg):
         tokenizer = build_byte_tokenizer()

@@ -93,6 +93,7 @@ def test_piper_test_split_is_16k_records_the_voice_and_is_deterministic(tmp_path
 
 def test_cli_flag_reaches_the_demo_settings(monkeypatch):
     from cord import cli
+    from cord.cli import demo as demo_cli
     from cord.mini import demo
 
     seen = {}
@@ -106,7 +107,7 @@ def test_cli_flag_reaches_the_demo_settings(monkeypatch):
         seen.clear()
         args = cli._build_parser().parse_args(argv)
         with pytest.raises(CordError, match="stop here"):
-            demo.run(args)
+            demo_cli.run(args)
         assert seen["test_voice"] == want
         data = demo.demo_recipe(quick=True, test_voice=seen["test_voice"]).data
         assert data.test_engine == want

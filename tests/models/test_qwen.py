@@ -42,7 +42,7 @@ def test_text_and_audio_prompts_share_system_prompt_and_instruction(tiny_adapter
 def test_meta_device_builds_without_memory(family):
     from cord.config import ModelConfig
     from cord.models import load_adapter
-    from cord.models.tiny import build_tiny_qwen2_5_omni_thinker, build_tiny_qwen2_audio
+    from cord.models.qwen_tiny import build_tiny_qwen2_5_omni_thinker, build_tiny_qwen2_audio
 
     build = build_tiny_qwen2_audio if family == "qwen2-audio" else build_tiny_qwen2_5_omni_thinker
     model, _, _ = build(device="meta")

@@ -23,6 +23,7 @@ import cord.reproduce.runner as rp  # run_command is patched where the runner ca
 from cord.cli import main
 from cord.config import dump_config, load_config
 from cord.locking import folder_lock
+from cord.reproduce import load_reproduce_config
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "tiny" / "reproduce.yaml"
@@ -346,7 +347,7 @@ def test_plans_of_the_7b_presets(tmp_path, capsys):
 def test_every_shipped_reproduce_config_plans_every_stage(config, tmp_path, capsys):
     """Every reproduce.yaml shipped loads, and its plan has each stage in order, every method
     preset it names existing (a preset typo or a dropped method fails here)."""
-    cfg = rp.load_reproduce_config(config)
+    cfg = load_reproduce_config(config)
     plan = plan_lines(capsys, config, tmp_path / "out")
     methods = cfg.train.methods
     warmup = ["warmup"] if cfg.warmup is not None else []

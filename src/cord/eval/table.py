@@ -633,12 +633,3 @@ def make_table(inputs: Sequence[str], out: str | Path, *, base: str | None = Non
     table = build_table(folders, chosen, anchors_model=anchors, replicates=replicates, seed=seed, title=title)
     write_table(table, out)
     return table
-
-
-def run(args) -> int:
-    """``cord table``."""
-    table = make_table(args.inputs, args.out, base=args.base, anchors=args.anchors, replicates=args.replicates,
-                       seed=args.seed, title=args.title)
-    print(format_table_md(table), end="")
-    print(f"wrote {Path(args.out) / TABLE_MD}, {Path(args.out) / TABLE_JSON}, {Path(args.out) / TABLE_PNG}")
-    return 0

@@ -162,3 +162,8 @@ def set_generation_ids(generation_config: Any, tokenizer: Any, eos_token_id: int
     generation_config.eos_token_id = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
     generation_config.pad_token_id = tokenizer.pad_token_id
     generation_config.bos_token_id = None
+
+
+def tokenizer_vocab_size(tokenizer) -> int:
+    """The tokenizer's size rounded up to a multiple of 64 (a tiny model's vocabulary)."""
+    return (len(tokenizer) + 63) // 64 * 64

@@ -366,7 +366,7 @@ class Qwen25OmniThinkerAdapter(QwenAudioAdapter):
 
 def _register() -> None:
     from cord.models.registry import hf_family_loader, register_family
-    from cord.models.tiny import build_tiny_qwen2_5_omni_thinker, build_tiny_qwen2_audio
+    from cord.models.qwen_tiny import build_tiny_qwen2_5_omni_thinker, build_tiny_qwen2_audio
 
     register_family(
         "qwen2-audio", hf_family_loader(Qwen2AudioAdapter, "Qwen2AudioForConditionalGeneration", build_tiny_qwen2_audio)

@@ -123,8 +123,8 @@ def build_tiny_qwen3_omni_thinker(seed: int = 0, device: str | torch.device = "c
         WhisperFeatureExtractor,
     )
 
-    from cord.models.base import set_generation_ids
-    from cord.models.tiny import build_byte_tokenizer, tokenizer_vocab_size
+    from cord.models.base import set_generation_ids, tokenizer_vocab_size
+    from cord.models.qwen_tiny import build_byte_tokenizer
 
     tokenizer = build_byte_tokenizer(QWEN3_OMNI_SPECIAL_TOKENS)
     ids = tokenizer.convert_tokens_to_ids

@@ -206,7 +206,7 @@ def build_tiny_voxtral(seed: int = 0, device: str | torch.device = "cpu"):
         WhisperFeatureExtractor,
     )
 
-    from cord.models.tiny import tokenizer_vocab_size
+    from cord.models.base import tokenizer_vocab_size
 
     tokenizer = build_tekken_tokenizer()
     config = VoxtralConfig(

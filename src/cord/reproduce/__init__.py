@@ -47,9 +47,9 @@ line of its log, the log's path and the command that reruns it.
 
 from cord.reproduce.config import ReproduceConfig, load_reproduce_config
 from cord.reproduce.plan import PIPELINE_LOCK, STAGE_LOCK, Pipeline, Stage, build_pipeline, file_digest
-from cord.reproduce.runner import format_plan, format_status, run, run_pipeline, run_stage, stage_state
+from cord.reproduce.runner import format_plan, format_status, run_pipeline, run_stage, stage_state
 
 __all__ = [
     "PIPELINE_LOCK", "STAGE_LOCK", "Pipeline", "ReproduceConfig", "Stage", "build_pipeline", "file_digest",
-    "format_plan", "format_status", "load_reproduce_config", "run", "run_pipeline", "run_stage", "stage_state",
+    "format_plan", "format_status", "load_reproduce_config", "run_pipeline", "run_stage", "stage_state",
 ]

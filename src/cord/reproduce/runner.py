@@ -1,4 +1,5 @@
-"""Running the pipeline: stage state on disk, locks, moving changed outputs aside, the subprocesses, the plan and status texts, the command."""
+"""Running the pipeline: stage state on disk, locks, moving changed outputs aside, the subprocesses, the plan and status texts
+(the command itself: :mod:`cord.cli.reproduce`)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from cord import CordError
-from cord.reproduce.config import load_reproduce_config
 from cord.reproduce.plan import (
     DONE_JSON,
     LOG,
@@ -338,20 +338,3 @@ def format_status(pipe: Pipeline) -> str:
         holder = lock_holder(pipe.out / PIPELINE_LOCK) or {}
         lines.append(f"a cord reproduce is running in this folder (pid {holder.get('pid', '?')})")
     return "\n".join(lines) + "\n"
-
-
-def run(args) -> int:
-    """``cord reproduce``."""
-    if not args.config:
-        raise CordError("cord reproduce needs --config FILE (e.g. configs/tiny/reproduce.yaml)")
-    overrides = list(args.overrides)
-    cfg = load_reproduce_config(args.config, overrides)
-    pipe = build_pipeline(cfg, args.config, args.out, overrides)
-    if args.plan:
-        sys.stdout.write(format_plan(pipe))
-        return 0
-    if args.status:
-        sys.stdout.write(format_status(pipe))
-        return 0
-    run_pipeline(pipe, args.stage)
-    return 0

@@ -1,4 +1,13 @@
-"""``cord synth | train | eval | analyze | demo | reproduce | table`` — thin: parse, load config, call.
+"""``cord synth | train | eval | analyze | demo | reproduce | table | check-model`` — thin: parse,
+load config, call.
+
+The command-line layer, all of it: this module holds the parser and :func:`main` (the ``cord``
+console script; ``python -m cord.cli`` and ``python -m cord`` run it too); each command's module
+here turns its parsed flags into one call of the library — :mod:`cord.cli.synth`,
+:mod:`cord.cli.train`, :mod:`cord.cli.eval` (``eval`` and ``analyze``), :mod:`cord.cli.demo`,
+:mod:`cord.cli.reproduce`, :mod:`cord.cli.table`, :mod:`cord.cli.check_model` — imported only
+when its command runs, so ``cord --help`` imports no torch. Nothing else in cord imports this
+package (tests/test_layers.py).
 
 Every user-facing failure is a :class:`cord.CordError` printed as one line, exit code 2.
 """
@@ -142,14 +151,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
 # command -> (module, function); the function takes the parsed args and returns an exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("cord.data.synth_cli", "run"),
-    "train": ("cord.train.cli", "run"),
-    "eval": ("cord.eval.cli", "run_eval"),
-    "analyze": ("cord.eval.cli", "run_analyze"),
-    "demo": ("cord.mini.demo", "run"),
-    "check-model": ("cord.models.step_audio2.check", "run"),
-    "reproduce": ("cord.reproduce", "run"),
-    "table": ("cord.eval.table", "run"),
+    "synth": ("cord.cli.synth", "run"),
+    "train": ("cord.cli.train", "run"),
+    "eval": ("cord.cli.eval", "run_eval"),
+    "analyze": ("cord.cli.eval", "run_analyze"),
+    "demo": ("cord.cli.demo", "run"),
+    "check-model": ("cord.cli.check_model", "run"),
+    "reproduce": ("cord.cli.reproduce", "run"),
+    "table": ("cord.cli.table", "run"),
 }
 
 
@@ -178,7 +187,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cord {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,9 +1,11 @@
-"""Tiny offline builders: real HF model classes at toy size, a tokenizer built in code with the
-family's special tokens, and the family's real feature extractor class. No network.
+"""Tiny offline builders of the Qwen audio families (``qwen2-audio``, ``qwen2.5-omni``;
+``name_or_path: tiny``): the real HF model classes at toy size, a tokenizer built in code with the
+Qwen special tokens, and the real feature extractor class. No network.
 
 Used by the tests, the tiny presets (configs/tiny/) and anyone who wants to try cord on a
 laptop. The tokenizer is byte-level BPE with no merges (every byte is a token), so any text
-round-trips and the vocabulary stays small.
+round-trips and the vocabulary stays small; Qwen3-Omni's tiny builder and the benchmarks use it
+too. (The other families' tiny builders live in their own modules.)
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, WhisperFeatureExtractor
 
-from cord.models.base import set_generation_ids
+from cord.models.base import set_generation_ids, tokenizer_vocab_size
 
 QWEN_SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -45,11 +47,6 @@ def build_byte_tokenizer(special_tokens: list[str] = QWEN_SPECIAL_TOKENS) -> Pre
     fast.add_special_tokens({"additional_special_tokens": [t for t in special_tokens if t not in ("<|im_end|>", "<|endoftext|>")]})
     fast.padding_side = "left"
     return fast
-
-
-def tokenizer_vocab_size(tokenizer) -> int:
-    """The tokenizer's size rounded up to a multiple of 64 (a tiny model's vocabulary)."""
-    return (len(tokenizer) + 63) // 64 * 64
 
 
 def build_tiny_qwen2_audio(seed: int = 0, device: str | torch.device = "cpu"):
