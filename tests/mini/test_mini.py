@@ -143,7 +143,8 @@ def test_audio_token_rate_and_layout():
     """Frame-rate audio tokens (audio_tokens soft / projected / both): 6.25 per second, no 30 s
     padding, <sep> last (the contract checks the count against the encoder itself; the default
     ``words`` tokens: one per word heard, test_words_audio_tokens_...)."""
-    from cord.mini.model import MiniAdapter, MiniConfig, build_mini
+    from cord.mini.adapter import MiniAdapter
+    from cord.mini.model import MiniConfig, build_mini
 
     adapter = MiniAdapter(*build_mini(MiniConfig(audio_tokens="soft"), seed=0))
     exs = examples()
@@ -184,7 +185,8 @@ def test_words_audio_tokens_are_one_soft_embedding_per_word_heard(monkeypatch):
     whose value is the heard word's own embedding (through the projector, the identity at init)
     and whose gradient is the soft posterior mix's; the placeholders follow the count, and
     batching changes no token."""
-    from cord.mini.model import MiniAdapter, MiniConfig, build_mini
+    from cord.mini.adapter import MiniAdapter
+    from cord.mini.model import MiniConfig, build_mini
 
     model, tok = build_mini(MiniConfig(audio_tokens="words"), seed=0)
     ad = MiniAdapter(model, tok)
@@ -280,7 +282,12 @@ def test_loading_a_missing_directory_is_one_clear_error(tmp_path):
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
 def test_spoken_datasets_test_fresh_problems_in_training_voices_and_hold_out_one_voice(tmp_path):
-    from cord.mini.data import HELD_OUT_VOICE, TRAIN_VOICES, DataSettings, build_datasets
+    from cord.mini.data import (
+        HELD_OUT_VOICE,
+        TRAIN_VOICES,
+        DataSettings,
+        build_datasets,
+    )
 
     settings = DataSettings(seed=1, n_train=24, n_dev=8, n_test=12, n_unseen=6)
     dirs = build_datasets(tmp_path / "data", settings)

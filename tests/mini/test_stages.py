@@ -13,8 +13,9 @@ import torch
 
 from cord.config import ModelConfig
 from cord.data.paired import PairedExample
+from cord.mini.adapter import MiniAdapter
 from cord.mini.data import DataSettings, text_examples
-from cord.mini.model import MiniAdapter, build_mini
+from cord.mini.model import build_mini
 from cord.mini.recipe import RecipeConfig
 from cord.mini.scoring import greedy_accuracy, transcript_accuracy
 from cord.mini.stage_a import stage_a

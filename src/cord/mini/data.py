@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cord import CordError
 from cord.data.audio import SAMPLE_RATE, to_16k_mono
 from cord.data.paired import MANIFEST, PairedExample, load_paired
-from cord import CordError
 from cord.data.tts import EspeakTTS, PiperTTS, draw_voice, piper_missing
 from cord.mini.task import TaskSpec, make_task
 
@@ -228,7 +228,13 @@ def text_examples(
     (:func:`cord.mini.task.transcript`; ``meta["form"]`` "transcript", else "text")."""
     import random
 
-    from cord.mini.task import draw_format, make_rows, problem_of, split_problems, transcript
+    from cord.mini.task import (
+        draw_format,
+        make_rows,
+        problem_of,
+        split_problems,
+        transcript,
+    )
 
     pools = split_problems(settings.seed, n_test=settings.n_test, n_dev=settings.n_dev, spec=spec)
     rows = make_rows(pools["train"], settings.seed, "text", repeat_to=n)

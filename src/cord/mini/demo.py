@@ -30,7 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from cord import CordError
-from cord.mini.arms import ARMS, DEFAULT_ARMS, LONG_ARMS, PRIMARY, SAMPLING_ARMS, check_presets, stage_c_config
+from cord.mini.arms import (
+    ARMS,
+    DEFAULT_ARMS,
+    LONG_ARMS,
+    PRIMARY,
+    SAMPLING_ARMS,
+    check_presets,
+    stage_c_config,
+)
 
 
 @dataclass(frozen=True)
@@ -136,8 +144,8 @@ def run_demo(out: str | Path = "cord-demo", seeds: int | None = None, quick: boo
 
 def _run_demo(out: Path, recipe0, plan: Plan, progress: bool) -> dict[str, Any]:
     from cord.mini.arms import build_sft_data
-    from cord.mini.report import build_report, write_outputs
     from cord.mini.machine import load_average, machine_info
+    from cord.mini.report import build_report, write_outputs
     from cord.mini.stages import run_stages
 
     out.mkdir(parents=True, exist_ok=True)
@@ -353,11 +361,11 @@ def run_long(arm: str, stage_b: Path, data_dirs: dict[str, Path], data: dict[str
     exported model's greedy audio accuracy on dev (training voices) is recorded. The final model
     is also evaluated on test. Resumes: finished segments and evaluations are kept in
     ``curve.json``."""
+    from cord.data.paired import load_paired
     from cord.mini.scoring import greedy_accuracy
     from cord.models import load_adapter
     from cord.train.checkpoint import checkpoint_dirs
     from cord.train.trainer import Trainer
-    from cord.data.paired import load_paired
 
     run_dir = sdir / "long" / f"{arm}-seed0"
     curve_path = run_dir / "curve.json"

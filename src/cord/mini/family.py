@@ -10,7 +10,8 @@ apply as for the other families, and ``long_audio`` / ``max_audio_seconds``; ``s
 
 from __future__ import annotations
 
-from cord.mini.model import MiniAdapter, build_mini, load_mini
+from cord.mini.adapter import MiniAdapter
+from cord.mini.model import build_mini, load_mini
 from cord.models.registry import register_family, resolve_device, resolve_dtype
 
 

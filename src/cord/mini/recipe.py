@@ -13,8 +13,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from cord.mini.adapter import MiniAdapter
 from cord.mini.data import DataSettings
-from cord.mini.model import MiniAdapter
 from cord.models.base import right_pad
 
 # ------------------------------------------------------------------------------ config

@@ -67,7 +67,13 @@ def build_report(per_start: list[dict[str, Any]], recipe_c: dict[str, Any], plan
                  machine: dict[str, Any], data_settings=None) -> dict[str, Any]:
     """report.json's dict (see the module doc)."""
     from cord.mini.diagnostics import accuracies
-    from cord.mini.stats import bootstrap_mean, conclusion, mde, paired_matrix, primary_outcome
+    from cord.mini.stats import (
+        bootstrap_mean,
+        conclusion,
+        mde,
+        paired_matrix,
+        primary_outcome,
+    )
 
     arms = [a for a in ARMS if a in plan.seeds]
     outcomes: dict[str, list[list[dict]]] = {a: [] for a in arms}  # per start, per seed: accuracies()

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from cord.data.paired import PairedExample
-from cord.mini.model import MiniAdapter
+from cord.mini.adapter import MiniAdapter
 from cord.mini.task import parse_answer, solution_format, transcript
 
 

@@ -18,9 +18,21 @@ from typing import Any
 import torch
 
 from cord.data.paired import PairedExample
-from cord.mini.model import MiniAdapter
-from cord.mini.recipe import RecipeConfig, index_batches, lr_schedule, masked_ce, seed_all, target_ids
-from cord.mini.scoring import format_shares, greedy_accuracy, greedy_outputs, transcript_accuracy
+from cord.mini.adapter import MiniAdapter
+from cord.mini.recipe import (
+    RecipeConfig,
+    index_batches,
+    lr_schedule,
+    masked_ce,
+    seed_all,
+    target_ids,
+)
+from cord.mini.scoring import (
+    format_shares,
+    greedy_accuracy,
+    greedy_outputs,
+    transcript_accuracy,
+)
 from cord.mini.task import parse_answer
 
 

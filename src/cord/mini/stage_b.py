@@ -26,9 +26,21 @@ import torch
 import torch.nn.functional as F
 
 from cord.data.paired import PairedExample
-from cord.mini.model import MiniAdapter
-from cord.mini.recipe import RecipeConfig, index_batches, lr_schedule, masked_ce, seed_all, target_ids
-from cord.mini.scoring import ctc_transcripts, greedy_accuracy, transcript_accuracy, transcript_scores
+from cord.mini.adapter import MiniAdapter
+from cord.mini.recipe import (
+    RecipeConfig,
+    index_batches,
+    lr_schedule,
+    masked_ce,
+    seed_all,
+    target_ids,
+)
+from cord.mini.scoring import (
+    ctc_transcripts,
+    greedy_accuracy,
+    transcript_accuracy,
+    transcript_scores,
+)
 from cord.mini.task import transcript
 
 

@@ -19,9 +19,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from cord.mini.adapter import MiniAdapter
 from cord.mini.data import build_datasets, load_split, text_examples
 from cord.mini.machine import auto_threads, load_average, machine_info, torch_threads
-from cord.mini.model import MiniAdapter, build_mini
+from cord.mini.model import build_mini
 from cord.mini.recipe import RecipeConfig
 from cord.mini.stage_a import stage_a, teacher_formats
 from cord.mini.stage_b import stage_b
