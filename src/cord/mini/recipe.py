@@ -47,7 +47,7 @@ class RecipeConfig:
     a_min_steps: int = 300
     a_target: float = 0.99
     # Stage B: the audio path on audio -> transcript only, language model frozen, fixed length
-    b_steps: int = 275
+    b_steps: int = 325
     b_batch_size: int = 32
     b_lr: float = 3e-3
     b_warmup: int = 30
