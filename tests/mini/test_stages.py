@@ -86,18 +86,26 @@ def test_stage_b_trains_the_audio_path_on_transcripts_only_and_keeps_the_average
     enc_before = {k: v.clone() for k, v in adapter.model.audio_encoder.state_dict().items()}
     # every decoder target Stage B trains on, and the prompts it trains them from
     targets, tasks = [], []
-    real_targets, real_prompts = stages_mod.target_ids, adapter.audio_prompts
-    monkeypatch.setattr(stages_mod, "target_ids", lambda a, texts: (targets.extend(texts), real_targets(a, texts))[1])
-    monkeypatch.setattr(adapter, "audio_prompts", lambda exs, task="solve": (tasks.append(task), real_prompts(exs, task))[1])
+    real_ctc, real_prompts = stages_mod.ctc_targets, adapter.audio_prompts
+
+    def ctc_targets(a, exs):  # what CTC is trained to read out, decoded back to words
+        flat, lengths = real_ctc(a, exs)
+        for part in flat.split(lengths.tolist()):
+            targets.append(a.tokenizer.decode(part.tolist()))
+        return flat, lengths
+
+    monkeypatch.setattr(stages_mod, "ctc_targets", ctc_targets)
+    monkeypatch.setattr(adapter, "audio_prompts",
+                        lambda exs, task="solve", augment=None: (tasks.append(task), real_prompts(exs, task, augment))[1])
     monkeypatch.setattr(stages_mod, "evaluate_dev", lambda *a, **k: {"audio_acc": 0.0})  # no evaluation noise here
     metrics = stage_b(adapter, train, dev, cfg, dev_text_acc=1.0)
     monkeypatch.undo()
     assert [h["step"] for h in metrics["history"]] == [8, 16, 24] and metrics["steps"] == 24
-    # Stage B never sees a solution: its targets are the questions' transcripts, asked with <repeat>
+    # Stage B never sees a solution: its (CTC) targets are the questions' transcripts
     questions = {transcript(ex.question_text) for ex in train}
     assert len(targets) == 24 * 16 and set(targets) <= questions
     assert not any("answer" in t or "=" in t for t in targets)
-    assert set(tasks[1:]) == {"repeat"}  # (the first call is the projector's scale match)
+    assert set(tasks) == {"repeat"}
     for k, v in adapter.model.language_model.state_dict().items():
         assert torch.equal(v, lm_before[k]), f"language_model.{k} changed in Stage B"
     assert any(not torch.equal(v, enc_before[k]) for k, v in adapter.model.audio_encoder.state_dict().items())

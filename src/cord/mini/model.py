@@ -243,10 +243,10 @@ class MiniLALM(nn.Module):
         self.config = cfg
         self.audio_encoder = MiniAudioEncoder(cfg)
         if cfg.audio_tokens == "words":
-            # a linear map (no bias) of each heard word's soft embedding, starting as the identity
-            self.projector = nn.Sequential(nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=False))
-            with torch.no_grad():
-                self.projector[0].weight.copy_(torch.eye(cfg.hidden_size))
+            # none: a heard word is the decoder's own embedding of it. (A trainable linear map
+            # starting as the identity was tried: Stage C's Adam moved all its entries at once
+            # and the decoder could no longer read the words, docs/demo/recipe.md.)
+            self.projector = nn.Identity()
         elif cfg.audio_tokens == "soft":
             # a linear map (no bias) of the stacked soft word embeddings, starting as their sum
             self.projector = nn.Sequential(nn.Linear(cfg.hidden_size * cfg.projector_stack, cfg.hidden_size, bias=False))
