@@ -81,7 +81,7 @@ CONFIG_FILES = sorted(p for p in (ROOT / "configs").rglob("*.yaml")
                       if "accelerate" not in p.parts and not p.name.startswith("_") and p.name != "reproduce.yaml")
 
 
-FOLDER_FAMILY = {"tiny": None, "mini": "mini", "qwen2-audio-7b": "qwen2-audio", "qwen2.5-omni-7b": "qwen2.5-omni",
+FOLDER_FAMILY = {"tiny": None, "warmup": None, "mini": "mini", "qwen2-audio-7b": "qwen2-audio", "qwen2.5-omni-7b": "qwen2.5-omni",
                  "qwen3-omni": "qwen3-omni", "step-audio2-mini": "step-audio2", "voxtral": "voxtral",
                  "gemma3n": "gemma3n"}
 
