@@ -256,6 +256,20 @@ def build_pipeline(cfg: ReproduceConfig, config_path: str | Path, out: str | Pat
             launcher += ["--num_processes", str(tr.processes)]
         launcher += ["-m", "cord.cli"]
 
+    def train_stage(name: str, preset: Path, own: list[str], model: dict, extra: list[str], extra_key: str,
+                    needs: list[str] | None = None) -> Stage:
+        """A ``cord train`` of ``preset`` with the stage's own --set flags, the model settings and
+        the user's ``extra`` ones (each blamed on where it came from: a typo fails now, before
+        any stage runs)."""
+        stage_sets = [*own, *[f"model.{k}={_set_value(v)}" for k, v in model.items()], *extra]
+        labels = [f"{config_path}: {o} (over {preset.name})" if i < len(stage_sets) - len(extra)
+                  else f"{extra_key} {o} (over {preset.name})" for i, o in enumerate(stage_sets)]
+        train_cfg = load_config(preset, list(zip(stage_sets, labels)))
+        core = [*(launcher or py), "train", "--config", str(preset), *_sets(stage_sets)]
+        return Stage(name, "train", env_prefix + core, needs=list(needs or []),
+                     files={**{str(f): file_digest(f) for f in preset_files(preset)}, **launch_files},
+                     train_config=train_cfg, processes=world)
+
     # the base model: the config's, or the warm-up run's export
     base_model, base_needs = cfg.model.name_or_path, []
     if cfg.warmup is not None:
@@ -263,15 +277,8 @@ def build_pipeline(cfg: ReproduceConfig, config_path: str | Path, out: str | Pat
         preset = _local(wu.preset, base)
         if preset is None or not preset.is_file():
             raise CordError(f"warmup.preset {wu.preset}: no such file (relative to {base})")
-        stage_sets = [f"train.output_dir={out / 'warmup'}",
-                      *[f"model.{k}={_set_value(v)}" for k, v in model_sets.items()], *wu.set]
-        labels = [f"{config_path}: {o} (over {preset.name})" if i < len(stage_sets) - len(wu.set)
-                  else f"warmup.set {o} (over {preset.name})" for i, o in enumerate(stage_sets)]
-        train_cfg = load_config(preset, list(zip(stage_sets, labels)))
-        core = [*(launcher or py), "train", "--config", str(preset), *_sets(stage_sets)]
-        stages.append(Stage("warmup", "train", env_prefix + core,
-                            files={**{str(f): file_digest(f) for f in preset_files(preset)}, **launch_files},
-                            train_config=train_cfg, processes=world))
+        stages.append(train_stage("warmup", preset, [f"train.output_dir={out / 'warmup'}"], model_sets,
+                                  wu.set, "warmup.set"))
         base_model, base_needs = str(out / "warmup" / "model"), ["warmup"]
     stages.append(Stage("eval-base", "eval", env_prefix + eval_args(base_model, "eval-base"), needs=list(base_needs),
                         files=dict(bench_files)))
@@ -290,15 +297,9 @@ def build_pipeline(cfg: ReproduceConfig, config_path: str | Path, out: str | Pat
             close = difflib.get_close_matches(m, available, n=1)
             hint = f" — did you mean {close[0]!r}?" if close else f" (presets there: {', '.join(available)})"
             raise CordError(f"train.methods: no preset {preset}{hint}")
-        stage_sets = [f"data.train={out / 'synth'}", f"train.output_dir={out / f'train-{m}'}",
-                      *[f"model.{k}={_set_value(v)}" for k, v in train_model.items()], *tr.set]
-        labels = [f"{config_path}: {o} (over {preset.name})" if i < len(stage_sets) - len(tr.set)
-                  else f"train.set {o} (over {preset.name})" for i, o in enumerate(stage_sets)]
-        train_cfg = load_config(preset, list(zip(stage_sets, labels)))  # a typo fails now, before any stage runs
-        core = [*(launcher or py), "train", "--config", str(preset), *_sets(stage_sets)]
-        stages.append(Stage(f"train-{m}", "train", env_prefix + core, needs=["synth", *base_needs],
-                            files={**{str(f): file_digest(f) for f in preset_files(preset)}, **launch_files},
-                            train_config=train_cfg, processes=world))
+        stages.append(train_stage(f"train-{m}", preset,
+                                  [f"data.train={out / 'synth'}", f"train.output_dir={out / f'train-{m}'}"],
+                                  train_model, tr.set, "train.set", needs=["synth", *base_needs]))
         stages.append(Stage(f"eval-{m}", "eval", env_prefix + eval_args(str(out / f"train-{m}" / "model"), f"eval-{m}"),
                             needs=[f"train-{m}"], files=dict(bench_files)))
 
