@@ -10,6 +10,7 @@ Every knob maps to one named field; defaults are the paper's settings where it g
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -259,6 +260,13 @@ class TrainConfig(_Section):
     trainable: list[Literal["language_model", "audio_encoder", "projector", "lm_head"]] = Field(
         default_factory=lambda: ["language_model"]
     )
+    #: a multiplier of ``lr`` per trainable part, e.g. ``{audio_encoder: 0.1}`` to move a
+    #: pretrained encoder ten times slower than the adapters; a part not named trains at ``lr``
+    #: (with model.lora, ``language_model`` is its adapter). Warmup and schedule scale every part
+    #: alike; the logged ``lr`` is the unscaled one
+    lr_scale: dict[Literal["language_model", "audio_encoder", "projector", "lm_head"], float] = Field(
+        default_factory=dict
+    )
     save_every: int = Field(500, ge=1)
     keep_last: int = Field(2, ge=1)
     log_every: int = Field(1, ge=1)
@@ -345,6 +353,13 @@ class CordConfig(_Section):
         if lora is not None and "lm_head" in trainable:
             raise ValueError("train.trainable: lm_head cannot train with model.lora; use full fine-tuning "
                              "(model.lora: null) or drop lm_head")
+        for part, scale in self.train.lr_scale.items():
+            if part not in trainable:
+                raise ValueError(f"train.lr_scale names {part!r}, which train.trainable ({', '.join(trainable)}) "
+                                 "does not train: drop it or add the part to train.trainable")
+            if not (scale > 0 and math.isfinite(scale)):
+                raise ValueError(f"train.lr_scale.{part}={scale}: a multiplier of train.lr must be a positive "
+                                 "number (to freeze a part, leave it out of train.trainable)")
         if self.rollout.share_rollouts and not (spec.seq and spec.token == "reverse_kl"):
             lacks = "GRPO term" if not spec.seq else "reverse-KL token term"
             users = ", ".join(n for n, s in METHODS.items() if s.seq and s.token == "reverse_kl")
@@ -403,7 +418,12 @@ def _section_model(path: tuple[str, ...]) -> type[BaseModel] | None:
 
 def _nearest(name: str, options: list[str]) -> str | None:
     """The valid key the user most likely meant: a close spelling, else one contained in the
-    name or containing it (``lr_rate`` → ``lr``), else a looser spelling match."""
+    name or containing it (``lr_rate`` → ``lr``), else a looser spelling match. A key that is a
+    whole word of the name wins over a close spelling (``lr_rate`` → ``lr``, not ``lr_scale``)."""
+    words = set(name.lower().split("_"))
+    whole = [o for o in options if o in words]
+    if whole:
+        return max(whole, key=len)
     close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
     if close:
         return close[0]

@@ -366,22 +366,31 @@ def test_frozen_copy_casts_each_parameter_once_and_keeps_ties():
     assert all(q.dtype == torch.float32 and not q.requires_grad for q in plain.parameters())
 
 
+#: the one-process run trains the encoder and the projector at other multiples of train.lr
+ALONE_LR_SCALE = "train.lr_scale={audio_encoder: 0.1, projector: 3.0}"
+
+
 def _alone_body(rank: int, out: Path) -> dict:
-    """train.sharding=fsdp on one process: 2 steps and a sharded save, a fresh trainer resumes
-    for 1 step and exports; the export reloads with the trained model's logits."""
+    """train.sharding=fsdp on one process, with AdamW on its CUDA default (foreach) and
+    train.lr_scale (groups by multiplier and by sharded/plain): 2 steps and a sharded save, a
+    fresh trainer resumes for 1 step and exports; the export reloads with the trained model's
+    logits."""
     import torch.distributed as dist
 
     fam, run = "qwen2-audio", out / "run"
-    a = _trainer(run, fam, "train.sharding=fsdp", "train.max_steps=2")
-    started = {"sharded": a.sharded, "world": dist.get_world_size(), "units": len(a.units),
-               "dtensors": sum(hasattr(p, "full_tensor") for p in a.adapter.model.parameters())}
-    a.fit(export=False)
-    b = _trainer(run, fam, "train.sharding=fsdp", "train.max_steps=3")
-    fitted = b.fit(resume="auto")
-    straight = _trainer(out / "straight", fam, "train.sharding=none", "train.max_steps=3")
+    with cuda_optimizer_defaults() as foreach:
+        a = _trainer(run, fam, "train.sharding=fsdp", "train.max_steps=2", ALONE_LR_SCALE)
+        started = {"sharded": a.sharded, "world": dist.get_world_size(), "units": len(a.units),
+                   "dtensors": sum(hasattr(p, "full_tensor") for p in a.adapter.model.parameters()),
+                   "groups": [(g["lr_scale"], all(hasattr(p, "full_tensor") for p in g["params"]))
+                              for g in a.optimizer.param_groups]}
+        a.fit(export=False)
+        b = _trainer(run, fam, "train.sharding=fsdp", "train.max_steps=3", ALONE_LR_SCALE)
+        fitted = b.fit(resume="auto")
+    straight = _trainer(out / "straight", fam, "train.sharding=none", "train.max_steps=3", ALONE_LR_SCALE)
     straight.fit(export=False)
     return {**started, "resumed_from": fitted["resumed_from"], "logits": _logits(b.adapter),
-            "params": _full(b), "straight": _full(straight)}
+            "params": _full(b), "straight": _full(straight), "foreach_steps": foreach.calls}
 
 
 @pytest.mark.slow
@@ -395,6 +404,10 @@ def test_fsdp_asked_for_on_one_process_shards_saves_resumes_and_exports(tmp_path
 
     r = run_one_process(_alone_body, tmp_path)
     assert r["sharded"] and r["world"] == 1 and r["units"] == 3 and r["dtensors"] > 0
+    assert r["foreach_steps"] > 0
+    # a group per multiplier, sharded and plain apart within it (foreach refuses them mixed)
+    assert sorted(set(scale for scale, _ in r["groups"])) == [0.1, 1.0, 3.0]
+    assert {True, False} <= {sharded for _, sharded in r["groups"]}
     assert r["resumed_from"].endswith("step-00000002")
     assert (Path(r["resumed_from"]) / "sharded").is_dir()
     for n, p in r["straight"].items():

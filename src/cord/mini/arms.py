@@ -124,7 +124,8 @@ def check_presets(cfgs: dict[str, Any]) -> dict[str, Any]:
     return {"steps": t["max_steps"], "batch_size": t["batch_size"], "warmup_steps": t["warmup_steps"],
             "schedule": t["schedule"], "trainable": t["trainable"], "lora": want["lora"],
             "save_every": t["save_every"], "keep_last": t["keep_last"],
-            "max_new_tokens": want["max_new_tokens"], "lr": {name: cfg.train.lr for name, cfg in cfgs.items()}}
+            "max_new_tokens": want["max_new_tokens"], "lr_scale": t["lr_scale"],
+            "lr": {name: cfg.train.lr for name, cfg in cfgs.items()}}
 
 
 # ------------------------------------------------------------------------- SFT data

@@ -262,12 +262,14 @@ OUTCOME_TEXT = {
 }
 
 
-def _lr_sentence(lrs: dict[str, float]) -> str:
-    """How the arms' lrs were set: one shared lr, or a per-arm lr (cord.mini.arms.ARM_LR)."""
+def _lr_sentence(lrs: dict[str, float], scale: dict[str, float] | None = None) -> str:
+    """How the arms' lrs were set: one shared lr, or a per-arm lr (cord.mini.arms.ARM_LR); and
+    the parts trained at a multiple of it (train.lr_scale)."""
     values = set(lrs.values())
-    if len(values) == 1:
-        return f"lr {next(iter(values)):g} for every arm: no per-arm lr sweep"
-    return "lr per arm from one dev sweep (cord.mini.arms.ARM_LR)"
+    said = (f"lr {next(iter(values)):g} for every arm: no per-arm lr sweep" if len(values) == 1
+            else "lr per arm from one dev sweep (cord.mini.arms.ARM_LR)")
+    parts = ", ".join(f"{part.replace('_', ' ')} at {s:g}×" for part, s in (scale or {}).items())
+    return f"{said}; {parts}" if parts else said
 
 
 def primary_sentence(report: dict[str, Any]) -> str:
@@ -305,7 +307,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{sb['unseen_audio_acc']:.3f} (gap {100 * sb['gap_unseen_voice']:.1f} points).",
         "",
         f"**Stage C**, every arm: {report['stage_c_steps']} optimizer steps, batch {rc['batch_size']}, "
-        f"{rc['schedule']} lr after {rc['warmup_steps']} warmup steps ({_lr_sentence(rc['lr'])}), training "
+        f"{rc['schedule']} lr after {rc['warmup_steps']} warmup steps ({_lr_sentence(rc['lr'], rc.get('lr_scale'))}), training "
         f"{trains}; evaluated as {avg}. Accuracies are greedy exact final answers; Δ columns are paired "
         "differences in accuracy points on the same items with 95% bootstrap intervals "
         f"({report['bootstrap']['replicates']} replicates over {', '.join(report['bootstrap']['levels'])}).",

@@ -42,6 +42,15 @@ def select_trainable(
     return params
 
 
+def lr_scales(model: torch.nn.Module, params: Sequence[torch.nn.Parameter], lr_scale: Mapping[str, float],
+              module_map: Mapping[str, Sequence[str]]) -> list[float]:
+    """``train.lr_scale``'s multiplier for each of ``params`` (parameters of ``model``), by the
+    part it belongs to (a LoRA adapter's part is the module it adapts: ``language_model``);
+    1.0 for a part not named."""
+    part = {id(p): parameter_part(n, module_map) for n, p in model.named_parameters()}
+    return [float(lr_scale.get(part.get(id(p)), 1.0)) for p in params]
+
+
 def enable_checkpointing(model: torch.nn.Module) -> bool:
     """Non-reentrant activation checkpointing of every transformer layer, without input-grad hooks.
 

@@ -38,16 +38,24 @@ def is_sharded(t: torch.Tensor) -> bool:
     return isinstance(t, DTensor)
 
 
-def param_groups(params: Iterable[nn.Parameter]) -> list[dict]:
-    """The optimizer's parameter groups: the sharded parameters (DTensors) and the plain ones
-    apart. On CUDA, torch's AdamW takes its ``foreach`` path, whose ``torch._foreach_*`` ops
-    refuse a list mixing ``torch.Tensor`` and ``DTensor`` (the FSDP units' weights beside the
-    whole-kept embeddings, norms and ``lm_head``); each group is stepped as its own list.
-    Unsharded: one group, as a plain parameter list would be."""
+def param_groups(params: Iterable[nn.Parameter], lr: float, scales: Sequence[float] | None = None) -> list[dict]:
+    """The optimizer's parameter groups: one per lr multiplier (``scales``, parallel to
+    ``params``: ``train.lr_scale`` of each parameter's part; None: all 1), and within it the
+    sharded parameters (DTensors) and the plain ones apart. On CUDA, torch's AdamW takes its
+    ``foreach`` path, whose ``torch._foreach_*`` ops refuse a list mixing ``torch.Tensor`` and
+    ``DTensor`` (the FSDP units' weights beside the whole-kept embeddings, norms and
+    ``lm_head``); each group is stepped as its own list. Each group holds its ``lr`` (``lr`` ×
+    its multiplier) and its ``lr_scale``; groups are in the order their first parameter comes.
+    Unsharded with no multiplier: one group, as a plain parameter list would be."""
     params = list(params)
-    sharded = [p for p in params if is_sharded(p)]
-    plain = [p for p in params if not is_sharded(p)]
-    return [{"params": group} for group in (sharded, plain) if group]
+    scales = [1.0] * len(params) if scales is None else [float(s) for s in scales]
+    if len(scales) != len(params):
+        raise ValueError(f"param_groups: {len(scales)} lr multipliers for {len(params)} parameters")
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for p, scale in zip(params, scales):
+        groups.setdefault((scale, is_sharded(p)), []).append(p)
+    order = sorted(groups, key=lambda k: (next(i for i, s in enumerate(scales) if s == k[0]), not k[1]))
+    return [{"params": groups[k], "lr": lr * k[0], "lr_scale": k[0]} for k in order]
 
 
 def init_single_process_group(device: torch.device, *, timeout_s: float) -> None:

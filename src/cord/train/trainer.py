@@ -149,11 +149,14 @@ class Trainer:
         from cord.train.precision import MasterWeights
         from cord.train.sharding import param_groups
 
+        from cord.train.setup import lr_scales
+
+        scales = lr_scales(self.adapter.model, self.params, cfg.train.lr_scale, module_map)
         self.master = MasterWeights([] if self.sharded else self.params)
         if self.master:
-            self.params = self.master.params
+            self.params = self.master.params  # each master in its parameter's place
         self.optimizer = torch.optim.AdamW(
-            param_groups(self.params), lr=cfg.train.lr, betas=tuple(cfg.train.adam_betas),
+            param_groups(self.params, cfg.train.lr, scales), lr=cfg.train.lr, betas=tuple(cfg.train.adam_betas),
             weight_decay=cfg.train.weight_decay,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
@@ -371,7 +374,7 @@ class Trainer:
         # no micro-batch of any process had a loss (all its audio skipped): nothing to learn
         # from, and an optimizer step would still move the weights (Adam's momentum)
         empty = math.isnan(metrics["loss"])
-        lr = self.scheduler.get_last_lr()[0]
+        lr = self.scheduler.get_last_lr()[0] / self.optimizer.param_groups[0]["lr_scale"]  # the unscaled lr
         if finite and not empty:
             self.optimizer.step()
             self.master.copy_to_model()
