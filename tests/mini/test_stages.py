@@ -85,9 +85,8 @@ def test_stage_b_trains_the_audio_path_on_transcripts_only_and_keeps_the_average
     lm_before = {k: v.clone() for k, v in adapter.model.language_model.state_dict().items()}
     enc_before = {k: v.clone() for k, v in adapter.model.audio_encoder.state_dict().items()}
     # every decoder target Stage B trains on, and the prompts it trains them from
-    targets, decoder_targets, tasks = [], [], []
-    real_ctc, real_prompts, real_ids = stages_mod.ctc_targets, adapter.audio_prompts, stages_mod.target_ids
-    monkeypatch.setattr(stages_mod, "target_ids", lambda a, texts: (decoder_targets.extend(texts), real_ids(a, texts))[1])
+    targets, tasks = [], []
+    real_ctc, real_prompts = stages_mod.ctc_targets, adapter.audio_prompts
 
     def ctc_targets(a, exs):  # what CTC is trained to read out, decoded back to words
         flat, lengths = real_ctc(a, exs)
@@ -106,8 +105,6 @@ def test_stage_b_trains_the_audio_path_on_transcripts_only_and_keeps_the_average
     questions = {transcript(ex.question_text) for ex in train}
     assert len(targets) == 24 * 16 and set(targets) <= questions
     assert not any("answer" in t or "=" in t for t in targets)
-    # ... and so are the decoder's (its transcript CE, on by default: b_ce_weight)
-    assert cfg.b_ce_weight > 0 and len(decoder_targets) == 24 * 16 and set(decoder_targets) <= questions
     assert set(tasks) == {"repeat"}
     for k, v in adapter.model.language_model.state_dict().items():
         assert torch.equal(v, lm_before[k]), f"language_model.{k} changed in Stage B"

@@ -281,5 +281,6 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
            examples=step_audio2_examples, audio_token="audio_patch_id",
            preset_sets=("model.lora.r=4", "model.lora.alpha=8")),
     Family("mini", "mini", _mini_encoder_tokens, examples=mini_examples, completions=mini_completions,
-           logits=mini_logits, unpadded_extra=_mini_unpadded_extra, shared_tail=1),
+           logits=mini_logits, unpadded_extra=_mini_unpadded_extra, shared_tail=1,
+           parts=_NO_PROJECTOR),  # its words tokens are the decoder's own embeddings: no projector
 ]}

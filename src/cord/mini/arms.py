@@ -70,10 +70,11 @@ LONG_ARMS = ("grpo", "cord", "opd_weighted")
 SAMPLING_ARMS = frozenset({"cord", "forward_kl", "opd", "opd_weighted", "opd_alpha", "opd_beta", "grpo",
                            "grpo_opd"})
 
-#: Stage C lr per arm: the best dev audio accuracy of one sweep with the same budget for every
-#: arm (docs/demo/recipe.md); an arm not listed uses its preset's train.lr. Empty: that sweep has not
-#: been run yet, so every arm trains at the presets' shared lr
-ARM_LR: dict[str, float] = {}
+#: Stage C lr per arm: the best dev audio accuracy (tail-averaged weights, start 0, seed 0, 100
+#: steps) of one sweep with the same budget for every arm, ties to the lower lr; an arm not
+#: listed uses its preset's train.lr (docs/demo/recipe.md, third round; the rule is the
+#: pre-registration's second amendment). The default arms on {1.25e-4, 2.5e-4, 5e-4, 1e-3}:
+ARM_LR: dict[str, float] = {"cord": 1.25e-4, "sft_self": 2.5e-4, "sft_ext": 1.25e-4, "control": 5e-4}
 
 
 def presets_dir() -> Path:

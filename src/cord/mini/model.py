@@ -95,7 +95,7 @@ class MiniConfig:
     #: stacked frames), "soft" (the CTC readout's posterior-weighted word embeddings of its frames),
     #: "both" (their sum) or "words" (one token per word the CTC readout hears: its frames'
     #: posterior-weighted word embeddings, averaged)
-    audio_tokens: str = "soft"
+    audio_tokens: str = "words"
     pad_token_id: int = 0
     eos_token_id: int = 1
     audio_token_id: int = 4

@@ -38,7 +38,7 @@ class RecipeConfig:
     a_repeat_share: float = 0.3
     #: share of the solve examples whose question is in its spoken form (no punctuation): the
     #: decoder learns to solve from what a recogniser hears, as a real LLM reads ASR output
-    a_transcript_share: float = 0.0
+    a_transcript_share: float = 0.5
     a_max_steps: int = 500
     a_batch_size: int = 64
     a_lr: float = 3e-3
@@ -47,13 +47,13 @@ class RecipeConfig:
     a_min_steps: int = 300
     a_target: float = 0.99
     # Stage B: the audio path on audio -> transcript only, language model frozen, fixed length
-    b_steps: int = 600
+    b_steps: int = 325
     b_batch_size: int = 32
     b_lr: float = 3e-3
     b_warmup: int = 30
     b_ctc_weight: float = 1.0
     #: weight of the decoder's transcript CE (0: CTC alone, no decoder forward)
-    b_ce_weight: float = 1.0
+    b_ce_weight: float = 0.0
     #: the first steps train CTC alone (the encoder learns to recognise words before the decoder
     #: reads them; those steps are several times cheaper)
     b_ctc_warmup: int = 0
