@@ -147,9 +147,8 @@ class Trainer:
         # bf16/fp16 weights that train outside LoRA get fp32 masters (cord.train.precision); the
         # optimizer, averaging and clipping see the masters
         from cord.train.precision import MasterWeights
-        from cord.train.sharding import param_groups
-
         from cord.train.setup import lr_scales
+        from cord.train.sharding import param_groups
 
         scales = lr_scales(self.adapter.model, self.params, cfg.train.lr_scale, module_map)
         self.master = MasterWeights([] if self.sharded else self.params)
