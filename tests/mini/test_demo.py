@@ -73,6 +73,29 @@ def test_quick_demo_report_is_recomputable_from_items(demo_dir):
     sb = report["stage_b"]
     assert sb["gap_train_voices"] == pytest.approx(base["text_acc"] - base["audio_acc"])
     assert set(sb["transcript"]) == {"exact", "numbers", "wer"} and 0 <= sb["transcript"]["exact"] <= 1
+    # what the audio path hears: the Stage B model's CTC readout on test, decoded again here by
+    # hand (best label per frame, repeats merged, blanks dropped) and scored word by word
+    import torch
+
+    from cord.config import ModelConfig
+    from cord.data.paired import load_paired
+    from cord.mini.task import transcript
+    from cord.models import load_adapter
+
+    adapter = load_adapter(ModelConfig(family="mini", name_or_path=str(demo_dir / "start0" / "stages" / "stage_b"),
+                                       dtype="float32", device="cpu"))
+    test = load_paired(demo_dir / "start0" / "stages" / "data" / "test")
+    exact = 0
+    with torch.no_grad():
+        for ex in test:
+            prompts = adapter.audio_prompts([ex])
+            hidden, valid = adapter.core().audio_encoder(prompts.extra["input_features"],
+                                                         prompts.extra["feature_attention_mask"])
+            best = adapter.core().audio_encoder.ctc_logits(hidden)[0, : int(valid.sum())].argmax(-1).tolist()
+            words = [adapter.tokenizer.decode([t]) for i, t in enumerate(best)
+                     if t != adapter.pad_token_id and (i == 0 or t != best[i - 1])]
+            exact += transcript(" ".join(words)).split() == transcript(ex.question_text).split()
+    assert sb["heard"]["exact"] == pytest.approx(exact / len(test))
     runs = {a: m["runs"] for a, m in report["arms"].items()}
     sft_self = runs["sft_self"][0]
     for arm, m in report["arms"].items():
@@ -175,6 +198,7 @@ def _outcomes(acc: float, n: int) -> list[int]:
 
 
 DIAG = {"transcript": {"exact": 0.9, "numbers": 0.95, "wer": 0.01, "n": 10},
+        "heard": {"exact": 0.8, "numbers": 0.85, "wer": 0.02, "n": 10},
         "errors": {"n": 10, "wrong": 2, "kinds": {"operand": 1, "arithmetic": 1}, "formats": {"ops": 1.0}}}
 
 

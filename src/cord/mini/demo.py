@@ -190,8 +190,8 @@ def _run_demo(out: Path, recipe0, plan: Plan, progress: bool) -> dict[str, Any]:
         base = evaluate_model(stage_b, data, sdir / "eval" / "stage_b", max_new)
         add_time("eval", t)
         say(f"start {start}: Stage B on test (training voices): text {base['text_acc']:.3f}, audio "
-            f"{base['audio_acc']:.3f}, gap {base['gap']:.3f}; transcript exact "
-            f"{base['transcript']['exact']:.3f}; unseen voice audio {base['unseen_audio_acc']:.3f}")
+            f"{base['audio_acc']:.3f}, gap {base['gap']:.3f}; heard exact (CTC) "
+            f"{base['heard']['exact']:.3f}; unseen voice audio {base['unseen_audio_acc']:.3f}")
 
         # ---- stage C: every arm × seed, one shared recipe ----------------------------------
         cfgs = {a: stage_c_config(a, stage_b, data_dirs, sdir / "runs" / "x", 0, plan.steps) for a in plan.arms}

@@ -3,7 +3,9 @@
 - the accuracies and per-item outcomes ``cord eval`` wrote (:func:`item_outcomes`,
   :func:`accuracies`), test (training voices) and test_unseen (held-out voice);
 - whether the audio path still *hears*: greedy "repeat the question" transcripts of the test
-  clips (:func:`cord.mini.scoring.transcript_scores`: exact, numbers right, WER);
+  clips (the decoder repeating what it was given), and the CTC readout's own greedy transcripts
+  (``heard``: with ``audio_tokens="words"`` exactly the words the decoder is given), both by
+  :func:`cord.mini.scoring.transcript_scores` (exact, numbers right, WER);
 - where in the answer the audio errors sit (:func:`cord.mini.task.error_kind`: a misheard
   operand, a wrong operation, an arithmetic slip, a result not carried, a wrong answer line).
 
@@ -70,19 +72,22 @@ def run_diagnostics(model_dir: str | Path, test_dir: str | Path, eval_dir: str |
     """Accuracies, transcript scores and the error profile of one evaluated model (cached)."""
     from cord.config import ModelConfig
     from cord.data.paired import load_paired
-    from cord.mini.scoring import transcript_accuracy
+    from cord.mini.scoring import ctc_transcripts, transcript_accuracy, transcript_scores
     from cord.models import load_adapter
 
     eval_dir = Path(eval_dir)
     path = eval_dir / DIAGNOSTICS
     cached = json.loads(path.read_text()) if path.is_file() else None
-    if cached is None or cached.get("model_dir") != str(model_dir):
+    if cached is None or cached.get("model_dir") != str(model_dir) or "heard" not in cached:
         adapter = load_adapter(ModelConfig(family="mini", name_or_path=str(model_dir), dtype="float32", device="cpu"))
-        scores, _ = transcript_accuracy(adapter, load_paired(test_dir), max_new_tokens=max_new_tokens)
-        cached = {"model_dir": str(model_dir), "transcript": scores, "errors": error_profile(eval_dir, test_dir)}
+        test = load_paired(test_dir)
+        scores, _ = transcript_accuracy(adapter, test, max_new_tokens=max_new_tokens)
+        heard = transcript_scores(ctc_transcripts(adapter, test), [ex.question_text for ex in test])
+        cached = {"model_dir": str(model_dir), "transcript": scores, "heard": heard,
+                  "errors": error_profile(eval_dir, test_dir)}
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(cached, indent=1) + "\n")
         tmp.replace(path)
     acc = accuracies(eval_dir)
     return {k: v for k, v in acc.items() if k not in ("text", "audio", "unseen")} | {
-        "transcript": cached["transcript"], "errors": cached["errors"]}
+        "transcript": cached["transcript"], "heard": cached["heard"], "errors": cached["errors"]}

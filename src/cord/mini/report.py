@@ -118,6 +118,7 @@ def build_report(per_start: list[dict[str, Any]], recipe_c: dict[str, Any], plan
             "lr": recipe_c["lr"].get(arm),
             "summary": {k: _mean_sd([r[k] for r in runs]) for k in ("text_acc", "audio_acc", "gap", "unseen_audio_acc")},
             "transcript": {k: _mean_sd([r["transcript"][k] for r in runs])["mean"] for k in ("exact", "numbers", "wer")},
+            "heard": {k: _mean_sd([r["heard"][k] for r in runs])["mean"] for k in ("exact", "numbers", "wer")},
             "errors": _errors([r["errors"] for r in runs]),
             "compute": {"steps": plan.steps,
                         "tokens_per_run": statistics.fmean(r["tokens"] for r in runs),
@@ -157,6 +158,7 @@ def build_report(per_start: list[dict[str, Any]], recipe_c: dict[str, Any], plan
         "gap_unseen_voice": base["text_acc"] - base["unseen_audio_acc"],
         "transcript": {k: statistics.fmean(st["baseline"]["transcript"][k] for st in per_start)
                        for k in ("exact", "numbers", "wer")},
+        "heard": {k: statistics.fmean(st["baseline"]["heard"][k] for st in per_start) for k in ("exact", "numbers", "wer")},
         "errors": _errors([st["baseline"]["errors"] for st in per_start]),
         "steps": per_start[0]["stages"]["stage_b"]["steps"],
         "kept": per_start[0]["stages"]["stage_b"].get("kept"),
@@ -301,9 +303,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"**Stage B** ({sb['steps']} steps on audio → transcript only, never a solution; {sb['kept']}): on fresh "
         f"problems read by the training voices, text {sb['text_acc']:.3f}, audio {sb['audio_acc']:.3f}, "
-        f"**gap {100 * sb['gap_train_voices']:.1f} points**; the audio path's transcripts: "
-        f"{100 * sb['transcript']['exact']:.1f} % exact, {100 * sb['transcript']['numbers']:.1f} % with every "
-        f"number right, WER {100 * sb['transcript']['wer']:.1f} %. Unseen voice ({voice}): audio "
+        f"**gap {100 * sb['gap_train_voices']:.1f} points**; what the audio path hears (the CTC readout's greedy "
+        f"transcripts): {100 * sb['heard']['exact']:.1f} % exact, {100 * sb['heard']['numbers']:.1f} % with every "
+        f"number right, WER {100 * sb['heard']['wer']:.1f} %; the decoder repeating the clip: "
+        f"{100 * sb['transcript']['exact']:.1f} % exact. Unseen voice ({voice}): audio "
         f"{sb['unseen_audio_acc']:.3f} (gap {100 * sb['gap_unseen_voice']:.1f} points).",
         "",
         f"**Stage C**, every arm: {report['stage_c_steps']} optimizer steps, batch {rc['batch_size']}, "
@@ -313,11 +316,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"({report['bootstrap']['replicates']} replicates over {', '.join(report['bootstrap']['levels'])}).",
         "",
         "| arm | runs | lr | text acc | audio acc | gap | Δ audio vs SFT-self | Δ audio vs control | "
-        "Δ audio vs Stage B | Δ text vs Stage B | unseen voice audio | transcript exact | rollout tokens / run "
-        "| train s / run |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "Δ audio vs Stage B | Δ text vs Stage B | unseen voice audio | heard exact (CTC) | heard numbers right | "
+        "repeat exact | rollout tokens / run | train s / run |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         f"| Stage B (before) | | | {base['text_acc']:.3f} | {base['audio_acc']:.3f} | {base['gap']:.3f} | | | | | "
-        f"{base['unseen_audio_acc']:.3f} | {sb['transcript']['exact']:.3f} | | |",
+        f"{base['unseen_audio_acc']:.3f} | {sb['heard']['exact']:.3f} | {sb['heard']['numbers']:.3f} | "
+        f"{sb['transcript']['exact']:.3f} | | |",
     ]
     for arm, m in report["arms"].items():
         s, c = m["summary"], m["compute"]
@@ -326,7 +330,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{m['lr']:g} | {s['text_acc']['mean']:.3f} | {s['audio_acc']['mean']:.3f} | {s['gap']['mean']:.3f} | "
             f"{_ci(m.get('delta_vs_sft_self'))} | {_ci(m.get('delta_vs_control'))} | {_ci(m['delta_vs_stage_b'])} | "
             f"{_ci(m['text_delta_vs_stage_b'])} | {s['unseen_audio_acc']['mean']:.3f} | "
-            f"{_num(m['transcript']['exact'])} | {c['rollout_tokens_per_run']:.0f} | {c['train_seconds_per_run']:.0f} |")
+            f"{_num(m['heard']['exact'])} | {_num(m['heard']['numbers'])} | {_num(m['transcript']['exact'])} | "
+            f"{c['rollout_tokens_per_run']:.0f} | {c['train_seconds_per_run']:.0f} |")
     lines += ["", "Where the wrong audio answers go wrong first (share of wrong answers; test, training voices), and the "
               "audio-vs-text token KL on audio rollouts (`cord analyze`, start 0, seed 0):", "",
               "| model | wrong | operand misheard | operation | arithmetic | carry | answer line | no answer | other | "
@@ -349,12 +354,13 @@ def render_markdown(report: dict[str, Any]) -> str:
                 lines.append(f"| {arm} | {r['start']} | {r['peak']:.3f} ({r['peak_step']}) | {r['final']:.3f} | "
                              f"{r['drop_points']:+.1f} | {'yes' if r['collapsed'] else 'no'} | {r['test_audio_acc']:.3f} |")
     lines += ["", "Per start (Stage B on test, training voices):", "",
-              "| start | Stage A steps | text | audio | gap | transcript exact | unseen voice audio |",
-              "|---:|---:|---:|---:|---:|---:|---:|"]
+              "| start | Stage A steps | text | audio | gap | heard exact (CTC) | repeat exact | unseen voice audio |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for st in report["per_start"]:
         b = st["baseline"]
         lines.append(f"| {st['start']} | {st['stage_a_steps']} | {b['text_acc']:.3f} | {b['audio_acc']:.3f} | "
-                     f"{b['gap']:.3f} | {b['transcript']['exact']:.3f} | {b['unseen_audio_acc']:.3f} |")
+                     f"{b['gap']:.3f} | {b['heard']['exact']:.3f} | {b['transcript']['exact']:.3f} | "
+                     f"{b['unseen_audio_acc']:.3f} |")
     t = report.get("timings") or {}
     r = report.get("reused") or {}
     again = (f" (this invocation reused {r.get('starts', 0)} start(s) and {r.get('runs', 0)} of {r.get('of_runs')} "
