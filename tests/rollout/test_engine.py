@@ -224,6 +224,9 @@ def test_audio_encoded_and_prompt_prefilled_once_per_prompt_with_last_position_l
     import cord.objectives.divergence as divergence
 
     adapter = any_adapter
+    # built before the hooks: the mini family's words tokens run its encoder once here to count
+    # the heard words (the placeholders); the engine must then encode each clip once, not per rollout
+    prompts = adapter.audio_prompts(make_examples(2))
     model = adapter.model.get_base_model() if hasattr(adapter.model, "get_base_model") else adapter.model
     encoder = getattr(getattr(model, "model", model), "audio_tower", None) or model.audio_encoder
     decoder_layer = next(m for name, m in model.named_modules() if "language_model" in name and name.endswith("layers.0"))
@@ -240,7 +243,6 @@ def test_audio_encoded_and_prompt_prefilled_once_per_prompt_with_last_position_l
 
     monkeypatch.setattr(divergence, "head_logits", record_head)
     try:
-        prompts = adapter.audio_prompts(make_examples(2))
         HFEngine(adapter).generate(prompts, n=4, temperature=1.0, max_new_tokens=5, seed=0)
     finally:
         for h in hooks:
