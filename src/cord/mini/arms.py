@@ -73,8 +73,13 @@ SAMPLING_ARMS = frozenset({"cord", "forward_kl", "opd", "opd_weighted", "opd_alp
 #: Stage C lr per arm: the best dev audio accuracy (tail-averaged weights, start 0, seed 0, 100
 #: steps) of one sweep with the same budget for every arm, ties to the lower lr; an arm not
 #: listed uses its preset's train.lr (docs/demo/recipe.md, third round; the rule is the
-#: pre-registration's second amendment). The default arms on {1.25e-4, 2.5e-4, 5e-4, 1e-3}:
-ARM_LR: dict[str, float] = {"cord": 1.25e-4, "sft_self": 2.5e-4, "sft_ext": 1.25e-4, "control": 5e-4}
+#: pre-registration's second amendment). The default arms on {1.25e-4, 2.5e-4, 5e-4, 1e-3}, the
+#: others on {1.25e-4, 5e-4}:
+ARM_LR: dict[str, float] = {
+    "cord": 1.25e-4, "sft_self": 2.5e-4, "sft_ext": 1.25e-4, "control": 5e-4,
+    "forward_kl": 5e-4, "opd": 5e-4, "opd_weighted": 1.25e-4, "opd_alpha": 5e-4, "opd_beta": 1.25e-4,
+    "grpo": 1.25e-4, "grpo_opd": 1.25e-4,
+}
 
 
 def presets_dir() -> Path:
