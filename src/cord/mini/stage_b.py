@@ -4,12 +4,13 @@
 It freezes the language model and trains only the audio encoder and projector, on a task other
 than reasoning — audio → transcript:
 
-    L_B = CE(transcript | audio prompt with <repeat>) + ctc_weight · CTC(transcript | encoder frames)
+    L_B = ce_weight · CE(transcript | audio prompt with <repeat>) + ctc_weight · CTC(transcript | encoder frames)
 
 (SpecAugment masks on the training features; the CTC term stands in for the ASR pretraining a
-real LALM's Whisper encoder brings). It never sees a solution. It runs a fixed ``b_steps``
-(to be chosen on dev data so that a clear solve gap is left on the training voices while the
-transcript is mostly right; the default is not yet established by a pilot, docs/demo/recipe.md) at a constant lr after warmup, and keeps the exponential
+real LALM's Whisper encoder brings; the default recipe is CTC alone, ``b_ce_weight`` 0). It
+never sees a solution. It runs a fixed ``b_steps`` (325: chosen on dev data so that a 15–40-point
+solve gap is left on the training voices, docs/demo/recipe.md) at a constant lr after warmup,
+and keeps the exponential
 moving average of its weights (``b_ema``) at the last step: no best-of-N checkpoint, so no
 winner's curse. :func:`stage_b_loss` is that objective; the demo's control arm continues it
 (:func:`cord.mini.control.run_control`).
