@@ -52,8 +52,7 @@ def run_control(cfg, recipe) -> dict[str, Any]:
     from cord.models import load_adapter
     from cord.models.base import module_map_of
     from cord.models.export import export_model
-    from cord.train.setup import DataOrder, lr_lambda, lr_scales, select_trainable
-    from cord.train.sharding import param_groups
+    from cord.train.setup import DataOrder, lr_lambda, lr_scales, make_optimizer, select_trainable, unscaled_lr
 
     t0 = time.perf_counter()
     out = Path(cfg.train.output_dir)
@@ -68,8 +67,7 @@ def run_control(cfg, recipe) -> dict[str, Any]:
     module_map = module_map_of(adapter)
     params = select_trainable(adapter.model, list(cfg.train.trainable), cfg.model.lora is not None, module_map)
     scales = lr_scales(adapter.model, params, cfg.train.lr_scale, module_map)
-    optimizer = torch.optim.AdamW(param_groups(params, cfg.train.lr, scales), lr=cfg.train.lr,
-                                  betas=tuple(cfg.train.adam_betas), weight_decay=cfg.train.weight_decay)
+    optimizer = make_optimizer(params, scales, cfg.train)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     order = DataOrder(len(data), cfg.train.seed, cfg.data.shuffle)
     # the masks' own stream, seeded like the data order (Stage B's is seed + 1 of the recipe)
@@ -89,7 +87,7 @@ def run_control(cfg, recipe) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-        lr = scheduler.get_last_lr()[0] / optimizer.param_groups[0]["lr_scale"]
+        lr = unscaled_lr(optimizer, scheduler)
         if math.isfinite(loss.item()) and math.isfinite(grad_norm):
             optimizer.step()
         scheduler.step()

@@ -51,6 +51,21 @@ def lr_scales(model: torch.nn.Module, params: Sequence[torch.nn.Parameter], lr_s
     return [float(lr_scale.get(part.get(id(p)), 1.0)) for p in params]
 
 
+def make_optimizer(params: Sequence[torch.nn.Parameter], scales: Sequence[float], train) -> torch.optim.AdamW:
+    """AdamW over ``params`` as ``train`` (the config's train section) says, one group per lr
+    multiplier (``scales``, :func:`lr_scales`) with sharded and plain parameters apart
+    (:func:`cord.train.sharding.param_groups`)."""
+    from cord.train.sharding import param_groups
+
+    return torch.optim.AdamW(param_groups(params, train.lr, scales), lr=train.lr, betas=tuple(train.adam_betas),
+                             weight_decay=train.weight_decay)
+
+
+def unscaled_lr(optimizer: torch.optim.Optimizer, scheduler) -> float:
+    """The schedule's current ``train.lr`` (what is logged): the first group's lr over its multiplier."""
+    return scheduler.get_last_lr()[0] / optimizer.param_groups[0].get("lr_scale", 1.0)
+
+
 def enable_checkpointing(model: torch.nn.Module) -> bool:
     """Non-reentrant activation checkpointing of every transformer layer, without input-grad hooks.
 

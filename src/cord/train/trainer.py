@@ -47,8 +47,11 @@ from cord.train.setup import (
     DataOrder,
     enable_checkpointing,
     lr_lambda,
+    lr_scales,
+    make_optimizer,
     resolve_data,
     select_trainable,
+    unscaled_lr,
 )
 from cord.train.step import (
     METRIC_KEYS,
@@ -147,17 +150,12 @@ class Trainer:
         # bf16/fp16 weights that train outside LoRA get fp32 masters (cord.train.precision); the
         # optimizer, averaging and clipping see the masters
         from cord.train.precision import MasterWeights
-        from cord.train.setup import lr_scales
-        from cord.train.sharding import param_groups
 
         scales = lr_scales(self.adapter.model, self.params, cfg.train.lr_scale, module_map)
         self.master = MasterWeights([] if self.sharded else self.params)
         if self.master:
             self.params = self.master.params  # each master in its parameter's place
-        self.optimizer = torch.optim.AdamW(
-            param_groups(self.params, cfg.train.lr, scales), lr=cfg.train.lr, betas=tuple(cfg.train.adam_betas),
-            weight_decay=cfg.train.weight_decay,
-        )
+        self.optimizer = make_optimizer(self.params, scales, cfg.train)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
         self.ctx = StepContext(cfg, self.adapter, self.engine, self.teacher, autocast)
@@ -373,7 +371,7 @@ class Trainer:
         # no micro-batch of any process had a loss (all its audio skipped): nothing to learn
         # from, and an optimizer step would still move the weights (Adam's momentum)
         empty = math.isnan(metrics["loss"])
-        lr = self.scheduler.get_last_lr()[0] / self.optimizer.param_groups[0]["lr_scale"]  # the unscaled lr
+        lr = unscaled_lr(self.optimizer, self.scheduler)
         if finite and not empty:
             self.optimizer.step()
             self.master.copy_to_model()
